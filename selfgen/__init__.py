@@ -1,0 +1,3 @@
+"""selfgen: grow instruction-tuning data with the Self-Instruct loop."""
+
+__version__ = "0.1.0"

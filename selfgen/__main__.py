@@ -1,0 +1,3 @@
+from selfgen.cli import main
+
+main()

@@ -1,0 +1,121 @@
+"""The backend contract: requests in, completions with token usage out.
+
+Every backend (the embedded llama.cpp one, a server, a user's plug-in) implements
+:class:`Backend` and is found by name through :func:`get_backend`. Built-in backends are
+registered through the same ``selfgen.backends`` entry-point group a third-party package would
+use, so there is one path, not two. This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot start or cannot answer; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Restricts what the model may write: one of `choices`, or JSON matching `json_schema`."""
+
+    choices: tuple[str, ...] | None = None
+    json_schema: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.choices is None) == (self.json_schema is None):
+            raise ValueError("a Constraint takes exactly one of choices or json_schema")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A text prompt to continue, or chat `messages` to answer."""
+
+    params: SamplingParams
+    prompt: str | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
+    constraint: Constraint | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a GenerationRequest takes exactly one of prompt or messages")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (stop string or end of text) or "length" (max_tokens cut it)
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """A language model that answers batches of requests.
+
+    `generate` returns one completion per request, in order. A backend may run the batch
+    concurrently; the result must not depend on how it is scheduled when each request
+    carries a seed.
+    """
+
+    name: str = "backend"
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the model, stored with each run (never secrets)."""
+        return {"backend": self.name}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model; a no-op unless the backend holds resources."""
+
+
+BackendFactory = Callable[..., Backend]
+_registry: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make a backend available by name (used by tests and by code that embeds selfgen)."""
+    _registry[name] = factory
+
+
+def available_backends() -> list[str]:
+    names = set(_registry)
+    names.update(ep.name for ep in entry_points(group="selfgen.backends"))
+    return sorted(names)
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """Build the backend registered as `name` with its options."""
+    factory = _registry.get(name)
+    if factory is None:
+        for ep in entry_points(group="selfgen.backends"):
+            if ep.name == name:
+                factory = ep.load()
+                break
+    if factory is None:
+        known = ", ".join(available_backends()) or "none"
+        raise BackendError(f"unknown backend '{name}' (known: {known})")
+    return factory(**options)

@@ -1,0 +1,286 @@
+"""The Self-Instruct bootstrapping loop.
+
+One round: generate instructions from a few seed + machine instructions, filter them by rules
+and ROUGE-L novelty, ask whether each is a classification task, write instances, filter those,
+and commit everything to the run store in one transaction. Rounds repeat until the target
+number of kept tasks or a budget is reached.
+
+Every request carries a seed derived from the run seed, the round and its position, and the
+prompt sampling RNG is stored after each round, so a run killed and resumed produces the same
+data as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from selfgen.backends.base import Backend, Completion, Constraint, GenerationRequest, SamplingParams
+from selfgen.config import RunConfig
+from selfgen.filters.rouge import TOKENIZERS, RougeIndex
+from selfgen.filters.rules import RuleFilter
+from selfgen.records import Candidate, SeedTask
+from selfgen.stages import classify, instances, instructions
+from selfgen.store import GenerationRecord, Progress, RoundRecord, RunStore
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    number: int
+    candidates: int
+    kept: int
+    tokens: int
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class RunResult:
+    stop_reason: str
+    progress: Progress
+
+
+Callback = Callable[[str, dict], None]
+
+
+def request_seed(run_seed: int, round_number: int, stage: str, index: int) -> int:
+    """A 31-bit seed for one request that depends on nothing but its coordinates."""
+    digest = hashlib.sha256(f"{run_seed}/{round_number}/{stage}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Loop:
+    """Runs rounds of the loop against a backend, writing each round to `store`."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        store: RunStore,
+        backend: Backend,
+        on_event: Callback | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.backend = backend
+        self.on_event = on_event or (lambda kind, data: None)
+        self.seeds: list[SeedTask] = store.seeds()
+        self.rules = RuleFilter(config.rule_config())
+        self.index = RougeIndex(TOKENIZERS[config.tokenizer_name()])
+        for seed in self.seeds:
+            self.index.add(seed.instruction)
+        self.num_seed_texts = len(self.seeds)
+        for text in store.novelty_pool():
+            self.index.add(text)
+        self.kept = store.kept_instructions()
+        self.rng = random.Random(config.seed)
+        state = store.last_rng_state()
+        if state is not None:
+            self.rng.setstate(state)
+        self.classify_demos = classify.pick_demos(self.seeds, config.classify_demos)
+
+    def _should_stop(self, progress: Progress) -> str | None:
+        c = self.config
+        if progress.kept >= c.num_tasks:
+            return f"reached the target of {c.num_tasks} kept tasks"
+        if c.max_rounds is not None and progress.rounds >= c.max_rounds:
+            return f"reached --max-rounds {c.max_rounds}"
+        tokens = progress.prompt_tokens + progress.completion_tokens
+        if c.token_budget is not None and tokens >= c.token_budget:
+            return f"spent the token budget ({tokens} of {c.token_budget} tokens)"
+        if progress.rounds_without_kept >= c.patience:
+            return f"no task kept in the last {c.patience} rounds (--patience)"
+        return None
+
+    def run(self) -> RunResult:
+        progress = self.store.progress()
+        while (reason := self._should_stop(progress)) is None:
+            self.run_round(progress.rounds + 1, self.config.num_tasks - progress.kept)
+            progress = self.store.progress()
+        return RunResult(reason, progress)
+
+    def _generate(
+        self,
+        rnd: RoundRecord,
+        stage: str,
+        requests: list[GenerationRequest],
+    ) -> list[tuple[int, Completion]]:
+        """Run a batch, record each call in the round, return (generation index, completion)."""
+        if not requests:
+            return []
+        completions = self.backend.generate(requests)
+        out = []
+        for req, comp in zip(requests, completions, strict=True):
+            rnd.generations.append(
+                GenerationRecord(
+                    stage=stage,
+                    prompt=req.prompt,
+                    messages=list(req.messages) if req.messages is not None else None,
+                    params=req.params.to_dict(),
+                    constraint=(
+                        {"choices": list(req.constraint.choices)}
+                        if req.constraint and req.constraint.choices
+                        else ({"json_schema": req.constraint.json_schema} if req.constraint else None)
+                    ),
+                    response=comp.text,
+                    finish_reason=comp.finish_reason,
+                    prompt_tokens=comp.prompt_tokens,
+                    completion_tokens=comp.completion_tokens,
+                    latency_s=comp.latency_s,
+                )
+            )
+            out.append((len(rnd.generations) - 1, comp))
+        self.on_event(
+            "generated",
+            {
+                "stage": stage,
+                "tokens": sum(c.prompt_tokens + c.completion_tokens for c in completions),
+                "completion_tokens": sum(c.completion_tokens for c in completions),
+            },
+        )
+        return out
+
+    def run_round(self, number: int, still_needed: int) -> RoundRecord:
+        c = self.config
+        started = time.perf_counter()
+        rnd = RoundRecord(
+            number=number,
+            started_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            rng_state=None,
+            elapsed_s=0.0,
+        )
+        seed_texts = [s.instruction for s in self.seeds]
+
+        # 1. Instruction generation.
+        prompts = []
+        for _ in range(c.prompts_per_round):
+            shown = instructions.choose_prompt_instructions(
+                self.rng, seed_texts, self.kept, c.seed_instructions, c.machine_instructions
+            )
+            prompts.append((instructions.render_prompt(c.language, shown), len(shown) + 1))
+        requests = [
+            GenerationRequest(
+                prompt=prompt,
+                params=SamplingParams(
+                    temperature=c.temperature,
+                    top_p=c.top_p,
+                    max_tokens=c.max_tokens,
+                    stop=instructions.stop_strings(c.list_length),
+                    presence_penalty=c.presence_penalty,
+                    frequency_penalty=c.frequency_penalty,
+                    seed=request_seed(c.seed, number, "instructions", j),
+                ),
+            )
+            for j, (prompt, _) in enumerate(prompts)
+        ]
+        generated = self._generate(rnd, "instructions", requests)
+
+        # 2-3. Parse, rule filters, ROUGE-L novelty (sequential: the pool grows as we go).
+        survivors: list[Candidate] = []
+        for (gen_index, comp), (_, next_number) in zip(generated, prompts, strict=True):
+            for item in instructions.parse_continuation(
+                comp.text, next_number, comp.finish_reason, c.list_length
+            ):
+                cand = Candidate(instruction=item.text, generation_index=gen_index)
+                rnd.candidates.append(cand)
+                if item.reason:
+                    cand.reject("parse", item.reason)
+                    continue
+                if reason := self.rules.check(item.text):
+                    cand.reject("rules", reason)
+                    continue
+                score, nearest = self.index.best(item.text)
+                if nearest is not None:
+                    cand.nearest, cand.rouge_l = self.index.texts[nearest], score
+                if score > c.rouge_threshold:
+                    cand.reject("rouge", "near_duplicate")
+                    continue
+                self.index.add(item.text)
+                cand.stage = "rouge"
+                survivors.append(cand)
+
+        # 4. Classification identification.
+        classify_requests = [
+            GenerationRequest(
+                prompt=classify.render_prompt(c.language, self.classify_demos, cand.instruction),
+                params=SamplingParams(
+                    temperature=0.0,
+                    max_tokens=3,
+                    seed=request_seed(c.seed, number, "classify", j),
+                ),
+                constraint=Constraint(choices=classify.CHOICES) if c.constrain_classify else None,
+            )
+            for j, cand in enumerate(survivors)
+        ]
+        answered = []
+        for cand, (gen_index, comp) in zip(
+            survivors, self._generate(rnd, "classify", classify_requests), strict=True
+        ):
+            cand.classify_generation_index = gen_index
+            verdict = classify.parse_answer(comp.text)
+            if verdict is None:
+                cand.reject("classify", "unparseable_answer")
+                continue
+            cand.is_classification = verdict
+            cand.stage = "classify"
+            answered.append(cand)
+
+        # 5. Instance generation and filters.
+        demos_for = [
+            instances.pick_demos(self.rng, self.seeds, bool(cand.is_classification), c.instance_demos)
+            for cand in answered
+        ]
+        instance_requests = [
+            GenerationRequest(
+                prompt=instances.render_prompt(
+                    c.language, demos, cand.instruction, bool(cand.is_classification)
+                ),
+                params=SamplingParams(
+                    temperature=c.instance_temperature,
+                    top_p=1.0,
+                    max_tokens=c.instance_max_tokens,
+                    stop=instances.stop_strings(c.max_instances),
+                    seed=request_seed(c.seed, number, "instances", j),
+                ),
+            )
+            for j, (cand, demos) in enumerate(zip(answered, demos_for, strict=True))
+        ]
+        for cand, demos, (gen_index, comp) in zip(
+            answered,
+            demos_for,
+            self._generate(rnd, "instances", instance_requests),
+            strict=True,
+        ):
+            cand.instance_generation_index = gen_index
+            parse = (
+                instances.parse_output_first
+                if cand.is_classification
+                else instances.parse_input_first
+            )
+            verdict = instances.filter_instances(
+                parse(comp.text, comp.finish_reason, c.max_instances), demos
+            )
+            if verdict.task_reason:
+                cand.reject("instances", verdict.task_reason)
+            elif still_needed <= 0:
+                # The target counts kept tasks exactly; a surplus task stays in the store.
+                cand.reject("instances", "target_reached")
+            else:
+                cand.stage, cand.fate, cand.instances = "instances", "kept", verdict.kept
+                self.kept.append(cand.instruction)
+                still_needed -= 1
+
+        rnd.rng_state = self.rng.getstate()
+        rnd.elapsed_s = time.perf_counter() - started
+        self.store.commit_round(rnd)
+        self.on_event(
+            "round",
+            {
+                "round": number,
+                "candidates": len(rnd.candidates),
+                "kept": sum(x.fate == "kept" for x in rnd.candidates),
+            },
+        )
+        return rnd

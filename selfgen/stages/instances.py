@@ -1,0 +1,134 @@
+"""Step 5: write input/output instances for a task, and filter them.
+
+Classification tasks are prompted output-first (the class label, then an input for it), so the
+model does not write inputs that all fall in one class; other tasks input-first. The
+demonstrations are seed tasks of the same kind, drawn with the run's RNG.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from selfgen.prompts import load_prompt
+from selfgen.records import Instance, SeedTask
+
+_EXAMPLE = re.compile(r"^[ \t]*Example[ \t]*\d+[ \t]*:?[ \t]*$", re.MULTILINE)
+_INPUT = re.compile(r"^[ \t]*Input[ \t]*:", re.MULTILINE)
+_OUTPUT = re.compile(r"^[ \t]*Output[ \t]*:", re.MULTILINE)
+_LABEL = re.compile(r"^[ \t]*Class label[ \t]*:", re.MULTILINE)
+
+
+def stop_strings(max_instances: int) -> tuple[str, ...]:
+    return ("Task:", f"Example {max_instances + 1}")
+
+
+def pick_demos(rng: random.Random, seeds: list[SeedTask], clf: bool, count: int) -> list[SeedTask]:
+    pool = [s for s in seeds if s.is_classification == clf] or list(seeds)
+    return rng.sample(pool, min(count, len(pool)))
+
+
+def _demo_input_first(task: SeedTask) -> str:
+    lines = [f"Task: {task.instruction}"]
+    for i, inst in enumerate(task.instances, start=1):
+        lines.append(f"Example {i}")
+        if inst.input.strip():
+            lines.append(f"Input: {inst.input.strip()}")
+        lines.append(f"Output: {inst.output.strip()}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _demo_output_first(task: SeedTask) -> str:
+    lines = [f"Task: {task.instruction}"]
+    for inst in task.instances:
+        lines.append(f"Class label: {inst.output.strip()}")
+        lines.append(f"Input: {inst.input.strip()}")
+    return "\n".join(lines) + "\n\n"
+
+
+def render_prompt(language: str, demos: list[SeedTask], instruction: str, clf: bool) -> str:
+    if clf:
+        demo_text = "".join(_demo_output_first(d) for d in demos)
+        template = load_prompt(language, "instances_output_first")
+    else:
+        demo_text = "".join(_demo_input_first(d) for d in demos)
+        template = load_prompt(language, "instances_input_first")
+    return template.format(demos=demo_text, instruction=instruction)
+
+
+def _sections(text: str, marker: re.Pattern[str]) -> list[str]:
+    """The pieces of `text` that follow each match of `marker`."""
+    marks = list(marker.finditer(text))
+    return [
+        text[m.end() : marks[i + 1].start() if i + 1 < len(marks) else len(text)]
+        for i, m in enumerate(marks)
+    ]
+
+
+def parse_input_first(text: str, finish_reason: str, max_instances: int) -> list[Instance]:
+    """Parse ``Example N / Input: ... / Output: ...`` blocks (the prompt wrote ``Example 1``)."""
+    blocks = _sections("Example 1\n" + text, _EXAMPLE)
+    if finish_reason == "length" and blocks:
+        blocks = blocks[:-1]  # cut off mid-example
+    out = []
+    for block in blocks[:max_instances]:
+        o = _OUTPUT.search(block)
+        if o is None:
+            continue
+        i = _INPUT.search(block, 0, o.start())
+        inp = block[i.end() : o.start()] if i else ""
+        out.append(Instance(input=inp.strip(), output=block[o.end() :].strip()))
+    return out
+
+
+def parse_output_first(text: str, finish_reason: str, max_instances: int) -> list[Instance]:
+    """Parse ``Class label: ... / Input: ...`` pairs (the prompt wrote the first ``Class label:``)."""
+    blocks = _sections("Class label:" + text, _LABEL)
+    if finish_reason == "length" and blocks:
+        blocks = blocks[:-1]
+    out = []
+    for block in blocks[:max_instances]:
+        i = _INPUT.search(block)
+        label = block[: i.start()] if i else block
+        inp = block[i.end() :] if i else ""
+        out.append(Instance(input=inp.strip(), output=label.strip()))
+    return out
+
+
+@dataclass
+class InstanceVerdict:
+    kept: list[Instance] = field(default_factory=list)
+    dropped: list[tuple[Instance, str]] = field(default_factory=list)
+    task_reason: str | None = None  # set when the whole task must be rejected
+
+
+def filter_instances(instances: list[Instance], demos: list[SeedTask]) -> InstanceVerdict:
+    """Drop unusable instances; reject the task when none is left or outputs disagree."""
+    verdict = InstanceVerdict()
+    demo_pairs = {(i.input.strip(), i.output.strip()) for d in demos for i in d.instances}
+    seen: dict[str, str] = {}
+    for inst in instances:
+        reason = None
+        if not inst.output:
+            reason = "empty_output"
+        elif inst.input == inst.output:
+            reason = "input_equals_output"
+        elif inst.output.endswith(":"):
+            reason = "output_ends_with_colon"
+        elif (inst.input, inst.output) in demo_pairs:
+            reason = "copies_demo"
+        elif inst.input in seen and seen[inst.input] == inst.output:
+            reason = "duplicate"
+        elif inst.input in seen:
+            verdict.task_reason = "conflicting_outputs"
+            reason = "conflicting_output"
+        if reason:
+            verdict.dropped.append((inst, reason))
+        else:
+            seen[inst.input] = inst.output
+            verdict.kept.append(inst)
+    if verdict.task_reason is None and not verdict.kept:
+        reasons = sorted({r for _, r in verdict.dropped})
+        verdict.task_reason = "no_valid_instance" + (f":{','.join(reasons)}" if reasons else "")
+    return verdict

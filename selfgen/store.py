@@ -1,0 +1,406 @@
+"""The run store: one SQLite database per run, `<out>/selfgen.db`.
+
+It holds the run's configuration, its seed tasks, and for every round the generation calls,
+the candidates with their fate, the kept instances and the RNG state. A round is written in one
+transaction, so a run killed at any instant resumes from its last whole round with nothing
+lost and nothing doubled. Schema changes are numbered migrations, applied in order and
+recorded in `schema_migrations`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from selfgen.records import Candidate, Instance, SeedTask
+
+DB_NAME = "selfgen.db"
+
+
+class StoreError(RuntimeError):
+    """A store that is missing, corrupt or locked; the message is meant for the user."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE run (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            created_at TEXT NOT NULL,
+            selfgen_version TEXT NOT NULL,
+            config TEXT NOT NULL,
+            backend TEXT NOT NULL
+        );
+        CREATE TABLE seed_tasks (
+            id INTEGER PRIMARY KEY,
+            seed_id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            instruction TEXT NOT NULL,
+            is_classification INTEGER NOT NULL,
+            instances TEXT NOT NULL
+        );
+        CREATE TABLE rounds (
+            id INTEGER PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            rng_state TEXT NOT NULL,
+            num_candidates INTEGER NOT NULL,
+            num_kept INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            elapsed_s REAL NOT NULL
+        );
+        CREATE TABLE generations (
+            id INTEGER PRIMARY KEY,
+            round_id INTEGER NOT NULL REFERENCES rounds(id),
+            stage TEXT NOT NULL,
+            prompt TEXT,
+            messages TEXT,
+            params TEXT NOT NULL,
+            constraint_spec TEXT,
+            response TEXT NOT NULL,
+            finish_reason TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            latency_s REAL NOT NULL
+        );
+        CREATE INDEX generations_round ON generations(round_id);
+        CREATE TABLE candidates (
+            id INTEGER PRIMARY KEY,
+            round_id INTEGER NOT NULL REFERENCES rounds(id),
+            generation_id INTEGER NOT NULL REFERENCES generations(id),
+            instruction TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            fate TEXT NOT NULL CHECK (fate IN ('kept', 'rejected')),
+            reason TEXT,
+            nearest TEXT,
+            rouge_l REAL,
+            is_classification INTEGER,
+            classify_generation_id INTEGER REFERENCES generations(id),
+            instance_generation_id INTEGER REFERENCES generations(id)
+        );
+        CREATE INDEX candidates_round ON candidates(round_id);
+        CREATE INDEX candidates_fate ON candidates(fate, stage, reason);
+        CREATE TABLE instances (
+            id INTEGER PRIMARY KEY,
+            candidate_id INTEGER NOT NULL REFERENCES candidates(id),
+            position INTEGER NOT NULL,
+            input TEXT NOT NULL,
+            output TEXT NOT NULL,
+            UNIQUE (candidate_id, position)
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply the migrations this database has not seen, each in its own transaction."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in db.execute("SELECT id FROM schema_migrations")}
+    if done and max(done) > len(MIGRATIONS):
+        raise StoreError("this run was written by a newer selfgen; upgrade selfgen to open it")
+    for number, step in enumerate(MIGRATIONS, start=1):
+        if number in done:
+            continue
+        with db:
+            db.execute("BEGIN")
+            step(db)
+            db.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)", (number, step.__name__, _now())
+            )
+
+
+@dataclass
+class GenerationRecord:
+    stage: str
+    params: dict[str, Any]
+    response: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    constraint: dict[str, Any] | None = None
+
+
+@dataclass
+class RoundRecord:
+    """Everything one round produced, written in one transaction by :meth:`RunStore.commit_round`.
+
+    Candidates point at generations by their position in `generations`.
+    """
+
+    number: int
+    started_at: str
+    rng_state: Any
+    elapsed_s: float
+    generations: list[GenerationRecord] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(g.prompt_tokens for g in self.generations)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(g.completion_tokens for g in self.generations)
+
+
+@dataclass(frozen=True)
+class Progress:
+    rounds: int
+    kept: int
+    candidates: int
+    prompt_tokens: int
+    completion_tokens: int
+    rounds_without_kept: int
+    elapsed_s: float
+
+
+def _rng_to_json(state: Any) -> str:
+    return json.dumps(state, default=list)
+
+
+def _rng_from_json(text: str) -> tuple[Any, ...]:
+    version, internal, gauss = json.loads(text)
+    return (version, tuple(internal), gauss)
+
+
+class RunStore:
+    """An open run store. Use :meth:`create` for a new run and :meth:`open` for an existing one."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN ... COMMIT via `with db`).
+        db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    @classmethod
+    def create(
+        cls,
+        out_dir: str | Path,
+        config: dict[str, Any],
+        seeds: list[SeedTask],
+        backend: dict[str, Any],
+        version: str,
+    ) -> RunStore:
+        """Create `out_dir/selfgen.db` with the run's config and seeds.
+
+        The database is built under a temporary name and renamed into place, so a run killed
+        while starting leaves either no store or a whole one.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        final = out / DB_NAME
+        tmp = out / f".{DB_NAME}.tmp"
+        tmp.unlink(missing_ok=True)
+        with closing(cls._connect(tmp)) as db:
+            migrate(db)
+            with db:
+                db.execute("BEGIN")
+                db.execute(
+                    "INSERT INTO run VALUES (1, ?, ?, ?, ?)",
+                    (_now(), version, json.dumps(config), json.dumps(backend)),
+                )
+                db.executemany(
+                    "INSERT INTO seed_tasks (seed_id, name, instruction, is_classification,"
+                    " instances) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (
+                            s.id,
+                            s.name,
+                            s.instruction,
+                            int(s.is_classification),
+                            json.dumps([{"input": i.input, "output": i.output} for i in s.instances]),
+                        )
+                        for s in seeds
+                    ],
+                )
+        os.replace(tmp, final)
+        return cls.open(out)
+
+    @classmethod
+    def open(cls, out_dir: str | Path) -> RunStore:
+        """Open an existing run, applying pending migrations."""
+        path = Path(out_dir) / DB_NAME
+        if not path.is_file():
+            raise StoreError(f"{out_dir}: no selfgen run here (no {DB_NAME})")
+        try:
+            db = cls._connect(path)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            migrate(db)
+            if db.execute("SELECT COUNT(*) FROM run").fetchone()[0] != 1:
+                raise StoreError(f"{path}: the store has no run configuration")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot read the run store ({exc})") from None
+        return cls(db, path)
+
+    @staticmethod
+    def exists(out_dir: str | Path) -> bool:
+        return (Path(out_dir) / DB_NAME).is_file()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.db.execute("SELECT config FROM run").fetchone()[0])
+
+    def update_config(self, config: dict[str, Any]) -> None:
+        """Store new stopping limits (the only settings a resumed run may change)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("UPDATE run SET config = ?", (json.dumps(config),))
+
+    def backend_info(self) -> dict[str, Any]:
+        return json.loads(self.db.execute("SELECT backend FROM run").fetchone()[0])
+
+    def seeds(self) -> list[SeedTask]:
+        rows = self.db.execute("SELECT * FROM seed_tasks ORDER BY id").fetchall()
+        return [
+            SeedTask(
+                id=r["seed_id"],
+                name=r["name"],
+                instruction=r["instruction"],
+                is_classification=bool(r["is_classification"]),
+                instances=tuple(Instance(**i) for i in json.loads(r["instances"])),
+            )
+            for r in rows
+        ]
+
+    def novelty_pool(self) -> list[str]:
+        """Machine instructions that passed the ROUGE-L filter, in the order they passed it."""
+        rows = self.db.execute(
+            "SELECT instruction FROM candidates WHERE stage NOT IN ('parse', 'rules', 'rouge')"
+            " ORDER BY id"
+        )
+        return [r[0] for r in rows]
+
+    def kept_instructions(self) -> list[str]:
+        rows = self.db.execute("SELECT instruction FROM candidates WHERE fate = 'kept' ORDER BY id")
+        return [r[0] for r in rows]
+
+    def last_rng_state(self) -> tuple[Any, ...] | None:
+        row = self.db.execute("SELECT rng_state FROM rounds ORDER BY id DESC LIMIT 1").fetchone()
+        return _rng_from_json(row[0]) if row else None
+
+    def progress(self) -> Progress:
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(num_kept), 0), COALESCE(SUM(num_candidates), 0),"
+            " COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+            " COALESCE(SUM(elapsed_s), 0) FROM rounds"
+        ).fetchone()
+        streak = 0
+        for (kept,) in self.db.execute("SELECT num_kept FROM rounds ORDER BY id DESC"):
+            if kept:
+                break
+            streak += 1
+        return Progress(row[0], row[1], row[2], row[3], row[4], streak, row[5])
+
+    def commit_round(self, rnd: RoundRecord) -> None:
+        """Write a whole round, or nothing of it."""
+        db = self.db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rnd.number,
+                    rnd.started_at,
+                    _now(),
+                    _rng_to_json(rnd.rng_state),
+                    len(rnd.candidates),
+                    sum(c.fate == "kept" for c in rnd.candidates),
+                    rnd.prompt_tokens,
+                    rnd.completion_tokens,
+                    rnd.elapsed_s,
+                ),
+            )
+            gen_ids = []
+            for g in rnd.generations:
+                cur = db.execute(
+                    "INSERT INTO generations (round_id, stage, prompt, messages, params,"
+                    " constraint_spec, response, finish_reason, prompt_tokens, completion_tokens,"
+                    " latency_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rnd.number,
+                        g.stage,
+                        g.prompt,
+                        json.dumps(g.messages) if g.messages is not None else None,
+                        json.dumps(g.params),
+                        json.dumps(g.constraint) if g.constraint is not None else None,
+                        g.response,
+                        g.finish_reason,
+                        g.prompt_tokens,
+                        g.completion_tokens,
+                        g.latency_s,
+                    ),
+                )
+                gen_ids.append(cur.lastrowid)
+
+            def gen_id(index: int | None) -> int | None:
+                return gen_ids[index] if index is not None else None
+
+            for c in rnd.candidates:
+                if c.fate not in ("kept", "rejected"):
+                    raise ValueError(f"candidate {c.instruction!r} has no fate")
+                cur = db.execute(
+                    "INSERT INTO candidates (round_id, generation_id, instruction, stage, fate,"
+                    " reason, nearest, rouge_l, is_classification, classify_generation_id,"
+                    " instance_generation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rnd.number,
+                        gen_ids[c.generation_index],
+                        c.instruction,
+                        c.stage,
+                        c.fate,
+                        c.reason,
+                        c.nearest,
+                        c.rouge_l,
+                        None if c.is_classification is None else int(c.is_classification),
+                        gen_id(c.classify_generation_index),
+                        gen_id(c.instance_generation_index),
+                    ),
+                )
+                if c.fate == "kept":
+                    db.executemany(
+                        "INSERT INTO instances (candidate_id, position, input, output)"
+                        " VALUES (?, ?, ?, ?)",
+                        [(cur.lastrowid, i, x.input, x.output) for i, x in enumerate(c.instances)],
+                    )
+
+    def kept_tasks(self) -> Iterator[tuple[sqlite3.Row, list[Instance]]]:
+        """Kept candidates in order, each with its instances."""
+        for row in self.db.execute("SELECT * FROM candidates WHERE fate = 'kept' ORDER BY id"):
+            instances = [
+                Instance(input=r["input"], output=r["output"])
+                for r in self.db.execute(
+                    "SELECT input, output FROM instances WHERE candidate_id = ? ORDER BY position",
+                    (row["id"],),
+                )
+            ]
+            yield row, instances
