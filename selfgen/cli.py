@@ -1,0 +1,273 @@
+"""The `selfgen` command line: thin Typer commands over the library.
+
+Heavy modules (llama.cpp, the loop, Rich's live display) are imported inside the commands so
+that `selfgen --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from selfgen import __version__
+
+app = typer.Typer(
+    name="selfgen",
+    help="Grow instruction-tuning data from a few seed tasks with a language model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+USAGE_ERROR = 2  # bad seeds, flags or configuration
+RUN_ERROR = 1  # a backend or store that cannot work
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"selfgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Grow instruction-tuning data from a few seed tasks with a language model."""
+
+
+def _default_out() -> Path:
+    from datetime import datetime
+
+    return Path("outputs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+@app.command()
+def run(
+    seeds: Annotated[
+        Path | None, typer.Option(help="Seed tasks, JSONL in the Self-Instruct format.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder. An existing run is resumed/extended. [default: outputs/run-<time>]"),
+    ] = None,
+    num_tasks: Annotated[
+        int | None, typer.Option("-n", "--num-tasks", help="Stop at this many kept tasks. [default: 100]")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A run.toml with any RunConfig setting.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed. [default: 0]")] = None,
+    backend: Annotated[str | None, typer.Option(help="Backend name. [default: llamacpp]")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model for the backend (a .gguf for llamacpp). [default: bundled SmolLM2-135M]")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp.")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--ctx", help="Context size. [default: 2048]")] = None,
+    language: Annotated[str | None, typer.Option(help="en or zh. [default: en]")] = None,
+    max_rounds: Annotated[int | None, typer.Option(help="Stop after this many rounds.")] = None,
+    token_budget: Annotated[int | None, typer.Option(help="Stop after this many tokens in all.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Stop after this many rounds in a row keep nothing. [default: 20]")
+    ] = None,
+    prompts_per_round: Annotated[
+        int | None, typer.Option(help="Instruction-generation prompts per round. [default: 4]")
+    ] = None,
+    seed_instructions: Annotated[
+        int | None, typer.Option(help="Human seed instructions per prompt. [default: 6]")
+    ] = None,
+    machine_instructions: Annotated[
+        int | None, typer.Option(help="Machine instructions per prompt. [default: 2]")
+    ] = None,
+    rouge_threshold: Annotated[
+        float | None, typer.Option(help="Reject when ROUGE-L F against the pool exceeds this. [default: 0.7]")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Instruction sampling temperature. [default: 0.7]")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(help="Instruction sampling top-p. [default: 0.5]")] = None,
+    min_words: Annotated[int | None, typer.Option(help="Fewest words in an instruction. [default: 4]")] = None,
+    max_words: Annotated[int | None, typer.Option(help="Most words in an instruction. [default: 150]")] = None,
+    language_check: Annotated[
+        str | None, typer.Option(help="ascii_start, cjk or none. [default: by --language]")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run the Self-Instruct loop until N tasks are kept (or a budget is spent)."""
+    from selfgen.config import ConfigError, RunConfig, build_config, conflicts, load_toml
+    from selfgen.seeds import SeedFileError, load_seed_tasks
+    from selfgen.store import RunStore, StoreError
+
+    flags: dict[str, Any] = {
+        "seeds": str(seeds) if seeds else None,
+        "num_tasks": num_tasks,
+        "seed": seed,
+        "backend": backend,
+        "model": model,
+        "n_threads": threads,
+        "n_ctx": n_ctx,
+        "language": language,
+        "max_rounds": max_rounds,
+        "token_budget": token_budget,
+        "patience": patience,
+        "prompts_per_round": prompts_per_round,
+        "seed_instructions": seed_instructions,
+        "machine_instructions": machine_instructions,
+        "rouge_threshold": rouge_threshold,
+        "temperature": temperature,
+        "top_p": top_p,
+        "min_words": min_words,
+        "max_words": max_words,
+        "language_check": language_check,
+    }
+    try:
+        file_values = load_toml(config) if config else {}
+        requested = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+        out_dir = out or _default_out()
+        if RunStore.exists(out_dir):
+            store = RunStore.open(out_dir)
+            stored = RunConfig(**store.config())
+            bad = conflicts(stored, requested)
+            if bad:
+                fail(
+                    f"{out_dir} is an existing run with other settings: {'; '.join(bad)}. "
+                    "Use another --out for a new run."
+                )
+            cfg = build_config(stored.to_dict(), requested)
+            store.update_config(cfg.to_dict())
+            backend_obj = _make_backend(cfg)
+        else:
+            cfg = build_config({}, requested)
+            seed_tasks = load_seed_tasks(cfg.seeds)
+            # The backend is loaded before the run folder is made: a bad --model leaves nothing.
+            backend_obj = _make_backend(cfg)
+            store = RunStore.create(
+                out_dir, cfg.to_dict(), seed_tasks, backend_obj.describe(), __version__
+            )
+    except (SeedFileError, ConfigError) as exc:
+        fail(str(exc))
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    _run_loop(cfg, store, backend_obj, out_dir, quiet)
+
+
+def _make_backend(cfg: Any) -> Any:
+    from selfgen.backends.base import BackendError, get_backend
+
+    try:
+        return get_backend(
+            cfg.backend, model=cfg.model, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, seed=cfg.seed
+        )
+    except BackendError as exc:
+        fail(str(exc), RUN_ERROR)
+
+
+def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) -> None:
+    from rich.console import Console
+
+    from selfgen.backends.base import BackendError
+    from selfgen.loop import Loop
+    from selfgen.progress import LoopProgress
+    from selfgen.stats import run_stats
+
+    console = Console(stderr=True, quiet=quiet)
+    display = LoopProgress(console, store.progress(), cfg.num_tasks, enabled=not quiet)
+    try:
+        with display:
+            result = Loop(cfg, store, backend, on_event=display.on_event).run()
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/]: finished rounds are saved; resume with "
+            f"`selfgen run --out {out_dir}`"
+        )
+        raise typer.Exit(130) from None
+    except BackendError as exc:
+        fail(f"{exc} (finished rounds are saved; resume with `selfgen run --out {out_dir}`)", RUN_ERROR)
+    finally:
+        backend.close()
+    stats = run_stats(store)
+    store.close()
+    out_console = Console(quiet=quiet)
+    out_console.print(f"[bold]stopped[/]: {result.stop_reason}")
+    from selfgen.progress import print_stats
+
+    print_stats(out_console, stats)
+    out_console.print(f"run store: {out_dir / 'selfgen.db'}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    out: Annotated[Path, typer.Option(help="Output JSONL file.")],
+    format: Annotated[str, typer.Option("--format", help="alpaca, openai or sharegpt.")] = "openai",
+    include_seeds: Annotated[bool, typer.Option(help="Also export the seed tasks.")] = False,
+    split: Annotated[
+        float | None,
+        typer.Option(help="Fraction of tasks for a validation file written beside --out (NAME.valid.jsonl)."),
+    ] = None,
+    split_seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+) -> None:
+    """Write kept tasks as JSONL for fine-tuning (one row per instance)."""
+    from selfgen.export import FORMATS, export_run
+    from selfgen.store import RunStore, StoreError
+
+    if format not in FORMATS:
+        fail(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
+    if split is not None and not 0.0 < split < 1.0:
+        fail("--split: must be between 0 and 1")
+    try:
+        store = RunStore.open(run_dir)
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    try:
+        counts = export_run(store, format, out, include_seeds, split, split_seed)
+    except OSError as exc:
+        fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
+    finally:
+        store.close()
+    for path, count in counts.items():
+        typer.echo(f"wrote {count} rows to {path}")
+
+
+@app.command()
+def stats(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Print a run's funnel, rejection reasons and counts."""
+    from selfgen.stats import run_stats
+    from selfgen.store import RunStore, StoreError
+
+    try:
+        store = RunStore.open(run_dir)
+        figures = run_stats(store)
+        store.close()
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    from rich.console import Console
+
+    from selfgen.progress import print_stats
+
+    print_stats(Console(), figures)
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `selfgen stats --json | head`
+        sys.stderr.close()

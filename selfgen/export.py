@@ -1,0 +1,126 @@
+"""Export kept tasks as JSONL for fine-tuning: one row per instance.
+
+Formats: `alpaca` (instruction/input/output), `openai` (chat `messages`) and `sharegpt`
+(`conversations` with human/gpt turns). Files are written to a temporary name and renamed,
+so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfgen.records import Instance
+from selfgen.store import RunStore
+
+FORMATS = ("alpaca", "openai", "sharegpt")
+
+
+@dataclass(frozen=True)
+class ExportTask:
+    instruction: str
+    instances: list[Instance]
+    source: str  # "machine" or "seed"
+
+
+def user_message(instruction: str, input_text: str) -> str:
+    return f"{instruction}\n\n{input_text}" if input_text.strip() else instruction
+
+
+def to_row(fmt: str, instruction: str, inst: Instance) -> dict[str, Any]:
+    if fmt == "alpaca":
+        return {"instruction": instruction, "input": inst.input, "output": inst.output}
+    if fmt == "openai":
+        return {
+            "messages": [
+                {"role": "user", "content": user_message(instruction, inst.input)},
+                {"role": "assistant", "content": inst.output},
+            ]
+        }
+    if fmt == "sharegpt":
+        return {
+            "conversations": [
+                {"from": "human", "value": user_message(instruction, inst.input)},
+                {"from": "gpt", "value": inst.output},
+            ]
+        }
+    raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+
+
+def collect_tasks(store: RunStore, include_seeds: bool) -> list[ExportTask]:
+    tasks = []
+    if include_seeds:
+        tasks += [ExportTask(s.instruction, list(s.instances), "seed") for s in store.seeds()]
+    tasks += [ExportTask(row["instruction"], inst, "machine") for row, inst in store.kept_tasks()]
+    return tasks
+
+
+def split_tasks(
+    tasks: list[ExportTask], fraction: float, seed: int
+) -> tuple[list[ExportTask], list[ExportTask]]:
+    """Split by task, not by instance, so no task has instances on both sides."""
+    order = list(range(len(tasks)))
+    random.Random(seed).shuffle(order)
+    n_valid = round(len(tasks) * fraction)
+    valid = set(order[:n_valid])
+    return (
+        [t for i, t in enumerate(tasks) if i not in valid],
+        [t for i, t in enumerate(tasks) if i in valid],
+    )
+
+
+def rows(fmt: str, tasks: Iterable[ExportTask]) -> Iterator[dict[str, Any]]:
+    for task in tasks:
+        for inst in task.instances:
+            yield to_row(fmt, task.instruction, inst)
+
+
+def write_jsonl_atomic(path: Path, items: Iterable[dict[str, Any]]) -> int:
+    """Write rows to `path` through a temporary file in the same folder; return the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for item in items:
+                f.write(json.dumps(item, ensure_ascii=False) + "\n")
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def validation_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.valid{out.suffix or '.jsonl'}")
+
+
+def export_run(
+    store: RunStore,
+    fmt: str,
+    out: Path,
+    include_seeds: bool = False,
+    split: float | None = None,
+    split_seed: int = 0,
+) -> dict[str, int]:
+    """Write the export; with `split`, a validation file beside `out`. Returns row counts."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    tasks = collect_tasks(store, include_seeds)
+    if split is None:
+        return {str(out): write_jsonl_atomic(out, rows(fmt, tasks))}
+    train, valid = split_tasks(tasks, split, split_seed)
+    vpath = validation_path(out)
+    return {
+        str(out): write_jsonl_atomic(out, rows(fmt, train)),
+        str(vpath): write_jsonl_atomic(vpath, rows(fmt, valid)),
+    }

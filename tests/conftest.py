@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from selfgen.backends.base import Backend, Completion, GenerationRequest, register_backend
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SEEDS = ROOT / "seeds" / "seed_tasks.jsonl"
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not available (../shared is absent)")
+    return path
+
+
+class ScriptedBackend(Backend):
+    """A fake model for unit tests of control flow: `reply(request)` gives each completion."""
+
+    name = "scripted"
+
+    def __init__(self, reply: Callable[[GenerationRequest], str | tuple[str, str]]) -> None:
+        self.reply = reply
+        self.requests: list[GenerationRequest] = []
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        out = []
+        for r in requests:
+            self.requests.append(r)
+            answer = self.reply(r)
+            text, finish = answer if isinstance(answer, tuple) else (answer, "stop")
+            out.append(Completion(text, finish, prompt_tokens=10, completion_tokens=5))
+        return out
+
+
+@pytest.fixture
+def scripted():
+    """Register a scripted backend under the name `scripted` (the same registry users use)."""
+    made: list[ScriptedBackend] = []
+
+    def install(reply):
+        def factory(**_):
+            backend = ScriptedBackend(reply)
+            made.append(backend)
+            return backend
+
+        register_backend("scripted", factory)
+        return made
+
+    return install
+
+
+def selfgen_cmd() -> list[str]:
+    """Run the real console entry point in a child process, as a user would."""
+    return [sys.executable, "-m", "selfgen"]
+
+
+@pytest.fixture
+def child_env():
+    env = dict(os.environ)
+    env.pop("COLUMNS", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
