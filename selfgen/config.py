@@ -68,6 +68,7 @@ class RunConfig:
     max_instances: int = 5
     instance_temperature: float = 0.0
     instance_max_tokens: int = 350
+    instance_presence_penalty: float = 1.5
 
     def rule_config(self) -> RuleConfig:
         zh = self.language == "zh"

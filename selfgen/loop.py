@@ -52,6 +52,11 @@ def request_seed(run_seed: int, round_number: int, stage: str, index: int) -> in
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def shared_prefix(prompt: str, instruction: str) -> int:
+    """Length of the few-shot part of a prompt: everything before the task being asked about."""
+    return prompt.rindex(f"Task: {instruction}")
+
+
 class Loop:
     """Runs rounds of the loop against a backend, writing each round to `store`."""
 
@@ -202,9 +207,14 @@ class Loop:
                 survivors.append(cand)
 
         # 4. Classification identification.
+        classify_prompts = [
+            classify.render_prompt(c.language, self.classify_demos, cand.instruction)
+            for cand in survivors
+        ]
         classify_requests = [
             GenerationRequest(
-                prompt=classify.render_prompt(c.language, self.classify_demos, cand.instruction),
+                prompt=prompt,
+                shared_prefix=shared_prefix(prompt, cand.instruction),
                 params=SamplingParams(
                     temperature=0.0,
                     max_tokens=3,
@@ -212,7 +222,7 @@ class Loop:
                 ),
                 constraint=Constraint(choices=classify.CHOICES) if c.constrain_classify else None,
             )
-            for j, cand in enumerate(survivors)
+            for j, (cand, prompt) in enumerate(zip(survivors, classify_prompts, strict=True))
         ]
         answered = []
         for cand, (gen_index, comp) in zip(
@@ -227,25 +237,31 @@ class Loop:
             cand.stage = "classify"
             answered.append(cand)
 
-        # 5. Instance generation and filters.
-        demos_for = [
-            instances.pick_demos(self.rng, self.seeds, bool(cand.is_classification), c.instance_demos)
-            for cand in answered
+        # 5. Instance generation and filters. The demonstrations are drawn once per round for
+        # each kind of task, so that the prompts of a round share them as a prefix.
+        round_demos = {
+            clf: instances.pick_demos(self.rng, self.seeds, clf, c.instance_demos)
+            for clf in (False, True)
+        }
+        demos_for = [round_demos[bool(cand.is_classification)] for cand in answered]
+        instance_prompts = [
+            instances.render_prompt(c.language, demos, cand.instruction, bool(cand.is_classification))
+            for cand, demos in zip(answered, demos_for, strict=True)
         ]
         instance_requests = [
             GenerationRequest(
-                prompt=instances.render_prompt(
-                    c.language, demos, cand.instruction, bool(cand.is_classification)
-                ),
+                prompt=prompt,
+                shared_prefix=shared_prefix(prompt, cand.instruction),
                 params=SamplingParams(
                     temperature=c.instance_temperature,
                     top_p=1.0,
                     max_tokens=c.instance_max_tokens,
+                    presence_penalty=c.instance_presence_penalty,
                     stop=instances.stop_strings(c.max_instances),
                     seed=request_seed(c.seed, number, "instances", j),
                 ),
             )
-            for j, (cand, demos) in enumerate(zip(answered, demos_for, strict=True))
+            for j, (cand, prompt) in enumerate(zip(answered, instance_prompts, strict=True))
         ]
         for cand, demos, (gen_index, comp) in zip(
             answered,

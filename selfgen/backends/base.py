@@ -49,12 +49,17 @@ class Constraint:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A text prompt to continue, or chat `messages` to answer."""
+    """A text prompt to continue, or chat `messages` to answer.
+
+    `shared_prefix` is a hint: the first that many characters of `prompt` are shared by many
+    requests (few-shot demonstrations), so a backend may compute them once and reuse them.
+    """
 
     params: SamplingParams
     prompt: str | None = None
     messages: tuple[dict[str, Any], ...] | None = None
     constraint: Constraint | None = None
+    shared_prefix: int = 0
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -73,7 +73,8 @@ class LlamaCppBackend(Backend):
             self._llm = Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
-                n_threads=n_threads,
+                # llama-cpp-python defaults to half the cores; generation here is CPU-bound.
+                n_threads=n_threads or os.cpu_count(),
                 n_gpu_layers=n_gpu_layers,
                 seed=seed,
                 verbose=False,
@@ -93,6 +94,37 @@ class LlamaCppBackend(Backend):
             return LlamaGrammar.from_string(choice_grammar(constraint.choices), verbose=False)
         return LlamaGrammar.from_json_schema(json.dumps(constraint.json_schema), verbose=False)
 
+    def _prime(self, prompt: str, shared_prefix: int) -> list[int]:
+        """Tokenize `prompt` and leave the KV cache holding exactly its shared prefix.
+
+        A completion must depend only on its own request, never on the request before it:
+        evaluating a prompt in different pieces changes the batch shapes and, with them, the
+        low bits of the logits. So the shared prefix is always evaluated alone, from an empty
+        cache, and the rest on top of it; reusing it from the previous request gives the same
+        numbers as computing it again. Without a shared prefix the cache is cleared.
+        """
+        llm = self._llm
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if len(tokens) >= self.n_ctx:
+            raise ValueError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
+        keep = 0
+        if shared_prefix > 0:
+            head = llm.tokenize(prompt[:shared_prefix].encode("utf-8"), add_bos=True, special=True)
+            while keep < min(len(head), len(tokens)) and head[keep] == tokens[keep]:
+                keep += 1
+            # The last token of the head may merge differently with what follows.
+            keep = min(keep - 1, len(tokens) - 1)
+        if keep <= 0:
+            llm.reset()
+            return tokens
+        prefix = tokens[:keep]
+        if llm.n_tokens >= keep and llm.input_ids[:keep].tolist() == prefix:
+            llm.n_tokens = keep  # eval() drops the cache beyond n_tokens
+        else:
+            llm.reset()
+            llm.eval(prefix)
+        return tokens
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         return [self._one(r) for r in requests]
 
@@ -109,16 +141,14 @@ class LlamaCppBackend(Backend):
             seed=p.seed if p.seed is not None else self.seed,
             grammar=self._grammar(request.constraint),
         )
-        # Forget the previous prompt's KV cache so that a completion depends only on its own
-        # request: reusing a shared prefix changes batch shapes and, with them, the low bits
-        # of the logits, which would make runs and resumed runs diverge.
-        self._llm.reset()
         start = time.perf_counter()
         try:
             if request.prompt is not None:
-                out = self._llm.create_completion(request.prompt, **kwargs)
+                tokens = self._prime(request.prompt, request.shared_prefix)
+                out = self._llm.create_completion(tokens, **kwargs)
                 text = out["choices"][0]["text"]
             else:
+                self._llm.reset()
                 out = self._llm.create_chat_completion(list(request.messages or ()), **kwargs)
                 text = out["choices"][0]["message"].get("content") or ""
         except ValueError as exc:

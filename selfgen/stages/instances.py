@@ -18,6 +18,8 @@ _EXAMPLE = re.compile(r"^[ \t]*Example[ \t]*\d+[ \t]*:?[ \t]*$", re.MULTILINE)
 _INPUT = re.compile(r"^[ \t]*Input[ \t]*:", re.MULTILINE)
 _OUTPUT = re.compile(r"^[ \t]*Output[ \t]*:", re.MULTILINE)
 _LABEL = re.compile(r"^[ \t]*Class label[ \t]*:", re.MULTILINE)
+# A field label inside an input or output: the model lost the format.
+_STRAY_LABEL = re.compile(r"^[ \t]*(Input|Output|Class label|Task|Example \d+)[ \t]*:", re.MULTILINE)
 
 
 def stop_strings(max_instances: int) -> tuple[str, ...]:
@@ -116,6 +118,8 @@ def filter_instances(instances: list[Instance], demos: list[SeedTask]) -> Instan
             reason = "input_equals_output"
         elif inst.output.endswith(":"):
             reason = "output_ends_with_colon"
+        elif _STRAY_LABEL.search(inst.output) or _STRAY_LABEL.search(inst.input):
+            reason = "stray_label"
         elif (inst.input, inst.output) in demo_pairs:
             reason = "copies_demo"
         elif inst.input in seen and seen[inst.input] == inst.output:

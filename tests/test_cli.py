@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, selfgen_cmd
+from selfgen import __version__
+
+
+def run(args, env, **kw):
+    return subprocess.run([*selfgen_cmd(), *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120, **kw)
+
+
+def test_version(child_env):
+    proc = run(["--version"], child_env)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"selfgen {__version__}"
+
+
+def test_help_imports_nothing_heavy():
+    # `selfgen --help` must answer at once: no model runtime, no loop, no live display.
+    code = (
+        "import sys; from selfgen.cli import app; from typer.testing import CliRunner;"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
+        "heavy = [m for m in ('llama_cpp', 'rouge_score', 'sqlite3', 'selfgen.loop', 'rich.live')"
+        " if m in sys.modules]; print(heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_commands_are_listed(child_env):
+    proc = run(["--help"], child_env)
+    for command in ("run", "export", "stats"):
+        assert command in proc.stdout
+
+
+def test_stats_and_export_on_a_missing_run(tmp_path, child_env):
+    for args in (["stats", str(tmp_path)], ["export", str(tmp_path), "--out", str(tmp_path / "x.jsonl")]):
+        proc = run(args, child_env)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == f"error: {tmp_path}: no selfgen run here (no selfgen.db)"
+        assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_bad_config_file(tmp_path, child_env):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("num_taks = 3\n")
+    proc = run(["run", "--config", str(cfg), "--out", str(tmp_path / "r")], child_env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {cfg}: unknown setting(s): num_taks"
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_flag_value(tmp_path, child_env):
+    proc = run(["run", "--rouge-threshold", "1.5", "--out", str(tmp_path / "r")], child_env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --rouge-threshold: must be in [0, 1]"
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_model_file(tmp_path, child_env):
+    proc = run(["run", "--model", str(tmp_path / "none.gguf"), "--out", str(tmp_path / "r")], child_env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: --model: no such GGUF file: {tmp_path / 'none.gguf'}"
+    assert not (tmp_path / "r").exists()
