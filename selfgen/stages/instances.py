@@ -68,33 +68,56 @@ def _sections(text: str, marker: re.Pattern[str]) -> list[str]:
     ]
 
 
+def _field(text: str) -> tuple[str, bool]:
+    """A field's text up to the next field label, and whether such a label ends it.
+
+    A model that writes a second ``Output:`` under one example is rambling; its first answer
+    is the one asked for.
+    """
+    stray = _STRAY_LABEL.search(text)
+    return (text[: stray.start()] if stray else text).strip(), stray is not None
+
+
 def parse_input_first(text: str, finish_reason: str, max_instances: int) -> list[Instance]:
-    """Parse ``Example N / Input: ... / Output: ...`` blocks (the prompt wrote ``Example 1``)."""
+    """Parse ``Example N / Input: ... / Output: ...`` blocks (the prompt wrote ``Example 1``).
+
+    When `max_tokens` cut the text, an output that runs to the very end is incomplete and
+    dropped.
+    """
     blocks = _sections("Example 1\n" + text, _EXAMPLE)
-    if finish_reason == "length" and blocks:
-        blocks = blocks[:-1]  # cut off mid-example
     out = []
-    for block in blocks[:max_instances]:
+    for n, block in enumerate(blocks[:max_instances]):
         o = _OUTPUT.search(block)
         if o is None:
             continue
         i = _INPUT.search(block, 0, o.start())
-        inp = block[i.end() : o.start()] if i else ""
-        out.append(Instance(input=inp.strip(), output=block[o.end() :].strip()))
+        output, closed = _field(block[o.end() :])
+        if finish_reason == "length" and n == len(blocks) - 1 and not closed:
+            continue
+        inp = block[i.end() : o.start()].strip() if i else ""
+        out.append(Instance(input=inp, output=output))
     return out
 
 
 def parse_output_first(text: str, finish_reason: str, max_instances: int) -> list[Instance]:
-    """Parse ``Class label: ... / Input: ...`` pairs (the prompt wrote the first ``Class label:``)."""
+    """Parse ``Class label: ... / Input: ...`` pairs (the prompt wrote the first ``Class label:``).
+
+    A label with no ``Input:`` is a task that needs no input. When `max_tokens` cut the text,
+    the field that runs to the very end is incomplete and its pair is dropped.
+    """
     blocks = _sections("Class label:" + text, _LABEL)
-    if finish_reason == "length" and blocks:
-        blocks = blocks[:-1]
     out = []
-    for block in blocks[:max_instances]:
+    for n, block in enumerate(blocks[:max_instances]):
         i = _INPUT.search(block)
-        label = block[: i.start()] if i else block
-        inp = block[i.end() :] if i else ""
-        out.append(Instance(input=inp.strip(), output=label.strip()))
+        if i is None:
+            label, closed = _field(block)
+            inp = ""
+        else:
+            label = block[: i.start()].strip()
+            inp, closed = _field(block[i.end() :])
+        if finish_reason == "length" and n == len(blocks) - 1 and not closed:
+            continue
+        out.append(Instance(input=inp, output=label))
     return out
 
 

@@ -13,8 +13,13 @@ _NUMBERED = re.compile(r"^[ \t]*(\d+)[ \t]*[.)][ \t]*", re.MULTILINE)
 
 
 def stop_strings(list_length: int) -> tuple[str, ...]:
-    """Stop where the paper stops: a blank line, or the list reaching its last number."""
-    return ("\n\n", f"\n{list_length}", f"{list_length}.", f"{list_length} .")
+    """Stop at a blank line or when the list reaches its last number.
+
+    The paper also stops at a bare "16." anywhere; that cuts an item that mentions the number
+    in its text, and the backend strips the stop string, so the cut could not be detected.
+    Only a number at the start of a line counts here.
+    """
+    return ("\n\n", f"\n{list_length}")
 
 
 def choose_prompt_instructions(
