@@ -61,10 +61,13 @@ def run(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Run folder. An existing run is resumed/extended. [default: outputs/run-<time>]"),
+        typer.Option(
+            help="Run folder. An existing run is resumed/extended. [default: outputs/run-<time>]"
+        ),
     ] = None,
     num_tasks: Annotated[
-        int | None, typer.Option("-n", "--num-tasks", help="Stop at this many kept tasks. [default: 100]")
+        int | None,
+        typer.Option("-n", "--num-tasks", help="Stop at this many kept tasks. [default: 100]"),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="A run.toml with any RunConfig setting.")
@@ -72,15 +75,23 @@ def run(
     seed: Annotated[int | None, typer.Option(help="Run seed. [default: 0]")] = None,
     backend: Annotated[str | None, typer.Option(help="Backend name. [default: llamacpp]")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model for the backend (a .gguf for llamacpp). [default: bundled SmolLM2-135M]")
+        str | None,
+        typer.Option(
+            help="Model for the backend (a .gguf for llamacpp). [default: bundled SmolLM2-135M]"
+        ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp.")] = None,
-    n_ctx: Annotated[int | None, typer.Option("--ctx", help="Context size. [default: 2048]")] = None,
+    n_ctx: Annotated[
+        int | None, typer.Option("--ctx", help="Context size. [default: 2048]")
+    ] = None,
     language: Annotated[str | None, typer.Option(help="en or zh. [default: en]")] = None,
     max_rounds: Annotated[int | None, typer.Option(help="Stop after this many rounds.")] = None,
-    token_budget: Annotated[int | None, typer.Option(help="Stop after this many tokens in all.")] = None,
+    token_budget: Annotated[
+        int | None, typer.Option(help="Stop after this many tokens in all.")
+    ] = None,
     patience: Annotated[
-        int | None, typer.Option(help="Stop after this many rounds in a row keep nothing. [default: 20]")
+        int | None,
+        typer.Option(help="Stop after this many rounds in a row keep nothing. [default: 20]"),
     ] = None,
     prompts_per_round: Annotated[
         int | None, typer.Option(help="Instruction-generation prompts per round. [default: 4]")
@@ -92,14 +103,21 @@ def run(
         int | None, typer.Option(help="Machine instructions per prompt. [default: 2]")
     ] = None,
     rouge_threshold: Annotated[
-        float | None, typer.Option(help="Reject when ROUGE-L F against the pool exceeds this. [default: 0.7]")
+        float | None,
+        typer.Option(help="Reject when ROUGE-L F against the pool exceeds this. [default: 0.7]"),
     ] = None,
     temperature: Annotated[
         float | None, typer.Option(help="Instruction sampling temperature. [default: 0.7]")
     ] = None,
-    top_p: Annotated[float | None, typer.Option(help="Instruction sampling top-p. [default: 0.5]")] = None,
-    min_words: Annotated[int | None, typer.Option(help="Fewest words in an instruction. [default: 4]")] = None,
-    max_words: Annotated[int | None, typer.Option(help="Most words in an instruction. [default: 150]")] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Instruction sampling top-p. [default: 0.5]")
+    ] = None,
+    min_words: Annotated[
+        int | None, typer.Option(help="Fewest words in an instruction. [default: 4]")
+    ] = None,
+    max_words: Annotated[
+        int | None, typer.Option(help="Most words in an instruction. [default: 150]")
+    ] = None,
     language_check: Annotated[
         str | None, typer.Option(help="ascii_start, cjk or none. [default: by --language]")
     ] = None,
@@ -194,17 +212,20 @@ def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) ->
         )
         raise typer.Exit(130) from None
     except BackendError as exc:
-        fail(f"{exc} (finished rounds are saved; resume with `selfgen run --out {out_dir}`)", RUN_ERROR)
+        fail(
+            f"{exc} (finished rounds are saved; resume with `selfgen run --out {out_dir}`)",
+            RUN_ERROR,
+        )
     finally:
         backend.close()
     stats = run_stats(store)
     store.close()
     out_console = Console(quiet=quiet)
-    out_console.print(f"[bold]stopped[/]: {result.stop_reason}")
+    out_console.print(f"[bold]stopped[/]: {result.stop_reason}", soft_wrap=True)
     from selfgen.progress import print_stats
 
     print_stats(out_console, stats)
-    out_console.print(f"run store: {out_dir / 'selfgen.db'}")
+    out_console.print(f"run store: {out_dir / 'selfgen.db'}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -215,7 +236,9 @@ def export(
     include_seeds: Annotated[bool, typer.Option(help="Also export the seed tasks.")] = False,
     split: Annotated[
         float | None,
-        typer.Option(help="Fraction of tasks for a validation file written beside --out (NAME.valid.jsonl)."),
+        typer.Option(
+            help="Fraction of tasks for a validation file written beside --out (NAME.valid.jsonl)."
+        ),
     ] = None,
     split_seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
 ) -> None:
@@ -264,6 +287,98 @@ def stats(
     from selfgen.progress import print_stats
 
     print_stats(Console(), figures)
+
+
+@app.command()
+def dedupe(
+    input: Annotated[
+        Path, typer.Argument(help="JSONL rows, or plain text with one item per line.")
+    ],
+    out: Annotated[Path, typer.Option(help="Kept rows, written exactly as read.")],
+    field: Annotated[
+        str,
+        typer.Option(
+            help="Field to compare in JSONL rows: a key, a path (a.b.0) or a selector"
+            " such as 'messages[role=user].content'."
+        ),
+    ] = "instruction",
+    threshold: Annotated[
+        float, typer.Option(help="Reject a row whose ROUGE-L F against a kept row is above this.")
+    ] = 0.7,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(help="Rows of this file count as already kept (repeatable); not written."),
+    ] = None,
+    rejected: Annotated[
+        Path | None,
+        typer.Option(help="Write rejected and malformed rows here, with nearest row and score."),
+    ] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="auto (by extension), jsonl or text.")
+    ] = "auto",
+    tokenizer: Annotated[
+        str, typer.Option(help="rouge (rouge-score's) or cjk (CJK characters as tokens).")
+    ] = "rouge",
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Stop at the first malformed line instead of skipping it."),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Greedy ROUGE-L de-duplication of any instruction data set (JSONL or text)."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from selfgen.dedupe import DedupeError
+    from selfgen.dedupe import dedupe as run_dedupe
+
+    err = Console(stderr=True)
+    if not input.is_file():
+        fail(f"{input}: no such file")
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+        transient=True,
+    )
+    task = progress.add_task("dedupe", total=input.stat().st_size)
+    started = time.perf_counter()
+    try:
+        with progress:
+            summary = run_dedupe(
+                input,
+                out,
+                field,
+                threshold,
+                against,
+                rejected,
+                format,
+                tokenizer,
+                strict,
+                on_progress=lambda n: progress.advance(task, n),
+                on_malformed=lambda message: err.print(
+                    f"skipped {message}", markup=False, highlight=False, soft_wrap=True
+                ),
+            )
+    except DedupeError as exc:
+        fail(str(exc))
+    except UnicodeDecodeError as exc:
+        fail(f"{input}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    seconds = time.perf_counter() - started
+    Console().print(
+        f"read {summary.read} rows in {seconds:.1f} s: kept {summary.kept}, rejected "
+        f"{summary.rejected} (ROUGE-L > {threshold}), skipped {summary.malformed} malformed"
+        + (f"; compared against {summary.against} rows" if summary.against else "")
+        + f"\nkept rows: {out}"
+        + (f"\nrejected rows: {rejected}" if rejected else ""),
+        markup=False,
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -76,7 +76,8 @@ class RunConfig:
             min_words=self.min_words,
             max_words=self.max_words,
             blacklist=list(
-                self.blacklist if self.blacklist is not None
+                self.blacklist
+                if self.blacklist is not None
                 else (BLACKLIST_ZH if zh else BLACKLIST_EN)
             ),
             banned_prefixes=list(self.banned_prefixes),
@@ -164,5 +165,7 @@ def conflicts(stored: RunConfig, requested: dict[str, Any]) -> list[str]:
         if value is None or name in RESUMABLE:
             continue
         if getattr(stored, name) != value:
-            out.append(f"--{name.replace('_', '-')} {value!r} (this run has {getattr(stored, name)!r})")
+            out.append(
+                f"--{name.replace('_', '-')} {value!r} (this run has {getattr(stored, name)!r})"
+            )
     return out

@@ -127,7 +127,9 @@ class Loop:
                     constraint=(
                         {"choices": list(req.constraint.choices)}
                         if req.constraint and req.constraint.choices
-                        else ({"json_schema": req.constraint.json_schema} if req.constraint else None)
+                        else (
+                            {"json_schema": req.constraint.json_schema} if req.constraint else None
+                        )
                     ),
                     response=comp.text,
                     finish_reason=comp.finish_reason,
@@ -197,8 +199,9 @@ class Loop:
                     cand.reject("rules", reason)
                     continue
                 score, nearest = self.index.best(item.text)
-                if nearest is not None:
-                    cand.nearest, cand.rouge_l = self.index.texts[nearest], score
+                cand.rouge_l = score
+                # No nearest neighbour when no indexed text shares a single token with it.
+                cand.nearest = self.index.texts[nearest] if nearest is not None else None
                 if score > c.rouge_threshold:
                     cand.reject("rouge", "near_duplicate")
                     continue
@@ -245,7 +248,9 @@ class Loop:
         }
         demos_for = [round_demos[bool(cand.is_classification)] for cand in answered]
         instance_prompts = [
-            instances.render_prompt(c.language, demos, cand.instruction, bool(cand.is_classification))
+            instances.render_prompt(
+                c.language, demos, cand.instruction, bool(cand.is_classification)
+            )
             for cand, demos in zip(answered, demos_for, strict=True)
         ]
         instance_requests = [

@@ -37,8 +37,12 @@ class LoopProgress:
             disable=not enabled,
         )
         self.task = self.progress.add_task(
-            "run", total=target, completed=self.kept, candidates=self.candidates,
-            rate=self._rate(), tps="-",
+            "run",
+            total=target,
+            completed=self.kept,
+            candidates=self.candidates,
+            rate=self._rate(),
+            tps="-",
         )
 
     def _rate(self) -> str:

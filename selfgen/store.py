@@ -235,7 +235,9 @@ class RunStore:
                             s.name,
                             s.instruction,
                             int(s.is_classification),
-                            json.dumps([{"input": i.input, "output": i.output} for i in s.instances]),
+                            json.dumps(
+                                [{"input": i.input, "output": i.output} for i in s.instances]
+                            ),
                         )
                         for s in seeds
                     ],

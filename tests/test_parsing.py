@@ -66,14 +66,19 @@ def test_code_block_inside_an_item_is_one_item():
 
 
 def test_continuation_that_restarts_numbering_stops_the_list():
-    items = parse_continuation(" Tell me a fact.\n10. Name a river.\n1. Tell me a fact.", 9, "stop", 16)
+    items = parse_continuation(
+        " Tell me a fact.\n10. Name a river.\n1. Tell me a fact.", 9, "stop", 16
+    )
     assert [i.text for i in items] == ["Tell me a fact.", "Name a river."]
 
 
 def test_empty_items_are_marked():
     items = parse_continuation("\n10.\n11. Name three rivers in Asia.", 9, "stop", 16)
-    assert [(i.text, i.reason) for i in items] == [("", "empty"), ("", "empty"),
-                                                   ("Name three rivers in Asia.", None)]
+    assert [(i.text, i.reason) for i in items] == [
+        ("", "empty"),
+        ("", "empty"),
+        ("Name three rivers in Asia.", None),
+    ]
 
 
 @pytest.mark.parametrize("record", INSTANCES, ids=lambda r: r["response"][:30])
@@ -107,26 +112,37 @@ def test_doubled_label_gives_an_empty_output_that_the_filter_rejects():
 def test_output_first_pairs():
     text = " Positive\nInput: I love it\nClass label: Negative\nInput: It broke on day one."
     assert parse_output_first(text, "stop", 5) == [
-        Instance("I love it", "Positive"), Instance("It broke on day one.", "Negative")
+        Instance("I love it", "Positive"),
+        Instance("It broke on day one.", "Negative"),
     ]
     assert parse_output_first(text, "length", 5) == [Instance("I love it", "Positive")]
 
 
 def test_instance_filters():
     verdict = filter_instances(
-        [Instance("a", "a"), Instance("b", "x:"), Instance("c", "y"), Instance("c", "y"),
-         Instance("", "")],
+        [
+            Instance("a", "a"),
+            Instance("b", "x:"),
+            Instance("c", "y"),
+            Instance("c", "y"),
+            Instance("", ""),
+        ],
         [],
     )
     assert verdict.kept == [Instance("c", "y")]
     assert [r for _, r in verdict.dropped] == [
-        "input_equals_output", "output_ends_with_colon", "duplicate", "empty_output"]
+        "input_equals_output",
+        "output_ends_with_colon",
+        "duplicate",
+        "empty_output",
+    ]
     assert verdict.task_reason is None
     conflict = filter_instances([Instance("q", "yes"), Instance("q", "no")], [])
     assert conflict.task_reason == "conflicting_outputs"
 
 
-@pytest.mark.parametrize("text,answer", [(" Yes", True), (" No", False), ("yes.", True),
-                                         (" Maybe", None), ("", None)])
+@pytest.mark.parametrize(
+    "text,answer", [(" Yes", True), (" No", False), ("yes.", True), (" Maybe", None), ("", None)]
+)
 def test_classification_answers(text, answer):
     assert classify.parse_answer(text) is answer

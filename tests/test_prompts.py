@@ -16,7 +16,10 @@ def test_instruction_prompt():
 
 
 def test_instruction_prompt_chinese():
-    assert instructions.render_prompt("zh", ["写一首诗。"]) == "请想出一系列任务：\n\n1. 写一首诗。\n2."
+    assert (
+        instructions.render_prompt("zh", ["写一首诗。"])
+        == "请想出一系列任务：\n\n1. 写一首诗。\n2."
+    )
 
 
 def test_prompt_instructions_mix_seed_and_machine():
@@ -44,7 +47,9 @@ def test_classify_prompt():
 
 
 def test_input_first_prompt():
-    prompt = instances.render_prompt("en", [task(1, inp="some input"), task(2)], "Add two numbers.", False)
+    prompt = instances.render_prompt(
+        "en", [task(1, inp="some input"), task(2)], "Add two numbers.", False
+    )
     assert prompt == (
         "Come up with examples for the following tasks. Try to generate multiple examples when"
         " possible. If the task doesn't require additional input, you can generate the output"
@@ -71,6 +76,6 @@ def test_shared_prefix_is_the_few_shot_part():
 
     prompt = classify.render_prompt("en", [task(1)], "Instruction number 1.")
     # The demo repeats the instruction; the prefix ends before the task being asked about.
-    assert prompt[shared_prefix(prompt, "Instruction number 1."):] == (
+    assert prompt[shared_prefix(prompt, "Instruction number 1.") :] == (
         "Task: Instruction number 1.\nIs it classification?"
     )

@@ -1,9 +1,9 @@
 import random
 
 import pytest
+from conftest import SEEDS, shared_file
 from rouge_score import rouge_scorer
 
-from conftest import SEEDS, shared_file
 from selfgen.filters.rouge import RougeIndex, cjk_tokenize, lcs_length, rouge_l_f, rouge_tokenize
 from selfgen.seeds import load_seed_tasks
 
@@ -12,7 +12,9 @@ def _reference_lcs(a, b):
     table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
     for i, x in enumerate(a):
         for j, y in enumerate(b):
-            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+            table[i + 1][j + 1] = (
+                table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+            )
     return table[-1][-1]
 
 
@@ -61,7 +63,9 @@ def test_index_best_is_the_exhaustive_maximum():
         exhaustive = max(scorer.score(t, query)["rougeL"].fmeasure for t in texts[:80])
         assert abs(score - exhaustive) <= 1e-12
         if nearest is not None:
-            assert abs(scorer.score(index.texts[nearest], query)["rougeL"].fmeasure - score) <= 1e-12
+            assert (
+                abs(scorer.score(index.texts[nearest], query)["rougeL"].fmeasure - score) <= 1e-12
+            )
 
 
 def test_cjk_tokenizer_keeps_chinese_and_matches_rouge_on_ascii():

@@ -23,8 +23,9 @@ def test_paper_rules(text, reason):
 
 
 def test_rules_are_data():
-    rules = RuleFilter(RuleConfig(min_words=2, blacklist=["banana"], banned_prefixes=[],
-                                  language_check="none"))
+    rules = RuleFilter(
+        RuleConfig(min_words=2, blacklist=["banana"], banned_prefixes=[], language_check="none")
+    )
     assert rules.check("Write a program now") is None
     assert rules.check("Peel a banana") == "blacklist:banana"
     assert rules.check("Éxplique la fotosíntesis") is None

@@ -3,8 +3,8 @@ import subprocess
 from collections import Counter
 
 import pytest
+from conftest import ROOT, SEEDS, selfgen_cmd, shared_file
 
-from conftest import SEEDS, ROOT, selfgen_cmd, shared_file
 from selfgen.filters.rules import RuleConfig, RuleFilter
 from selfgen.seeds import SeedFileError, load_seed_tasks
 
@@ -56,8 +56,14 @@ def _line(**changes):
 BAD_FILES = [
     ([_line(), '{"id": "t2", "name": '], ":2: not valid JSON"),
     ([_line(), _line(id="t2", instruction=...)], ":2: missing field 'instruction'"),
-    ([_line(is_classification="no")], ":1: field 'is_classification' must be a boolean, got string"),
-    ([_line(instances={"input": "", "output": ""})], ":1: field 'instances' must be a list, got object"),
+    (
+        [_line(is_classification="no")],
+        ":1: field 'is_classification' must be a boolean, got string",
+    ),
+    (
+        [_line(instances={"input": "", "output": ""})],
+        ":1: field 'instances' must be a list, got object",
+    ),
     ([_line(instances=[{"input": "", "output": 3}])], ":1: instances[0].output must be a string"),
     ([_line(), _line()], ":2: duplicate id 't1'"),
     (["[1, 2]"], ":1: expected a JSON object, got list"),
@@ -81,7 +87,10 @@ def test_bad_seed_file_on_the_command_line(tmp_path, child_env, lines, message):
     out = tmp_path / "run"
     proc = subprocess.run(
         [*selfgen_cmd(), "run", "--seeds", str(path), "--out", str(out), "-n", "2"],
-        capture_output=True, text=True, env=child_env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert f"{path}{message}" in proc.stderr
@@ -94,7 +103,10 @@ def test_missing_seed_file(tmp_path, child_env):
     out = tmp_path / "run"
     proc = subprocess.run(
         [*selfgen_cmd(), "run", "--seeds", str(tmp_path / "nope.jsonl"), "--out", str(out)],
-        capture_output=True, text=True, env=child_env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "nope.jsonl: no such seed file" in proc.stderr

@@ -15,9 +15,7 @@ _ROUGE_NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _ROUGE_VALID = re.compile(r"^[a-z0-9]+$")
 
 # CJK Unified Ideographs (and extension A, compatibility ideographs), Hiragana, Katakana, Hangul.
-_CJK_CHARS = (
-    "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
-)
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _CJK_TOKEN = re.compile(f"[{_CJK_CHARS}]|[a-z0-9]+")
 CJK_CHAR = re.compile(f"[{_CJK_CHARS}]")
 
@@ -58,47 +56,169 @@ def lcs_length(a: Sequence[object], b: Sequence[object]) -> int:
     return len(a) - v.bit_count()
 
 
-def rouge_l_f(candidate: Sequence[object], reference: Sequence[object]) -> float:
-    """ROUGE-L F-measure of two token sequences, with rouge-score's arithmetic."""
-    if not candidate or not reference:
-        return 0.0
-    lcs = lcs_length(reference, candidate)
-    precision = lcs / len(candidate)
-    recall = lcs / len(reference)
+def _f_measure(lcs: int, len_candidate: int, len_reference: int) -> float:
+    """rouge-score's F-measure, operation for operation, so the floats are identical."""
+    precision = lcs / len_candidate
+    recall = lcs / len_reference
     if precision + recall == 0:
         return 0.0
     return 2 * precision * recall / (precision + recall)
 
 
+def rouge_l_f(candidate: Sequence[object], reference: Sequence[object]) -> float:
+    """ROUGE-L F-measure of two token sequences, with rouge-score's arithmetic."""
+    if not candidate or not reference:
+        return 0.0
+    return _f_measure(lcs_length(reference, candidate), len(candidate), len(reference))
+
+
+# The bounds are real-number arguments, while scores are floats computed as rouge-score does
+# (14/20 scores 0.7000000000000001, above a 0.7 threshold). Every pruning test leaves this much
+# room, so rounding can only make it prune less, never wrongly.
+_SLACK = 1e-9
+
+
 class RougeIndex:
-    """The texts a candidate must differ from, with their tokens computed once."""
+    """An exact ROUGE-L index over a growing set of texts.
+
+    Scores equal rouge-score's; the work is in not computing most of them:
+
+    - tokens become integer ids once, and every text is kept with its token counts;
+    - an inverted index finds the texts that share a token with the query, and the size of the
+      multiset intersection bounds the LCS, so F <= 2 * overlap / (m + n) without any LCS;
+    - for a threshold t, F > t needs an overlap above t * m / (2 - t) tokens, so only texts that
+      contain one of the query's rarest tokens can pass (a pigeonhole argument), and only those
+      posting lists are read;
+    - candidates are scored in decreasing order of their bound, so the scan stops as soon as the
+      next bound cannot beat the best score found;
+    - the LCS itself is bit-parallel (:func:`lcs_length`), its masks built once per query.
+    """
 
     def __init__(self, tokenizer: Tokenizer = rouge_tokenize) -> None:
         self.tokenizer = tokenizer
         self.texts: list[str] = []
-        self._tokens: list[list[str]] = []
+        self._vocab: dict[str, int] = {}
+        self._seqs: list[list[int]] = []
+        self._lengths: list[int] = []
+        self._counts: list[dict[int, int]] = []
+        self._postings: dict[int, list[int]] = {}
+        self.pairs_scored = 0  # LCS computations, for benchmarks
+        self.pairs_bounded = 0  # candidates whose bound was computed
 
     def __len__(self) -> int:
         return len(self.texts)
 
+    def _ids(self, text: str, grow: bool) -> list[int]:
+        vocab = self._vocab
+        if grow:
+            return [vocab.setdefault(t, len(vocab)) for t in self.tokenizer(text)]
+        # A token never seen cannot match; -1 keeps its place in the sequence.
+        return [vocab.get(t, -1) for t in self.tokenizer(text)]
+
     def add(self, text: str) -> int:
+        """Index `text`; returns its position in :attr:`texts`."""
+        ids = self._ids(text, grow=True)
+        doc = len(self.texts)
+        counts: dict[int, int] = {}
+        for t in ids:
+            counts[t] = counts.get(t, 0) + 1
+        for t in counts:
+            self._postings.setdefault(t, []).append(doc)
         self.texts.append(text)
-        self._tokens.append(self.tokenizer(text))
-        return len(self.texts) - 1
+        self._seqs.append(ids)
+        self._lengths.append(len(ids))
+        self._counts.append(counts)
+        return doc
 
     def best(self, text: str) -> tuple[float, int | None]:
-        """The highest ROUGE-L F of `text` against the index, and the index of that text."""
-        tokens = self.tokenizer(text)
-        best_score, best_id = 0.0, None
-        n = len(tokens)
-        for i, ref in enumerate(self._tokens):
-            m = len(ref)
-            if n == 0 or m == 0:
-                continue
-            # F can never exceed 2*min/(m+n); skip pairs that could not beat the best so far.
-            if best_id is not None and 2 * min(m, n) / (m + n) <= best_score:
-                continue
-            score = rouge_l_f(tokens, ref)
-            if best_id is None or score > best_score:
-                best_score, best_id = score, i
-        return best_score, best_id
+        """The highest ROUGE-L F of `text` against the index, and which text has it.
+
+        Ties go to the earliest text. (0.0, None) when no indexed text shares a token.
+        """
+        return self._search(text, threshold=None, first_hit=False)
+
+    def nearest_above(self, text: str, threshold: float) -> tuple[float, int | None]:
+        """The best score and text among those scoring strictly above `threshold`, or
+        (0.0, None) when there is none. Reads only what can beat the threshold."""
+        return self._search(text, threshold=threshold, first_hit=False)
+
+    def is_novel(self, text: str, threshold: float) -> bool:
+        """True when no indexed text scores strictly above `threshold`; stops at the first."""
+        return self._search(text, threshold=threshold, first_hit=True)[1] is None
+
+    def _search(
+        self, text: str, threshold: float | None, first_hit: bool
+    ) -> tuple[float, int | None]:
+        query = self._ids(text, grow=False)
+        m = len(query)
+        if m == 0 or not self.texts:
+            return 0.0, None
+        q_counts: dict[int, int] = {}
+        for t in query:
+            if t >= 0:
+                q_counts[t] = q_counts.get(t, 0) + 1
+        postings = self._postings
+        # Query token types, rarest first.
+        types = sorted(q_counts, key=lambda t: len(postings[t]))
+        if threshold is not None:
+            # Overlap must exceed need = t*m/(2-t); probing token types that cover at least
+            # m - floor(need) query positions leaves any text sharing none of them with an
+            # overlap of at most floor(need), which cannot pass.
+            need = (threshold - _SLACK) * m / (2 - threshold + _SLACK)
+            must_cover = m - int(need)
+            probe, covered = [], 0
+            for t in types:
+                if covered >= must_cover:
+                    break
+                probe.append(t)
+                covered += q_counts[t]
+            if covered < must_cover:
+                return 0.0, None  # even every known token cannot reach the overlap needed
+        else:
+            probe = types
+        seen: set[int] = set()
+        for t in probe:
+            seen.update(postings[t])
+        lengths, counts = self._lengths, self._counts
+        floor = threshold if threshold is not None else 0.0
+        bounded = []
+        for doc in seen:
+            n = lengths[doc]
+            dc = counts[doc]
+            overlap = 0
+            for t, c in q_counts.items():
+                d = dc.get(t)
+                if d:
+                    overlap += c if c < d else d
+            bound = 2 * overlap / (m + n)
+            if bound + _SLACK > floor:
+                bounded.append((-bound, doc))
+        self.pairs_bounded += len(seen)
+        if not bounded:
+            return 0.0, None
+        bounded.sort()
+        masks: dict[int, int] = {}
+        for i, t in enumerate(query):
+            masks[t] = masks.get(t, 0) | (1 << i)
+        full = (1 << m) - 1
+        best_score, best_doc = 0.0, None
+        seqs = self._seqs
+        for neg_bound, doc in bounded:
+            if -neg_bound + _SLACK < best_score:
+                break  # no later candidate can beat (or tie) the best
+            v = full
+            for token in seqs[doc]:
+                u = v & masks.get(token, 0)
+                v = ((v + u) | (v - u)) & full
+            lcs = m - v.bit_count()
+            self.pairs_scored += 1
+            score = _f_measure(lcs, m, lengths[doc])
+            if score > floor and (
+                best_doc is None or score > best_score or (score == best_score and doc < best_doc)
+            ):
+                best_score, best_doc = score, doc
+                if first_hit:
+                    break
+        if best_doc is None:
+            return 0.0, None
+        return best_score, best_doc

@@ -20,7 +20,19 @@ BLACKLIST_EN = [
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
     "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
 ]  # fmt: skip
-BLACKLIST_ZH = ["图片", "图像", "图表", "文件", "地图", "绘制", "画", "视频", "音频", "音乐", "流程图"]
+BLACKLIST_ZH = [
+    "图片",
+    "图像",
+    "图表",
+    "文件",
+    "地图",
+    "绘制",
+    "画",
+    "视频",
+    "音频",
+    "音乐",
+    "流程图",
+]
 
 _WORD = re.compile(f"{CJK_CHAR.pattern}|[^\\s{CJK_CHAR.pattern[1:-1]}]+")
 

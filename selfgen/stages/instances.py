@@ -19,7 +19,9 @@ _INPUT = re.compile(r"^[ \t]*Input[ \t]*:", re.MULTILINE)
 _OUTPUT = re.compile(r"^[ \t]*Output[ \t]*:", re.MULTILINE)
 _LABEL = re.compile(r"^[ \t]*Class label[ \t]*:", re.MULTILINE)
 # A field label inside an input or output: the model lost the format.
-_STRAY_LABEL = re.compile(r"^[ \t]*(Input|Output|Class label|Task|Example \d+)[ \t]*:", re.MULTILINE)
+_STRAY_LABEL = re.compile(
+    r"^[ \t]*(Input|Output|Class label|Task|Example \d+)[ \t]*:", re.MULTILINE
+)
 
 
 def stop_strings(max_instances: int) -> tuple[str, ...]:
