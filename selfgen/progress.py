@@ -85,6 +85,9 @@ def print_stats(console: Console, s: dict[str, Any]) -> None:
     funnel.add_row("candidates", str(total), _bar(total, total))
     for stage, count in s["funnel"]["rejected"].items():
         funnel.add_row(f"rejected by {stage}", str(count), _bar(count, total))
+    if s["funnel"]["surplus"]:
+        surplus = s["funnel"]["surplus"]
+        funnel.add_row("surplus (target reached)", str(surplus), _bar(surplus, total))
     funnel.add_row("[bold]kept[/]", f"[bold]{s['kept']}[/]", _bar(s["kept"], total))
     console.print(funnel)
 

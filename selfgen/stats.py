@@ -8,6 +8,8 @@ from selfgen.store import RunStore
 
 # The order candidates pass the stages in; the funnel is reported in this order.
 STAGES = ("parse", "rules", "rouge", "classify", "instances")
+# The reason of tasks that passed every filter in the round that met the target.
+SURPLUS = "target_reached"
 
 
 def run_stats(store: RunStore) -> dict[str, Any]:
@@ -16,11 +18,15 @@ def run_stats(store: RunStore) -> dict[str, Any]:
     progress = store.progress()
     rejected_by_stage = {stage: 0 for stage in STAGES}
     reasons: dict[str, dict[str, int]] = {}
+    surplus = 0
     for row in db.execute(
         "SELECT stage, reason, COUNT(*) FROM candidates WHERE fate = 'rejected'"
         " GROUP BY stage, reason ORDER BY stage, COUNT(*) DESC"
     ):
         stage, reason, count = row[0], row[1] or "", row[2]
+        if reason == SURPLUS:
+            surplus += count  # passed every filter after the target was met: not a rejection
+            continue
         rejected_by_stage[stage] = rejected_by_stage.get(stage, 0) + count
         reasons.setdefault(stage, {})[reason] = count
     kept = progress.kept
@@ -44,10 +50,11 @@ def run_stats(store: RunStore) -> dict[str, Any]:
         "kept": kept,
         "instances": instances,
         "classification_share": clf / kept if kept else 0.0,
-        "candidates_per_kept": progress.candidates / kept if kept else None,
+        "candidates_per_kept": (progress.candidates - surplus) / kept if kept else None,
         "funnel": {
             "candidates": progress.candidates,
             "rejected": rejected_by_stage,
+            "surplus": surplus,
             "kept": kept,
         },
         "reasons": reasons,

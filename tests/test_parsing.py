@@ -29,6 +29,15 @@ def test_capture_covers_cut_off_and_rambling_output():
     assert sum(r["finish_reason"] == "length" for r in INSTRUCTIONS) >= 5
     assert sum(r["finish_reason"] == "length" for r in INSTANCES) >= 5
     assert any(r["language"] == "zh" for r in INSTRUCTIONS)
+    assert sum(r.get("kind") == "output_first" for r in INSTANCES) >= 10
+
+
+def test_output_first_label_without_input():
+    # SmolLM2 often writes a label and then a stray "Output:" instead of "Input:".
+    record = find(" High\nOutput:")
+    assert parse_output_first(record["response"], record["finish_reason"], 5) == [
+        Instance("", "High")
+    ]
 
 
 @pytest.mark.parametrize("record", INSTRUCTIONS, ids=lambda r: r["response"][:30])

@@ -35,13 +35,13 @@ def test_prompt_instructions_mix_seed_and_machine():
 
 def test_classify_prompt():
     demos = classify.pick_demos([task(1), task(2, clf=True), task(3)], 3)
-    assert [d.id for d in demos] == ["t2", "t1", "t3"]
+    assert [d.id for d in demos] == ["t3", "t1", "t2"]
     assert classify.render_prompt("en", demos, "Is this spam?") == (
         "Can the following task be regarded as a classification task with finite output labels?\n"
         "\n"
-        "Task: Instruction number 2.\nIs it classification? Yes\n\n"
-        "Task: Instruction number 1.\nIs it classification? No\n\n"
         "Task: Instruction number 3.\nIs it classification? No\n\n"
+        "Task: Instruction number 1.\nIs it classification? No\n\n"
+        "Task: Instruction number 2.\nIs it classification? Yes\n\n"
         "Task: Is this spam?\nIs it classification?"
     )
 

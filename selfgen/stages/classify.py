@@ -2,6 +2,9 @@
 
 The demonstrations are seed tasks, which carry a human `is_classification` label, taken
 alternately from each class in seed-file order so that every candidate sees the same prompt.
+The last demonstration is a Yes: small models copy the last answer they saw, and with a No
+last SmolLM2-135M answered No to 98% of candidates (57% right on 30 held-out seed tasks);
+with a Yes last it is right on 63% of them and classification tasks get generated at all.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ def pick_demos(seeds: list[SeedTask], count: int) -> list[SeedTask]:
         for pool in (yes, no):
             if pool and len(demos) < count:
                 demos.append(pool.pop(0))
-    return demos
+    return demos[::-1]  # ends with a Yes
 
 
 def render_prompt(language: str, demos: list[SeedTask], instruction: str) -> str:
