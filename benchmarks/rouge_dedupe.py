@@ -72,7 +72,9 @@ def naive(texts: list[str], threshold: float) -> tuple[list[bool], int]:
 
 
 def selfgen_index(texts: list[str], threshold: float) -> tuple[list[bool], RougeIndex]:
-    index = RougeIndex()
+    # As `selfgen dedupe` does it: a first pass learns the token order, then one pass decides.
+    index = RougeIndex(prefix_threshold=threshold)
+    index.learn_token_order(texts)
     decisions = []
     for text in texts:
         novel = index.is_novel(text, threshold)

@@ -174,7 +174,15 @@ def dedupe(
         if not path.is_file():
             raise DedupeError(f"{path}: no such file")
     parse_field_path(field_path)  # a bad path fails before any file is opened
-    index = RougeIndex(TOKENIZERS[tokenizer])
+    index = RougeIndex(TOKENIZERS[tokenizer], prefix_threshold=threshold)
+    # A first pass counts token frequencies (memory: the vocabulary) so that the index reads
+    # the rarest tokens first; decisions do not depend on it, speed does.
+    index.learn_token_order(
+        row.text
+        for path in [*(against or []), inputs]
+        for row in read_rows(path, detect_format(path, fmt), field_path)
+        if row.text is not None
+    )
     # Where each indexed text came from, for the rejected file: (file, line).
     origin: list[tuple[str, int]] = []
     summary = DedupeSummary()

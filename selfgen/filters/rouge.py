@@ -6,8 +6,10 @@ Scores equal `rouge_score.rouge_scorer.RougeScorer(["rougeL"]).score(...)["rouge
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 
 Tokenizer = Callable[[str], list[str]]
 
@@ -78,6 +80,25 @@ def rouge_l_f(candidate: Sequence[object], reference: Sequence[object]) -> float
 _SLACK = 1e-9
 
 
+def _need(threshold: float, length: int) -> float:
+    """F > threshold needs an LCS (and so an overlap) above this, for a text of `length` tokens
+    against a text of any length: L <= n and 2L/(m+n) > t give L > t*m/(2-t)."""
+    return max(0.0, (threshold - _SLACK) * length / (2 - threshold + _SLACK))
+
+
+def _prefix(counts: dict[int, int], length: int, known: int, threshold: float) -> list[int]:
+    """Keys of the first `known - floor(need)` token occurrences of a text, in the global order
+    (higher token id first, then occurrence number). An occurrence is keyed id*1024 + k."""
+    size = known - math.floor(_need(threshold, length))
+    keys: list[int] = []
+    for t in sorted(counts, reverse=True):
+        for k in range(min(counts[t], 1024)):
+            if len(keys) >= size:
+                return keys
+            keys.append(t * 1024 + k)
+    return keys
+
+
 class RougeIndex:
     """An exact ROUGE-L index over a growing set of texts.
 
@@ -91,11 +112,20 @@ class RougeIndex:
       posting lists are read;
     - candidates are scored in decreasing order of their bound, so the scan stops as soon as the
       next bound cannot beat the best score found;
-    - the LCS itself is bit-parallel (:func:`lcs_length`), its masks built once per query.
+    - the LCS itself is bit-parallel (:func:`lcs_length`), its masks built once per query;
+    - with `prefix_threshold`, each text is also indexed by its prefix only (prefix filtering,
+      as in set-similarity joins): under one fixed token order, two texts whose overlap reaches
+      what threshold t requires must share a token among the first `len - floor(need)` of each.
+      The order puts later-seen tokens first, which in practice is rarest first. Queries with
+      a threshold >= `prefix_threshold` read those short posting lists only.
     """
 
-    def __init__(self, tokenizer: Tokenizer = rouge_tokenize) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer = rouge_tokenize, prefix_threshold: float | None = None
+    ) -> None:
         self.tokenizer = tokenizer
+        self.prefix_threshold = prefix_threshold
+        self._prefix_postings: dict[int, list[int]] = {}
         self.texts: list[str] = []
         self._vocab: dict[str, int] = {}
         self._seqs: list[list[int]] = []
@@ -107,6 +137,19 @@ class RougeIndex:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def learn_token_order(self, texts: Iterable[str]) -> None:
+        """Number tokens by how many of `texts` hold them, commonest lowest, before any text is
+        added. Prefix filtering then reads the rarest tokens first (it takes higher ids first);
+        without this, ids follow first appearance, a rougher guess at rarity. Scores and
+        decisions are the same either way."""
+        if self.texts:
+            raise ValueError("learn_token_order must come before the first add")
+        df: Counter[str] = Counter()
+        for text in texts:
+            df.update(set(self.tokenizer(text)))
+        for token, _ in df.most_common():
+            self._vocab.setdefault(token, len(self._vocab))
 
     def _ids(self, text: str, grow: bool) -> list[int]:
         vocab = self._vocab
@@ -124,6 +167,9 @@ class RougeIndex:
             counts[t] = counts.get(t, 0) + 1
         for t in counts:
             self._postings.setdefault(t, []).append(doc)
+        if self.prefix_threshold is not None:
+            for key in _prefix(counts, len(ids), len(ids), self.prefix_threshold):
+                self._prefix_postings.setdefault(key, []).append(doc)
         self.texts.append(text)
         self._seqs.append(ids)
         self._lengths.append(len(ids))
@@ -158,41 +204,54 @@ class RougeIndex:
             if t >= 0:
                 q_counts[t] = q_counts.get(t, 0) + 1
         postings = self._postings
-        # Query token types, rarest first.
-        types = sorted(q_counts, key=lambda t: len(postings[t]))
-        if threshold is not None:
-            # Overlap must exceed need = t*m/(2-t); probing token types that cover at least
-            # m - floor(need) query positions leaves any text sharing none of them with an
-            # overlap of at most floor(need), which cannot pass.
-            need = (threshold - _SLACK) * m / (2 - threshold + _SLACK)
-            must_cover = m - int(need)
-            probe, covered = [], 0
-            for t in types:
+        seen: set[int] = set()
+        if threshold is not None and self.prefix_threshold is not None and (
+            threshold >= self.prefix_threshold
+        ):
+            for key in _prefix(q_counts, m, sum(q_counts.values()), threshold):
+                docs = self._prefix_postings.get(key)
+                if docs:
+                    seen.update(docs)
+        elif threshold is not None:
+            # F > t needs an overlap L > need = t*m/(2-t). A text that shares none of the
+            # probed token types overlaps the query on at most known - covered positions
+            # (tokens never indexed match nothing), so covering known - floor(need) positions
+            # leaves out only texts that cannot pass. Rarest types first: shortest lists.
+            known = sum(q_counts.values())
+            must_cover = known - math.floor(_need(threshold, m))
+            covered = 0
+            for t in sorted(q_counts, key=lambda t: len(postings[t])):
                 if covered >= must_cover:
                     break
-                probe.append(t)
+                seen.update(postings[t])
                 covered += q_counts[t]
-            if covered < must_cover:
-                return 0.0, None  # even every known token cannot reach the overlap needed
         else:
-            probe = types
-        seen: set[int] = set()
-        for t in probe:
-            seen.update(postings[t])
+            for t in q_counts:
+                seen.update(postings[t])
         lengths, counts = self._lengths, self._counts
         floor = threshold if threshold is not None else 0.0
+        known = sum(q_counts.values())
+        q_items = sorted(q_counts.items(), reverse=True)  # rarest first (see _prefix)
         bounded = []
         for doc in seen:
             n = lengths[doc]
+            total = m + n
+            # The bound needs an overlap above floor * (m + n) / 2; stop counting as soon as
+            # the query positions left cannot bring it there. Length alone rules out most.
+            required = floor * total / 2 - _SLACK
+            if (n if n < m else m) <= required:
+                continue
             dc = counts[doc]
-            overlap = 0
-            for t, c in q_counts.items():
+            overlap, remaining = 0, known
+            for t, c in q_items:
+                remaining -= c
                 d = dc.get(t)
                 if d:
                     overlap += c if c < d else d
-            bound = 2 * overlap / (m + n)
-            if bound + _SLACK > floor:
-                bounded.append((-bound, doc))
+                elif overlap + remaining <= required:
+                    break
+            if overlap > required:
+                bounded.append((-2 * overlap / total, doc))
         self.pairs_bounded += len(seen)
         if not bounded:
             return 0.0, None
