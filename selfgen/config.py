@@ -70,6 +70,19 @@ class RunConfig:
     instance_max_tokens: int = 350
     instance_presence_penalty: float = 1.5
 
+    # Tool-use traces (off unless --tools and --num-traces are given).
+    tools: str | None = None
+    tool_seeds: str = "seeds/tool_seed_tasks.jsonl"
+    num_traces: int = 0
+    trace_prompts_per_round: int = 2
+    trace_demos: int = 4
+    max_tool_steps: int = 3
+    constrain_calls: bool = True
+    call_max_tokens: int = 160
+    answer_max_tokens: int = 100
+    tool_timeout_s: float = 5.0
+    tool_memory_mb: int = 512
+
     def rule_config(self) -> RuleConfig:
         zh = self.language == "zh"
         return RuleConfig(
@@ -115,12 +128,25 @@ class RunConfig:
         need(0 < self.min_words <= self.max_words, "min_words", "must be in [1, max_words]")
         need(self.patience >= 1, "patience", "must be at least 1")
         need(self.max_instances >= 1, "max_instances", "must be at least 1")
+        need(self.num_traces >= 0, "num_traces", "must be 0 or more")
+        need(self.num_traces == 0 or self.tools is not None, "num_traces", "needs --tools DIR")
+        need(self.max_tool_steps >= 1, "max_tool_steps", "must be at least 1")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 # Settings that may differ when a run is resumed: when to stop, and how to run the machine.
-RESUMABLE = {"num_tasks", "max_rounds", "token_budget", "patience", "n_threads", "n_ctx"}
+RESUMABLE = {
+    "num_tasks",
+    "num_traces",
+    "max_rounds",
+    "token_budget",
+    "patience",
+    "n_threads",
+    "n_ctx",
+    "tool_timeout_s",
+    "tool_memory_mb",
+}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

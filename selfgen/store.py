@@ -32,8 +32,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # One statement at a time: executescript() would COMMIT the migration's transaction first.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def m001_initial(db: sqlite3.Connection) -> None:
-    db.executescript(
+    _run_script(
+        db,
         """
         CREATE TABLE run (
             id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -100,11 +108,47 @@ def m001_initial(db: sqlite3.Connection) -> None:
             output TEXT NOT NULL,
             UNIQUE (candidate_id, position)
         );
-        """
+        """,
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+def m002_tool_traces(db: sqlite3.Connection) -> None:
+    _run_script(
+        db,
+        """
+        ALTER TABLE rounds ADD COLUMN num_traces INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE run_tools (
+            name TEXT PRIMARY KEY,
+            spec TEXT NOT NULL
+        );
+        CREATE TABLE tool_seeds (
+            id INTEGER PRIMARY KEY,
+            seed_id TEXT NOT NULL UNIQUE,
+            request TEXT NOT NULL,
+            calls TEXT NOT NULL,
+            answer TEXT NOT NULL
+        );
+        CREATE TABLE traces (
+            id INTEGER PRIMARY KEY,
+            round_id INTEGER NOT NULL REFERENCES rounds(id),
+            generation_id INTEGER NOT NULL REFERENCES generations(id),
+            request TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            fate TEXT NOT NULL CHECK (fate IN ('kept', 'rejected')),
+            reason TEXT,
+            nearest TEXT,
+            rouge_l REAL,
+            messages TEXT NOT NULL,
+            checks TEXT NOT NULL,
+            step_generation_ids TEXT NOT NULL
+        );
+        CREATE INDEX traces_round ON traces(round_id);
+        CREATE INDEX traces_fate ON traces(fate, stage, reason);
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_tool_traces]
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -154,6 +198,7 @@ class RoundRecord:
     elapsed_s: float
     generations: list[GenerationRecord] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
+    traces: list[Any] = field(default_factory=list)  # selfgen.stages.tool_traces.Trace
 
     @property
     def prompt_tokens(self) -> int:
@@ -168,6 +213,7 @@ class RoundRecord:
 class Progress:
     rounds: int
     kept: int
+    traces: int
     candidates: int
     prompt_tokens: int
     completion_tokens: int
@@ -312,16 +358,16 @@ class RunStore:
 
     def progress(self) -> Progress:
         row = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(num_kept), 0), COALESCE(SUM(num_candidates), 0),"
-            " COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
-            " COALESCE(SUM(elapsed_s), 0) FROM rounds"
+            "SELECT COUNT(*), COALESCE(SUM(num_kept), 0), COALESCE(SUM(num_traces), 0),"
+            " COALESCE(SUM(num_candidates), 0), COALESCE(SUM(prompt_tokens), 0),"
+            " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(elapsed_s), 0) FROM rounds"
         ).fetchone()
         streak = 0
-        for (kept,) in self.db.execute("SELECT num_kept FROM rounds ORDER BY id DESC"):
+        for (kept,) in self.db.execute("SELECT num_kept + num_traces FROM rounds ORDER BY id DESC"):
             if kept:
                 break
             streak += 1
-        return Progress(row[0], row[1], row[2], row[3], row[4], streak, row[5])
+        return Progress(row[0], row[1], row[2], row[3], row[4], row[5], streak, row[6])
 
     def commit_round(self, rnd: RoundRecord) -> None:
         """Write a whole round, or nothing of it."""
@@ -329,7 +375,9 @@ class RunStore:
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rounds (id, started_at, finished_at, rng_state, num_candidates,"
+                " num_kept, prompt_tokens, completion_tokens, elapsed_s, num_traces)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rnd.number,
                     rnd.started_at,
@@ -340,6 +388,7 @@ class RunStore:
                     rnd.prompt_tokens,
                     rnd.completion_tokens,
                     rnd.elapsed_s,
+                    sum(t.fate == "kept" for t in rnd.traces),
                 ),
             )
             gen_ids = []
@@ -367,6 +416,7 @@ class RunStore:
             def gen_id(index: int | None) -> int | None:
                 return gen_ids[index] if index is not None else None
 
+            self._insert_traces(rnd, gen_ids)
             for c in rnd.candidates:
                 if c.fate not in ("kept", "rejected"):
                     raise ValueError(f"candidate {c.instruction!r} has no fate")
@@ -394,6 +444,78 @@ class RunStore:
                         " VALUES (?, ?, ?, ?)",
                         [(cur.lastrowid, i, x.input, x.output) for i, x in enumerate(c.instances)],
                     )
+
+    def _insert_traces(self, rnd: RoundRecord, gen_ids: list[int]) -> None:
+        for t in rnd.traces:
+            if t.fate not in ("kept", "rejected"):
+                raise ValueError(f"trace {t.request!r} has no fate")
+            self.db.execute(
+                "INSERT INTO traces (round_id, generation_id, request, stage, fate, reason,"
+                " nearest, rouge_l, messages, checks, step_generation_ids)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rnd.number,
+                    gen_ids[t.generation_index],
+                    t.request,
+                    t.stage,
+                    t.fate,
+                    t.reason,
+                    t.nearest,
+                    t.rouge_l,
+                    json.dumps(t.messages()),
+                    json.dumps({k: {"ok": ok, "reason": why} for k, (ok, why) in t.checks.items()}),
+                    json.dumps([gen_ids[i] for i in t.step_generation_indexes]),
+                ),
+            )
+
+    def save_tools(self, specs: dict[str, Any], seeds: list[Any]) -> None:
+        """Store the run's tool schemas and its tool seeds (with their executed outputs)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO run_tools VALUES (?, ?)",
+                [(name, json.dumps(spec.openai())) for name, spec in sorted(specs.items())],
+            )
+            self.db.executemany(
+                "INSERT INTO tool_seeds (seed_id, request, calls, answer) VALUES (?, ?, ?, ?)",
+                [
+                    (s.id, s.request, json.dumps([c.__dict__ for c in s.calls]), s.answer)
+                    for s in seeds
+                ],
+            )
+
+    def tool_specs(self) -> dict[str, Any]:
+        from selfgen.tooling import ToolSpec
+
+        out = {}
+        for name, spec in self.db.execute("SELECT name, spec FROM run_tools ORDER BY name"):
+            fn = json.loads(spec)["function"]
+            out[name] = ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters", {}))
+        return out
+
+    def tool_seeds(self) -> list[Any]:
+        from selfgen.stages.tool_traces import ToolCall, ToolSeed
+
+        return [
+            ToolSeed(
+                r["seed_id"],
+                r["request"],
+                tuple(ToolCall(**c) for c in json.loads(r["calls"])),
+                r["answer"],
+            )
+            for r in self.db.execute("SELECT * FROM tool_seeds ORDER BY id")
+        ]
+
+    def trace_pool(self) -> list[str]:
+        """Requests that passed the ROUGE-L filter, in order."""
+        rows = self.db.execute(
+            "SELECT request FROM traces WHERE stage NOT IN ('parse', 'rules', 'rouge') ORDER BY id"
+        )
+        return [r[0] for r in rows]
+
+    def verified_requests(self) -> list[str]:
+        rows = self.db.execute("SELECT request FROM traces WHERE fate = 'kept' ORDER BY id")
+        return [r[0] for r in rows]
 
     def kept_tasks(self) -> Iterator[tuple[sqlite3.Row, list[Instance]]]:
         """Kept candidates in order, each with its instances."""

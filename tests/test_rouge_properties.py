@@ -8,8 +8,31 @@ from selfgen.filters.rouge import RougeIndex, cjk_tokenize, rouge_l_f, rouge_tok
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
-WORDS = st.sampled_from(["the", "a", "cat", "Cat", "dog", "sat", "on", "mat", "x1", "42", "é",
-                         "naïve", "...", "!!", "-", "don't", "C++", "写", "诗", "春天", "ünïcode"])
+WORDS = st.sampled_from(
+    [
+        "the",
+        "a",
+        "cat",
+        "Cat",
+        "dog",
+        "sat",
+        "on",
+        "mat",
+        "x1",
+        "42",
+        "é",
+        "naïve",
+        "...",
+        "!!",
+        "-",
+        "don't",
+        "C++",
+        "写",
+        "诗",
+        "春天",
+        "ünïcode",
+    ]
+)
 TEXT = st.one_of(
     st.text(max_size=60),  # anything, including empty and whitespace-only
     st.lists(WORDS, max_size=40).map(" ".join),  # few distinct tokens: many repeats and ties
@@ -60,9 +83,14 @@ def test_index_answers_equal_an_exhaustive_scan(pool, query, threshold, prefix, 
 
 
 @SETTINGS
-@given(st.lists(st.sampled_from(["写", "一", "首", "诗", "春", "天", "的", "spring", "Poem"]),
-                max_size=30).map("".join),
-       st.lists(st.sampled_from(["写", "诗", "春", "秋", "的", "poem", " "]), max_size=30).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(["写", "一", "首", "诗", "春", "天", "的", "spring", "Poem"]), max_size=30
+    ).map("".join),
+    st.lists(st.sampled_from(["写", "诗", "春", "秋", "的", "poem", " "]), max_size=30).map(
+        "".join
+    ),
+)
 def test_cjk_tokenizer_scores_chinese_pairs(a, b):
     index = RougeIndex(cjk_tokenize)
     index.add(a)

@@ -205,8 +205,10 @@ class RougeIndex:
                 q_counts[t] = q_counts.get(t, 0) + 1
         postings = self._postings
         seen: set[int] = set()
-        if threshold is not None and self.prefix_threshold is not None and (
-            threshold >= self.prefix_threshold
+        if (
+            threshold is not None
+            and self.prefix_threshold is not None
+            and (threshold >= self.prefix_threshold)
         ):
             for key in _prefix(q_counts, m, sum(q_counts.values()), threshold):
                 docs = self._prefix_postings.get(key)

@@ -1,0 +1,255 @@
+"""Step 6: tool-use traces. Prompts, parsing and verification; no tool is run here.
+
+A trace is a user request, the assistant's tool call(s) with their real outputs, and the final
+answer. The agent loop that runs it lives in selfgen.loop; this module renders its prompts,
+parses what the model wrote, and verifies the result stage by stage (after APIGen):
+format (the call parses, names a known tool, and its arguments validate), execution (the tool
+ran without error within its limits) and semantic (the final answer uses the tool's output).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfgen.prompts import load_prompt
+
+
+class ToolSeedError(ValueError):
+    """A tool seed file that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    output: str | None = None  # what the tool returned, once executed
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolSeed:
+    id: str
+    request: str
+    calls: tuple[ToolCall, ...]
+    answer: str
+
+
+def load_tool_seeds(path: str | Path) -> list[ToolSeed]:
+    """Read `{"id", "request", "calls": [{"name", "arguments"}], "answer"}` lines."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ToolSeedError(f"{path}: no such tool seed file") from None
+    seeds = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ToolSeedError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ToolSeedError(f"{where}: expected a JSON object")
+        for key, kind in (("id", str), ("request", str), ("calls", list), ("answer", str)):
+            if not isinstance(obj.get(key), kind):
+                raise ToolSeedError(f"{where}: field '{key}' is missing or not a {kind.__name__}")
+        calls = []
+        for i, call in enumerate(obj["calls"]):
+            if not (
+                isinstance(call, dict)
+                and isinstance(call.get("name"), str)
+                and isinstance(call.get("arguments"), dict)
+            ):
+                raise ToolSeedError(f"{where}: calls[{i}] needs a 'name' and an 'arguments' object")
+            calls.append(ToolCall(call["name"], call["arguments"]))
+        seeds.append(ToolSeed(obj["id"], obj["request"].strip(), tuple(calls), obj["answer"]))
+    if not seeds:
+        raise ToolSeedError(f"{path}:1: the tool seed file holds no examples")
+    return seeds
+
+
+def call_schema(specs: dict[str, Any]) -> dict[str, Any]:
+    """JSON schema of one call: {"name": <a tool>, "arguments": <that tool's arguments>}."""
+    return {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": spec.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for name, spec in sorted(specs.items())
+        ]
+    }
+
+
+def tool_list(specs: dict[str, Any]) -> str:
+    return "\n".join(
+        json.dumps({"name": s.name, "description": s.description, "parameters": s.parameters})
+        for _, s in sorted(specs.items())
+    )
+
+
+def render_request_prompt(language: str, specs: dict[str, Any], requests: list[str]) -> str:
+    numbered = "\n".join(f"{i}. {r}" for i, r in enumerate(requests, start=1))
+    names = "\n".join(f"- {s.name}: {s.description}" for _, s in sorted(specs.items()))
+    return load_prompt(language, "tool_requests").format(
+        tools=names, numbered_requests=numbered, next_number=len(requests) + 1
+    )
+
+
+def _demo(seed: ToolSeed) -> str:
+    lines = [f"Request: {seed.request}"]
+    for call in seed.calls:
+        lines.append("Call: " + json.dumps({"name": call.name, "arguments": call.arguments}))
+        lines.append(f"Result: {_one_line(call.output or '')}")
+    lines.append(f"Answer: {_one_line(seed.answer)}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " | ", text.strip())
+
+
+def render_agent_prompt(
+    language: str,
+    specs: dict[str, Any],
+    demos: list[ToolSeed],
+    request: str,
+    steps: list[ToolCall],
+) -> str:
+    """The prompt for the next step: ends with "Call:" after the request, or with "Result: ..."
+    after each executed call (the model then writes "Call:" again or "Answer:")."""
+    text = load_prompt(language, "tool_agent").format(
+        tools=tool_list(specs), demos="".join(_demo(d) for d in demos), request=request
+    )
+    for call in steps:
+        text += " " + json.dumps({"name": call.name, "arguments": call.arguments})
+        text += f"\nResult: {_one_line(call.output if call.output is not None else 'error: ' + (call.error or ''))}\n"
+    return text
+
+
+def pick_demos(rng: random.Random, seeds: list[ToolSeed], count: int) -> list[ToolSeed]:
+    with_calls = [s for s in seeds if s.calls]
+    return rng.sample(with_calls, min(count, len(with_calls)))
+
+
+def parse_call(
+    text: str, finish_reason: str, specs: dict[str, Any]
+) -> tuple[ToolCall | None, str | None]:
+    """A call from the model's JSON, or None and the format failure."""
+    if finish_reason == "length":
+        return None, "cut_off"  # a call cut by max_tokens is never a success
+    try:
+        obj = json.loads(text.strip())
+    except json.JSONDecodeError:
+        return None, "not_json"
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None, "no_tool_name"
+    if obj["name"] not in specs:
+        return None, f"unknown_tool:{obj['name'][:40]}"
+    arguments = obj.get("arguments")
+    if not isinstance(arguments, dict):
+        return None, "arguments_not_an_object"
+    return ToolCall(obj["name"], arguments), None
+
+
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _numbers(text: str) -> set[str]:
+    out = set()
+    for raw in _NUMBER.findall(text):
+        value = raw.replace(",", "")
+        out.add(value)
+        if "." in value:
+            try:
+                out.add(f"{float(value):g}")
+            except ValueError:
+                pass
+    return out
+
+
+def semantic_check(output: str, answer: str) -> str | None:
+    """Why the final answer does not use the tool's output, or None when it does.
+
+    The rule: an answer must repeat a number (or date) of the output when the output has one,
+    and otherwise share at least two content words with it. A model judge can be layered on
+    top where a capable backend is configured.
+    """
+    if not answer.strip():
+        return "empty_answer"
+    numbers = _numbers(output)
+    if numbers:
+        return None if numbers & _numbers(answer) else "answer_ignores_tool_numbers"
+    out_words = {w for w in _WORD.findall(output.lower()) if len(w) > 3}
+    ans_words = {w for w in _WORD.findall(answer.lower()) if len(w) > 3}
+    return None if len(out_words & ans_words) >= 2 else "answer_ignores_tool_output"
+
+
+@dataclass
+class Trace:
+    """A trace on its way through the agent loop and verification."""
+
+    request: str
+    generation_index: int
+    stage: str = "generated"
+    fate: str = "pending"
+    reason: str | None = None
+    nearest: str | None = None
+    rouge_l: float | None = None
+    calls: list[ToolCall] = field(default_factory=list)
+    answer: str | None = None
+    checks: dict[str, tuple[bool, str | None]] = field(default_factory=dict)
+    step_generation_indexes: list[int] = field(default_factory=list)
+
+    def reject(self, stage: str, reason: str) -> None:
+        self.stage, self.fate, self.reason = stage, "rejected", reason
+
+    def check(self, stage: str, reason: str | None) -> bool:
+        """Record a verification stage; reject the trace at the first failing one."""
+        self.checks[stage] = (reason is None, reason)
+        if reason is not None:
+            self.reject(stage, reason)
+        return reason is None
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The trace as OpenAI chat messages (assistant tool_calls, tool messages, answer)."""
+        out: list[dict[str, Any]] = [{"role": "user", "content": self.request}]
+        for i, call in enumerate(self.calls):
+            call_id = f"call_{i}"
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {
+                                "name": call.name,
+                                "arguments": json.dumps(call.arguments),
+                            },
+                        }
+                    ],
+                }
+            )
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call_id,
+                    "name": call.name,
+                    "content": call.output if call.output is not None else f"error: {call.error}",
+                }
+            )
+        if self.answer is not None:
+            out.append({"role": "assistant", "content": self.answer})
+        return out
