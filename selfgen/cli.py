@@ -82,7 +82,7 @@ def run(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp.")] = None,
     n_ctx: Annotated[
-        int | None, typer.Option("--ctx", help="Context size. [default: 2048]")
+        int | None, typer.Option("--ctx", help="Context size. [default: 4096]")
     ] = None,
     language: Annotated[str | None, typer.Option(help="en or zh. [default: en]")] = None,
     max_rounds: Annotated[int | None, typer.Option(help="Stop after this many rounds.")] = None,
@@ -121,6 +121,16 @@ def run(
     language_check: Annotated[
         str | None, typer.Option(help="ascii_start, cjk or none. [default: by --language]")
     ] = None,
+    tools: Annotated[
+        Path | None, typer.Option(help="Folder of langchain-core tool modules (e.g. tools/).")
+    ] = None,
+    tool_seeds: Annotated[
+        Path | None,
+        typer.Option(help="Worked tool-use examples. [default: seeds/tool_seed_tasks.jsonl]"),
+    ] = None,
+    num_traces: Annotated[
+        int | None, typer.Option(help="Also stop only when this many traces are verified.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run the Self-Instruct loop until N tasks are kept (or a budget is spent)."""
@@ -149,6 +159,9 @@ def run(
         "min_words": min_words,
         "max_words": max_words,
         "language_check": language_check,
+        "tools": str(tools) if tools else None,
+        "tool_seeds": str(tool_seeds) if tool_seeds else None,
+        "num_traces": num_traces,
     }
     try:
         file_values = load_toml(config) if config else {}
@@ -169,16 +182,52 @@ def run(
         else:
             cfg = build_config({}, requested)
             seed_tasks = load_seed_tasks(cfg.seeds)
+            tool_setup = _prepare_tools(cfg)
             # The backend is loaded before the run folder is made: a bad --model leaves nothing.
             backend_obj = _make_backend(cfg)
             store = RunStore.create(
                 out_dir, cfg.to_dict(), seed_tasks, backend_obj.describe(), __version__
             )
+            if tool_setup:
+                store.save_tools(*tool_setup)
+        if cfg.num_traces and not store.tool_specs():
+            store.save_tools(*_prepare_tools(cfg))
     except (SeedFileError, ConfigError) as exc:
         fail(str(exc))
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     _run_loop(cfg, store, backend_obj, out_dir, quiet)
+
+
+def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
+    """Load the tools and their seeds, and run every seed call to record its output."""
+    if not cfg.num_traces:
+        return None
+    from selfgen.sandbox import ToolSandbox
+    from selfgen.stages.tool_traces import ToolCall, ToolSeed, ToolSeedError, load_tool_seeds
+    from selfgen.tooling import ToolError, tool_specs, validate_arguments
+
+    try:
+        specs = tool_specs(cfg.tools)
+        seeds = load_tool_seeds(cfg.tool_seeds)
+    except (ToolError, ToolSeedError) as exc:
+        fail(str(exc))
+    executed = []
+    with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
+        for seed in seeds:
+            calls = []
+            for call in seed.calls:
+                where = f"{cfg.tool_seeds}: seed '{seed.id}', call '{call.name}'"
+                if call.name not in specs:
+                    fail(f"{where}: no such tool in {cfg.tools}")
+                if problem := validate_arguments(specs[call.name], call.arguments):
+                    fail(f"{where}: {problem}")
+                result = sandbox.call(call.name, call.arguments)
+                if not result.ok:
+                    fail(f"{where}: the tool failed ({result.error})")
+                calls.append(ToolCall(call.name, call.arguments, result.output))
+            executed.append(ToolSeed(seed.id, seed.request, tuple(calls), seed.answer))
+    return specs, executed
 
 
 def _make_backend(cfg: Any) -> Any:
@@ -202,9 +251,14 @@ def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) ->
 
     console = Console(stderr=True, quiet=quiet)
     display = LoopProgress(console, store.progress(), cfg.num_tasks, enabled=not quiet)
+    sandbox = None
+    if cfg.num_traces:
+        from selfgen.sandbox import ToolSandbox
+
+        sandbox = ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb)
     try:
         with display:
-            result = Loop(cfg, store, backend, on_event=display.on_event).run()
+            result = Loop(cfg, store, backend, on_event=display.on_event, sandbox=sandbox).run()
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/]: finished rounds are saved; resume with "
@@ -218,6 +272,8 @@ def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) ->
         )
     finally:
         backend.close()
+        if sandbox is not None:
+            sandbox.close()
     stats = run_stats(store)
     store.close()
     out_console = Console(quiet=quiet)
@@ -241,6 +297,9 @@ def export(
         ),
     ] = None,
     split_seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    include_failed: Annotated[
+        bool, typer.Option(help="Also export tool traces that failed verification (marked).")
+    ] = False,
 ) -> None:
     """Write kept tasks as JSONL for fine-tuning (one row per instance)."""
     from selfgen.export import FORMATS, export_run
@@ -255,7 +314,7 @@ def export(
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     try:
-        counts = export_run(store, format, out, include_seeds, split, split_seed)
+        counts = export_run(store, format, out, include_seeds, split, split_seed, include_failed)
     except OSError as exc:
         fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
     finally:
@@ -379,6 +438,115 @@ def dedupe(
         markup=False,
         highlight=False,
     )
+
+
+tools_app = typer.Typer(help="List and call the tools of a tools folder.", no_args_is_help=True)
+traces_app = typer.Typer(help="Work with the tool-use traces of a run.", no_args_is_help=True)
+app.add_typer(tools_app, name="tools")
+app.add_typer(traces_app, name="traces")
+
+TOOLS_DIR = typer.Option("--tools", help="Folder of langchain-core tool modules.")
+
+
+@tools_app.command("list")
+def tools_list(
+    tools: Annotated[Path, TOOLS_DIR] = Path("tools"),
+    as_json: Annotated[bool, typer.Option("--json", help="OpenAI tool schemas as JSON.")] = False,
+) -> None:
+    """Name, description and argument schema of every tool."""
+    from selfgen.tooling import ToolError, tool_specs
+
+    try:
+        specs = tool_specs(tools)
+    except ToolError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([s.openai() for s in specs.values()], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Tools in {tools}", title_justify="left")
+    for column in ("name", "description", "arguments"):
+        table.add_column(column)
+    for spec in specs.values():
+        args = ", ".join(
+            f"{k}: {v.get('type', 'enum' if 'enum' in v else '?')}"
+            for k, v in spec.parameters.get("properties", {}).items()
+        )
+        table.add_row(spec.name, spec.description, args)
+    Console().print(table)
+
+
+@tools_app.command("call")
+def tools_call(
+    name: Annotated[str, typer.Argument(help="Tool name.")],
+    arguments: Annotated[str, typer.Argument(help="Arguments as a JSON object.")],
+    tools: Annotated[Path, TOOLS_DIR] = Path("tools"),
+    timeout: Annotated[float, typer.Option(help="Seconds before the tool is killed.")] = 5.0,
+    memory_mb: Annotated[int, typer.Option(help="Memory a call may allocate, MiB.")] = 512,
+) -> None:
+    """Validate the arguments and run one tool in the sandbox, as the loop does."""
+    from selfgen.sandbox import ToolSandbox
+    from selfgen.tooling import ToolError, tool_specs, validate_arguments
+
+    try:
+        specs = tool_specs(tools)
+    except ToolError as exc:
+        fail(str(exc))
+    if name not in specs:
+        fail(f"unknown tool '{name}' (known: {', '.join(sorted(specs))})")
+    try:
+        args = json.loads(arguments)
+    except json.JSONDecodeError as exc:
+        fail(f"ARGUMENTS: not valid JSON ({exc.msg})")
+    if problem := validate_arguments(specs[name], args):
+        fail(f"ARGUMENTS: {problem}")
+    with ToolSandbox(tools, timeout, memory_mb) as sandbox:
+        result = sandbox.call(name, args)
+    if not result.ok:
+        fail(f"{name} failed: {result.error}", RUN_ERROR)
+    typer.echo(result.output)
+
+
+@traces_app.command("replay")
+def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
+    """Re-execute every stored tool call and report outputs that differ from the record."""
+    from selfgen.config import RunConfig
+    from selfgen.sandbox import ToolSandbox
+    from selfgen.store import RunStore, StoreError
+
+    try:
+        store = RunStore.open(run_dir)
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    cfg = RunConfig(**store.config())
+    if not cfg.tools:
+        fail(f"{run_dir}: this run has no tools")
+    calls = same = 0
+    differ = []
+    with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
+        for trace_id, raw in store.db.execute(
+            "SELECT id, messages FROM traces WHERE stage NOT IN ('parse', 'rules', 'rouge')"
+        ):
+            messages = json.loads(raw)
+            recorded = {m["tool_call_id"]: m["content"] for m in messages if m["role"] == "tool"}
+            for m in messages:
+                for call in m.get("tool_calls") or []:
+                    fn = call["function"]
+                    result = sandbox.call(fn["name"], json.loads(fn["arguments"]))
+                    fresh = result.output if result.ok else f"error: {result.error}"
+                    calls += 1
+                    if fresh == recorded.get(call["id"]):
+                        same += 1
+                    else:
+                        differ.append((trace_id, fn["name"], recorded.get(call["id"]), fresh))
+    store.close()
+    for trace_id, tool_name, old, new in differ:
+        typer.echo(f"trace {trace_id}: {tool_name} gave {new!r}, recorded {old!r}")
+    typer.echo(f"replayed {calls} tool calls: {same} reproduced, {len(differ)} differ")
+    if differ:
+        raise typer.Exit(RUN_ERROR)
 
 
 def main() -> None:

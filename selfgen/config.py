@@ -31,7 +31,7 @@ class RunConfig:
     language: str = "en"
     backend: str = "llamacpp"
     model: str | None = None
-    n_ctx: int = 2048
+    n_ctx: int = 4096
     n_threads: int | None = None
     seed: int = 0
 

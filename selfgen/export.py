@@ -13,6 +13,7 @@ import random
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,51 @@ def rows(fmt: str, tasks: Iterable[ExportTask]) -> Iterator[dict[str, Any]]:
             yield to_row(fmt, task.instruction, inst)
 
 
+def trace_rows(fmt: str, store: RunStore, include_failed: bool = False) -> Iterator[dict[str, Any]]:
+    """Tool-use traces as chat rows with their tools. Alpaca has no place for tool calls, so
+    traces are not exported in that format. Only verified traces, unless `include_failed`:
+    those rows carry `"selfgen": {"verified": false, "stage", "reason"}`."""
+    if fmt == "alpaca":
+        return
+    specs = [spec.openai() for spec in store.tool_specs().values()]
+    where = "" if include_failed else " AND fate = 'kept'"
+    rows = store.db.execute(
+        "SELECT messages, fate, stage, reason FROM traces"
+        " WHERE stage NOT IN ('parse', 'rules', 'rouge')"
+        " AND NOT (fate = 'rejected' AND reason = 'target_reached')" + where + " ORDER BY id"
+    )
+    for raw, fate, stage, reason in rows:
+        messages = json.loads(raw)
+        if fmt == "openai":
+            row: dict[str, Any] = {"messages": messages, "tools": specs}
+        else:
+            row = {
+                "conversations": sharegpt_turns(messages),
+                "tools": json.dumps([s["function"] for s in specs], ensure_ascii=False),
+            }
+        if fate != "kept":
+            row["selfgen"] = {"verified": False, "stage": stage, "reason": reason}
+        yield row
+
+
+def sharegpt_turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """OpenAI messages as ShareGPT turns the way LLaMA-Factory reads tool use:
+    human, function_call (a JSON string of name and arguments), observation, gpt."""
+    turns = []
+    for m in messages:
+        if m["role"] == "user":
+            turns.append({"from": "human", "value": m["content"]})
+        elif m["role"] == "assistant" and m.get("tool_calls"):
+            fn = m["tool_calls"][0]["function"]
+            call = {"name": fn["name"], "arguments": json.loads(fn["arguments"])}
+            turns.append({"from": "function_call", "value": json.dumps(call, ensure_ascii=False)})
+        elif m["role"] == "tool":
+            turns.append({"from": "observation", "value": m["content"]})
+        elif m["role"] == "assistant":
+            turns.append({"from": "gpt", "value": m["content"] or ""})
+    return turns
+
+
 def write_jsonl_atomic(path: Path, items: Iterable[dict[str, Any]]) -> int:
     """Write rows to `path` through a temporary file in the same folder; return the count."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,16 +157,24 @@ def export_run(
     include_seeds: bool = False,
     split: float | None = None,
     split_seed: int = 0,
+    include_failed: bool = False,
 ) -> dict[str, int]:
-    """Write the export; with `split`, a validation file beside `out`. Returns row counts."""
+    """Write the export; with `split`, a validation file beside `out`. Returns row counts.
+    Verified tool traces follow the tasks (in the training file when splitting)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     tasks = collect_tasks(store, include_seeds)
     if split is None:
-        return {str(out): write_jsonl_atomic(out, rows(fmt, tasks))}
+        return {
+            str(out): write_jsonl_atomic(
+                out, chain(rows(fmt, tasks), trace_rows(fmt, store, include_failed))
+            )
+        }
     train, valid = split_tasks(tasks, split, split_seed)
     vpath = validation_path(out)
     return {
-        str(out): write_jsonl_atomic(out, rows(fmt, train)),
+        str(out): write_jsonl_atomic(
+            out, chain(rows(fmt, train), trace_rows(fmt, store, include_failed))
+        ),
         str(vpath): write_jsonl_atomic(vpath, rows(fmt, valid)),
     }

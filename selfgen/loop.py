@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from selfgen.backends.base import Backend, Completion, Constraint, GenerationRequest, SamplingParams
 from selfgen.config import RunConfig
@@ -66,8 +67,10 @@ class Loop:
         store: RunStore,
         backend: Backend,
         on_event: Callback | None = None,
+        sandbox: Any = None,
     ) -> None:
         self.config = config
+        self.sandbox = sandbox  # a selfgen.sandbox.ToolSandbox when traces are generated
         self.store = store
         self.backend = backend
         self.on_event = on_event or (lambda kind, data: None)
@@ -85,10 +88,24 @@ class Loop:
         if state is not None:
             self.rng.setstate(state)
         self.classify_demos = classify.pick_demos(self.seeds, config.classify_demos)
+        if config.num_traces > 0:
+            self.tool_specs = store.tool_specs()
+            self.tool_seeds = store.tool_seeds()
+            self.trace_index = RougeIndex(TOKENIZERS[config.tokenizer_name()])
+            for tool_seed in self.tool_seeds:
+                self.trace_index.add(tool_seed.request)
+            for text in store.trace_pool():
+                self.trace_index.add(text)
+            self.verified_requests = store.verified_requests()
 
     def _should_stop(self, progress: Progress) -> str | None:
         c = self.config
-        if progress.kept >= c.num_tasks:
+        if progress.kept >= c.num_tasks and progress.traces >= c.num_traces:
+            if c.num_traces:
+                return (
+                    f"reached the targets of {c.num_tasks} kept tasks"
+                    f" and {c.num_traces} verified traces"
+                )
             return f"reached the target of {c.num_tasks} kept tasks"
         if c.max_rounds is not None and progress.rounds >= c.max_rounds:
             return f"reached --max-rounds {c.max_rounds}"
@@ -102,7 +119,11 @@ class Loop:
     def run(self) -> RunResult:
         progress = self.store.progress()
         while (reason := self._should_stop(progress)) is None:
-            self.run_round(progress.rounds + 1, self.config.num_tasks - progress.kept)
+            self.run_round(
+                progress.rounds + 1,
+                self.config.num_tasks - progress.kept,
+                self.config.num_traces - progress.traces,
+            )
             progress = self.store.progress()
         return RunResult(reason, progress)
 
@@ -149,8 +170,7 @@ class Loop:
         )
         return out
 
-    def run_round(self, number: int, still_needed: int) -> RoundRecord:
-        c = self.config
+    def run_round(self, number: int, still_needed: int, traces_needed: int = 0) -> RoundRecord:
         started = time.perf_counter()
         rnd = RoundRecord(
             number=number,
@@ -158,6 +178,27 @@ class Loop:
             rng_state=None,
             elapsed_s=0.0,
         )
+        if still_needed > 0:
+            self._instruction_round(rnd, still_needed)
+        if traces_needed > 0:
+            self._trace_round(rnd, traces_needed)
+        rnd.rng_state = self.rng.getstate()
+        rnd.elapsed_s = time.perf_counter() - started
+        self.store.commit_round(rnd)
+        self.on_event(
+            "round",
+            {
+                "round": number,
+                "candidates": len(rnd.candidates),
+                "kept": sum(x.fate == "kept" for x in rnd.candidates),
+                "traces": sum(t.fate == "kept" for t in rnd.traces),
+            },
+        )
+        return rnd
+
+    def _instruction_round(self, rnd: RoundRecord, still_needed: int) -> None:
+        c = self.config
+        number = rnd.number
         seed_texts = [s.instruction for s in self.seeds]
 
         # 1. Instruction generation.
@@ -293,15 +334,225 @@ class Loop:
                 self.kept.append(cand.instruction)
                 still_needed -= 1
 
-        rnd.rng_state = self.rng.getstate()
-        rnd.elapsed_s = time.perf_counter() - started
-        self.store.commit_round(rnd)
-        self.on_event(
-            "round",
-            {
-                "round": number,
-                "candidates": len(rnd.candidates),
-                "kept": sum(x.fate == "kept" for x in rnd.candidates),
-            },
+    def _trace_round(self, rnd: RoundRecord, traces_needed: int) -> None:
+        """Tool-use traces: new requests, then the agent loop, then verification."""
+        from selfgen.stages import tool_traces as tt
+        from selfgen.tooling import validate_arguments
+
+        c = self.config
+        number = rnd.number
+        specs = self.tool_specs
+        seed_requests = [s.request for s in self.tool_seeds if s.calls]
+
+        # New requests: the numbered-list continuation again, filtered like instructions.
+        prompts = []
+        for _ in range(c.trace_prompts_per_round):
+            shown = instructions.choose_prompt_instructions(
+                self.rng,
+                seed_requests,
+                self.verified_requests,
+                c.seed_instructions,
+                c.machine_instructions,
+            )
+            prompts.append((tt.render_request_prompt(c.language, specs, shown), len(shown) + 1))
+        requests = [
+            GenerationRequest(
+                prompt=prompt,
+                params=SamplingParams(
+                    temperature=c.temperature,
+                    top_p=c.top_p,
+                    max_tokens=c.max_tokens,
+                    stop=instructions.stop_strings(c.list_length),
+                    presence_penalty=c.presence_penalty,
+                    frequency_penalty=c.frequency_penalty,
+                    seed=request_seed(c.seed, number, "tool_requests", j),
+                ),
+            )
+            for j, (prompt, _) in enumerate(prompts)
+        ]
+        traces: list[tt.Trace] = []
+        for (gen_index, comp), (_, next_number) in zip(
+            self._generate(rnd, "tool_requests", requests), prompts, strict=True
+        ):
+            for item in instructions.parse_continuation(
+                comp.text, next_number, comp.finish_reason, c.list_length
+            ):
+                trace = tt.Trace(request=item.text, generation_index=gen_index)
+                rnd.traces.append(trace)
+                if item.reason:
+                    trace.reject("parse", item.reason)
+                    continue
+                if reason := self.rules.check(item.text):
+                    trace.reject("rules", reason)
+                    continue
+                score, nearest = self.trace_index.best(item.text)
+                trace.rouge_l = score
+                trace.nearest = self.trace_index.texts[nearest] if nearest is not None else None
+                if score > c.rouge_threshold:
+                    trace.reject("rouge", "near_duplicate")
+                    continue
+                self.trace_index.add(item.text)
+                trace.stage = "rouge"
+                traces.append(trace)
+
+        # The agent loop, one step for all active traces at a time: a call (constrained to
+        # the tools' schemas where the backend can), its execution, then "Call:" or "Answer:".
+        demos = tt.pick_demos(self.rng, self.tool_seeds, c.trace_demos)
+        schema = tt.call_schema(specs)
+        active = list(traces)
+        for step in range(c.max_tool_steps + 1):
+            if not active:
+                break
+            if step > 0:
+                # After a result: another call, or the answer (forced at the step limit).
+                choices = ("Answer:",) if step >= c.max_tool_steps else ("Call:", "Answer:")
+                nexts = self._generate(
+                    rnd,
+                    "tool_next",
+                    [
+                        self._agent_request(
+                            tt,
+                            demos,
+                            t,
+                            "",
+                            SamplingParams(
+                                temperature=0.0,
+                                max_tokens=4,
+                                seed=request_seed(c.seed, number, f"next{step}", j),
+                            ),
+                            Constraint(choices=choices),
+                        )
+                        for j, t in enumerate(active)
+                    ],
+                )
+                answering = []
+                calling = []
+                for t, (gen_index, comp) in zip(active, nexts, strict=True):
+                    t.step_generation_indexes.append(gen_index)
+                    if comp.finish_reason == "error":
+                        t.reject("semantic", f"no_next_step: {comp.extra.get('error', '')}"[:200])
+                    elif comp.text.strip().startswith("Call"):
+                        calling.append(t)
+                    else:
+                        answering.append(t)
+                self._answer(rnd, tt, demos, answering, step)
+                active = calling
+                if not active:
+                    break
+            calls = self._generate(
+                rnd,
+                "tool_call",
+                [
+                    self._agent_request(
+                        tt,
+                        demos,
+                        t,
+                        "Call:",
+                        SamplingParams(
+                            temperature=0.0,
+                            max_tokens=c.call_max_tokens,
+                            stop=("\n",),
+                            seed=request_seed(c.seed, number, f"call{step}", j),
+                        ),
+                        Constraint(json_schema=schema) if c.constrain_calls else None,
+                    )
+                    for j, t in enumerate(active)
+                ],
+            )
+            still_active = []
+            for t, (gen_index, comp) in zip(active, calls, strict=True):
+                t.step_generation_indexes.append(gen_index)
+                call, problem = tt.parse_call(comp.text, comp.finish_reason, specs)
+                if comp.finish_reason == "error":
+                    problem = f"call_not_generated: {comp.extra.get('error', '')}"[:200]
+                if call is not None:
+                    problem = validate_arguments(specs[call.name], call.arguments)
+                    problem = f"invalid_arguments: {problem}" if problem else None
+                if not t.check("format", problem):
+                    continue
+                assert call is not None
+                result = self.sandbox.call(call.name, call.arguments)
+                t.calls.append(
+                    tt.ToolCall(
+                        call.name,
+                        call.arguments,
+                        result.output if result.ok else None,
+                        None if result.ok else result.error,
+                    )
+                )
+                if not t.check("execution", None if result.ok else f"tool_failed: {result.error}"):
+                    continue
+                still_active.append(t)
+            active = still_active
+
+        for t in traces:
+            if t.fate == "rejected" or t.answer is None:
+                if t.fate != "rejected":
+                    t.reject("semantic", "no_answer")
+                continue
+            if not t.check("semantic", tt.semantic_check(t.calls[-1].output or "", t.answer)):
+                continue
+            if traces_needed <= 0:
+                t.reject("verified", "target_reached")
+                continue
+            t.stage, t.fate = "verified", "kept"
+            self.verified_requests.append(t.request)
+            traces_needed -= 1
+
+    def _agent_request(
+        self,
+        tt: Any,
+        demos: list,
+        trace: Any,
+        closing: str,
+        params: SamplingParams,
+        constraint: Constraint | None = None,
+    ) -> GenerationRequest:
+        prompt = self._agent_prompt(tt, demos, trace, closing)
+        # Tools and demonstrations are the same for every trace of the round: a shared prefix.
+        return GenerationRequest(
+            prompt=prompt,
+            params=params,
+            constraint=constraint,
+            shared_prefix=prompt.rindex(f"Request: {trace.request}"),
         )
-        return rnd
+
+    def _agent_prompt(self, tt: Any, demos: list, trace: Any, closing: str = "Call:") -> str:
+        prompt = tt.render_agent_prompt(
+            self.config.language, self.tool_specs, demos, trace.request, trace.calls
+        )
+        # render_agent_prompt ends with "Call:" before the first call and with "Result: ...\n"
+        # after each; `closing` is what the model is asked to continue from.
+        if trace.calls:
+            return prompt + closing
+        return prompt
+
+    def _answer(self, rnd: RoundRecord, tt: Any, demos: list, traces: list, step: int) -> None:
+        c = self.config
+        answers = self._generate(
+            rnd,
+            "tool_answer",
+            [
+                self._agent_request(
+                    tt,
+                    demos,
+                    t,
+                    "Answer:",
+                    SamplingParams(
+                        temperature=0.0,
+                        max_tokens=c.answer_max_tokens,
+                        stop=("\n\n", "\nRequest:", "\nCall:"),
+                        seed=request_seed(c.seed, rnd.number, f"answer{step}", j),
+                    ),
+                )
+                for j, t in enumerate(traces)
+            ],
+        )
+        for t, (gen_index, comp) in zip(traces, answers, strict=True):
+            t.step_generation_indexes.append(gen_index)
+            if comp.finish_reason == "error":
+                t.reject("semantic", f"answer_not_generated: {comp.extra.get('error', '')}"[:200])
+                continue
+            # The answer is its first non-empty line (the model may open with a line break).
+            lines = [line.strip() for line in comp.text.splitlines() if line.strip()]
+            t.answer = lines[0] if lines else ""

@@ -64,7 +64,7 @@ def search(query: str, k: int = 3) -> list[tuple[float, dict]]:
     docs, bags, df, avg = _index()
     n = len(docs)
     scored = []
-    for doc, bag in zip(docs, bags):
+    for doc, bag in zip(docs, bags, strict=True):
         length = sum(bag.values())
         score = 0.0
         for term in set(_tokens(query)):

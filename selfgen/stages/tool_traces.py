@@ -75,13 +75,32 @@ def load_tool_seeds(path: str | Path) -> list[ToolSeed]:
     return seeds
 
 
+def _grammar_friendly(schema: Any) -> Any:
+    """A schema that constrains decoding as tightly as the tool's own: llama.cpp's grammar
+    ignores minimum/maximum, so small integer ranges become an enum (a model wrote k: 1000
+    for a 1..5 argument otherwise). Larger ranges stay, and validation still catches them."""
+    if isinstance(schema, dict):
+        out = {k: _grammar_friendly(v) for k, v in schema.items()}
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        if schema.get("type") == "integer" and isinstance(lo, int) and isinstance(hi, int):
+            if hi - lo <= 64:
+                return {"enum": list(range(lo, hi + 1))}
+        return out
+    if isinstance(schema, list):
+        return [_grammar_friendly(x) for x in schema]
+    return schema
+
+
 def call_schema(specs: dict[str, Any]) -> dict[str, Any]:
     """JSON schema of one call: {"name": <a tool>, "arguments": <that tool's arguments>}."""
     return {
         "anyOf": [
             {
                 "type": "object",
-                "properties": {"name": {"const": name}, "arguments": spec.parameters},
+                "properties": {
+                    "name": {"const": name},
+                    "arguments": _grammar_friendly(spec.parameters),
+                },
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
@@ -114,8 +133,12 @@ def _demo(seed: ToolSeed) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+RESULT_CHARS = 400  # of a tool result shown in a prompt; the trace keeps all of it
+
+
 def _one_line(text: str) -> str:
-    return re.sub(r"\s*\n\s*", " | ", text.strip())
+    text = re.sub(r"\s*\n\s*", " | ", text.strip())
+    return text if len(text) <= RESULT_CHARS else text[:RESULT_CHARS] + " ..."
 
 
 def render_agent_prompt(
@@ -130,8 +153,10 @@ def render_agent_prompt(
     text = load_prompt(language, "tool_agent").format(
         tools=tool_list(specs), demos="".join(_demo(d) for d in demos), request=request
     )
-    for call in steps:
-        text += " " + json.dumps({"name": call.name, "arguments": call.arguments})
+    for i, call in enumerate(steps):
+        text += ("Call: " if i else " ") + json.dumps(
+            {"name": call.name, "arguments": call.arguments}
+        )
         text += f"\nResult: {_one_line(call.output if call.output is not None else 'error: ' + (call.error or ''))}\n"
     return text
 
