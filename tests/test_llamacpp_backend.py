@@ -85,3 +85,50 @@ def test_prompt_longer_than_the_context_is_an_error_completion(backend):
     [c] = backend.generate([GenerationRequest(prompt="word " * 3000, params=SamplingParams())])
     assert c.finish_reason == "error" and c.text == ""
     assert "context" in c.extra["error"]
+
+
+def test_json_schema_grammar_is_really_enforced(backend):
+    # llama-cpp-python silently ignores a response_format it cannot use; the grammar path must
+    # hold: unconstrained, the model does not write this JSON; constrained, it always does.
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"const": "calculator"},
+            "arguments": {
+                "type": "object",
+                "properties": {
+                    "expression": {
+                        "type": "string",
+                        "maxLength": 20,
+                        "pattern": "^[0-9+*/(). -]{1,20}$",
+                    }
+                },
+                "required": ["expression"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+    prompts = ["Once upon a time", "The capital of France is", "List three colours:"]
+    params = SamplingParams(temperature=0.0, max_tokens=60)
+    free = backend.generate([GenerationRequest(prompt=p, params=params) for p in prompts])
+    constrained = backend.generate(
+        [
+            GenerationRequest(prompt=p, params=params, constraint=Constraint(json_schema=schema))
+            for p in prompts
+        ]
+    )
+    import json
+
+    import jsonschema
+
+    def valid(text):
+        try:
+            jsonschema.validate(json.loads(text), schema)
+            return True
+        except (ValueError, jsonschema.ValidationError):
+            return False
+
+    assert not any(valid(c.text) for c in free)
+    assert all(valid(c.text) for c in constrained), [c.text for c in constrained]

@@ -28,8 +28,15 @@ def specs():
 
 
 def test_builtin_tools_and_schemas(specs):
-    assert set(specs) == {"calculator", "date_diff", "add_days", "weekday", "convert_units",
-                          "kb_search", "sql_query"}
+    assert set(specs) == {
+        "calculator",
+        "date_diff",
+        "add_days",
+        "weekday",
+        "convert_units",
+        "kb_search",
+        "sql_query",
+    }
     for spec in specs.values():
         assert spec.description and spec.parameters["type"] == "object"
         # Every string argument is bounded, so a constrained model cannot write forever.
@@ -38,15 +45,18 @@ def test_builtin_tools_and_schemas(specs):
                 assert "maxLength" in prop and "pattern" in prop
 
 
-@pytest.mark.parametrize("name,args,output", [
-    ("calculator", {"expression": "17 * 23 + 4"}, "395"),
-    ("calculator", {"expression": "7 / 2"}, "3.5"),
-    ("date_diff", {"start": "2024-01-01", "end": "2024-03-01"}, "60 days"),
-    ("add_days", {"start": "2024-02-27", "days": 3}, "2024-03-01 (Friday)"),
-    ("weekday", {"day": "1969-07-20"}, "Sunday"),
-    ("convert_units", {"value": 100, "from_unit": "C", "to_unit": "F"}, "212 F"),
-    ("convert_units", {"value": 5, "from_unit": "km", "to_unit": "mi"}, "3.10686 mi"),
-])
+@pytest.mark.parametrize(
+    "name,args,output",
+    [
+        ("calculator", {"expression": "17 * 23 + 4"}, "395"),
+        ("calculator", {"expression": "7 / 2"}, "3.5"),
+        ("date_diff", {"start": "2024-01-01", "end": "2024-03-01"}, "60 days"),
+        ("add_days", {"start": "2024-02-27", "days": 3}, "2024-03-01 (Friday)"),
+        ("weekday", {"day": "1969-07-20"}, "Sunday"),
+        ("convert_units", {"value": 100, "from_unit": "C", "to_unit": "F"}, "212 F"),
+        ("convert_units", {"value": 5, "from_unit": "km", "to_unit": "mi"}, "3.10686 mi"),
+    ],
+)
 def test_tools_compute_real_results(sandbox, name, args, output):
     result = sandbox.call(name, args)
     assert result.ok and result.output == output
@@ -66,17 +76,20 @@ def test_sql_query_reads(sandbox):
     assert len(many.splitlines()) == 1 + 20  # header + the row limit
 
 
-@pytest.mark.parametrize("expression", [
-    "__import__('os').system('echo hacked')",
-    "().__class__.__bases__[0].__subclasses__()",
-    "open('/etc/passwd').read()",
-    "9**9**9",
-    "2**100000",
-    "(" * 60 + "1" + ")" * 60,
-    "-" * 70 + "1",
-    "1 if 1 else 2",
-    "[1, 2, 3]",
-])
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "__import__('os').system('echo hacked')",
+        "().__class__.__bases__[0].__subclasses__()",
+        "open('/etc/passwd').read()",
+        "9**9**9",
+        "2**100000",
+        "(" * 60 + "1" + ")" * 60,
+        "-" * 70 + "1",
+        "1 if 1 else 2",
+        "[1, 2, 3]",
+    ],
+)
 def test_calculator_refuses_what_is_not_arithmetic(expression):
     # The tool's own evaluator refuses these whatever the schema says, and quickly.
     from importlib import import_module
@@ -98,16 +111,19 @@ def test_calculator_schema_refuses_code_before_execution(specs):
     assert problem and "does not match" in problem
 
 
-@pytest.mark.parametrize("query", [
-    "DROP TABLE products",
-    "UPDATE products SET price = 0",
-    "ATTACH DATABASE '/tmp/x.db' AS x",
-    "PRAGMA writable_schema = 1",
-    "SELECT 1; DROP TABLE products",
-    "SELECT * FROM products; SELECT 1",
-    "WITH x AS (SELECT 1) DELETE FROM products",
-    "SELECT load_extension('x')",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "DROP TABLE products",
+        "UPDATE products SET price = 0",
+        "ATTACH DATABASE '/tmp/x.db' AS x",
+        "PRAGMA writable_schema = 1",
+        "SELECT 1; DROP TABLE products",
+        "SELECT * FROM products; SELECT 1",
+        "WITH x AS (SELECT 1) DELETE FROM products",
+        "SELECT load_extension('x')",
+    ],
+)
 def test_sql_query_refuses_writes_and_leaves_the_database_untouched(sandbox, query):
     db = TOOLS / "data" / "shop.sqlite"
     before = hashlib.sha256(db.read_bytes()).hexdigest()
@@ -119,7 +135,8 @@ def test_sql_query_refuses_writes_and_leaves_the_database_untouched(sandbox, que
 
 @pytest.fixture
 def bad_tools(tmp_path):
-    (tmp_path / "bad.py").write_text(textwrap.dedent('''
+    (tmp_path / "bad.py").write_text(
+        textwrap.dedent('''
         from langchain_core.tools import tool
 
         @tool
@@ -145,7 +162,8 @@ def bad_tools(tmp_path):
         def echo(text: str) -> str:
             """Echo."""
             return text
-    '''))
+    ''')
+    )
     return tmp_path
 
 
@@ -188,15 +206,22 @@ def test_tool_seeds_validate_and_reproduce(sandbox, specs):
             assert sandbox.call(call.name, call.arguments).ok
     assert sum(len(s.calls) == 2 for s in seeds) >= 5
     assert sum(not s.calls for s in seeds) >= 3
-    assert all(per_tool.get(t, 0) >= 5 for t in ("calculator", "convert_units", "kb_search",
-                                                  "sql_query"))
+    assert all(
+        per_tool.get(t, 0) >= 5 for t in ("calculator", "convert_units", "kb_search", "sql_query")
+    )
     assert sum(per_tool.get(t, 0) for t in ("date_diff", "add_days", "weekday")) >= 5
 
 
 def test_tools_commands(child_env):
     def run(*args):
-        return subprocess.run([*selfgen_cmd(), "tools", *args], capture_output=True, text=True,
-                              env=child_env, cwd=ROOT, timeout=120)
+        return subprocess.run(
+            [*selfgen_cmd(), "tools", *args],
+            capture_output=True,
+            text=True,
+            env=child_env,
+            cwd=ROOT,
+            timeout=120,
+        )
 
     listed = json.loads(run("list", "--json").stdout)
     assert {t["function"]["name"] for t in listed} >= {"calculator", "sql_query"}
