@@ -7,8 +7,8 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import ROOT, selfgen_cmd
+
 from selfgen.sandbox import ToolSandbox
 from selfgen.stages.tool_traces import load_tool_seeds
 from selfgen.tooling import ToolError, load_tool_objects, tool_specs, validate_arguments
@@ -92,8 +92,8 @@ def test_sql_query_reads(sandbox):
 )
 def test_calculator_refuses_what_is_not_arithmetic(expression):
     # The tool's own evaluator refuses these whatever the schema says, and quickly.
-    from importlib import import_module
     import sys
+    from importlib import import_module
 
     sys.path.insert(0, str(TOOLS))
     try:

@@ -6,7 +6,6 @@ import subprocess
 
 import jsonschema
 import pytest
-
 from conftest import ROOT, SEEDS, selfgen_cmd
 
 pytestmark = pytest.mark.slow
@@ -81,7 +80,7 @@ def test_run_reaches_five_verified_traces(run_dir):
             "semantic": True,
         }
     # Every trace that reached the call stage has its verification recorded with reasons.
-    for stage, reason in db.execute(
+    for _stage, reason in db.execute(
         "SELECT stage, reason FROM traces WHERE fate = 'rejected'"
         " AND stage IN ('format', 'execution', 'semantic')"
     ):
