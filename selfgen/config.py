@@ -131,6 +131,11 @@ class RunConfig:
         need(self.num_traces >= 0, "num_traces", "must be 0 or more")
         need(self.num_traces == 0 or self.tools is not None, "num_traces", "needs --tools DIR")
         need(self.max_tool_steps >= 1, "max_tool_steps", "must be at least 1")
+        need(
+            self.num_traces == 0 or self.language == "en",
+            "num_traces",
+            "tool-use traces have English prompts only; use --language en",
+        )
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
