@@ -40,6 +40,8 @@ def run_select(query: str, max_rows: int = MAX_ROWS) -> tuple[list[str], list[tu
         db.close()
 
 
+# The pattern also keeps out double quotes and backslashes: a grammar built from it writes
+# string content unescaped, and a quote inside the query broke the JSON of a call.
 @tool
 def sql_query(
     query: Annotated[
@@ -47,7 +49,7 @@ def sql_query(
         Field(
             description="One SQLite SELECT statement",
             max_length=300,
-            pattern=r"^[Ss][Ee][Ll][Ee][Cc][Tt] [^;]{1,290}$",
+            pattern=r"^[Ss][Ee][Ll][Ee][Cc][Tt] [^;\"\\]{1,290}$",
         ),
     ],
 ) -> str:
