@@ -32,24 +32,43 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def start_server(port):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(bundled_model_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}/v1"
+
+
+def wait_for(url, proc):
     for _ in range(600):  # up to 60 s for the server to load the model
         try:
             urllib.request.urlopen(f"{url}/models", timeout=1)
-            break
+            return
         except OSError:
             time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("llama_cpp.server did not start")
+    proc.kill()
+    pytest.fail("llama_cpp.server did not start")
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = start_server(port)
+    url = f"http://127.0.0.1:{port}/v1"
+    wait_for(url, proc)
     yield url
     proc.kill()
     proc.wait()
@@ -69,9 +88,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _forward(self, body=None):
-        req = urllib.request.Request(self.server.target + self.path.removeprefix("/v1"),
-                                     data=body, method=self.command,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.server.target + self.path.removeprefix("/v1"),
+            data=body,
+            method=self.command,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=120) as resp:
             data = resp.read()
         self.send_response(200)
@@ -107,31 +129,73 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 def test_full_run_against_the_server(server, tmp_path, child_env):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [*selfgen_cmd(), "run", "--backend", "openai", "--base-url", server, "--seeds",
-         str(SEEDS), "--out", str(out), "-n", "5", "--seed", "1", "--api-key", "secret-123"],
-        capture_output=True, text=True, cwd=ROOT, env=child_env, timeout=900,
+        [
+            *selfgen_cmd(),
+            "run",
+            "--backend",
+            "openai",
+            "--base-url",
+            server,
+            "--seeds",
+            str(SEEDS),
+            "--out",
+            str(out),
+            "-n",
+            "5",
+            "--seed",
+            "1",
+            "--api-key",
+            "secret-123",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "reached the target of 5 kept tasks" in proc.stdout
     # The key is never stored.
     assert b"secret-123" not in (out / "selfgen.db").read_bytes()
-    stats = json.loads(subprocess.run([*selfgen_cmd(), "stats", str(out), "--json"],
-                                      capture_output=True, text=True, cwd=ROOT,
-                                      env=child_env).stdout)
+    stats = json.loads(
+        subprocess.run(
+            [*selfgen_cmd(), "stats", str(out), "--json"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=child_env,
+        ).stdout
+    )
     assert stats["kept"] == 5 and stats["tokens"]["completion"] > 0
 
 
 def test_constraints_through_the_server(server):
     backend = get_backend("openai", base_url=server, concurrency=3)
     assert backend.flavour == "llamacpp" and backend.mode == "completions"
-    schema = {"type": "object", "properties": {"n": {"enum": [1, 2, 3]}},
-              "required": ["n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"n": {"enum": [1, 2, 3]}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
     prompts = ["Once upon a time", "The capital of France is", "List three colours:"]
     outs = backend.generate(
-        [GenerationRequest(prompt=p, params=SamplingParams(temperature=0, max_tokens=8),
-                           constraint=Constraint(choices=(" Yes", " No"))) for p in prompts]
-        + [GenerationRequest(prompt=p, params=SamplingParams(temperature=0, max_tokens=20),
-                             constraint=Constraint(json_schema=schema)) for p in prompts]
+        [
+            GenerationRequest(
+                prompt=p,
+                params=SamplingParams(temperature=0, max_tokens=8),
+                constraint=Constraint(choices=(" Yes", " No")),
+            )
+            for p in prompts
+        ]
+        + [
+            GenerationRequest(
+                prompt=p,
+                params=SamplingParams(temperature=0, max_tokens=20),
+                constraint=Constraint(json_schema=schema),
+            )
+            for p in prompts
+        ]
     )
     assert all(o.text in (" Yes", " No") for o in outs[:3])
     assert all(json.loads(o.text)["n"] in (1, 2, 3) for o in outs[3:])
@@ -141,9 +205,23 @@ def test_constraints_through_the_server(server):
 def test_server_not_running_is_one_clear_error(tmp_path, child_env):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [*selfgen_cmd(), "run", "--backend", "openai", "--base-url",
-         f"http://127.0.0.1:{free_port()}/v1", "--out", str(out), "-n", "2"],
-        capture_output=True, text=True, cwd=ROOT, env=child_env, timeout=300,
+        [
+            *selfgen_cmd(),
+            "run",
+            "--backend",
+            "openai",
+            "--base-url",
+            f"http://127.0.0.1:{free_port()}/v1",
+            "--out",
+            str(out),
+            "-n",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert "cannot reach an OpenAI-compatible server" in proc.stderr
@@ -159,9 +237,28 @@ def test_errors_and_garbage_are_retried_or_recorded(server, tmp_path, child_env)
         url = f"http://127.0.0.1:{proxy.server_address[1]}/v1"
         out = tmp_path / "run"
         proc = subprocess.run(
-            [*selfgen_cmd(), "run", "--backend", "openai", "--base-url", url, "--seeds",
-             str(SEEDS), "--out", str(out), "-n", "3", "--seed", "2", "-q"],
-            capture_output=True, text=True, cwd=ROOT, env=child_env, timeout=900,
+            [
+                *selfgen_cmd(),
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                url,
+                "--seeds",
+                str(SEEDS),
+                "--out",
+                str(out),
+                "-n",
+                "3",
+                "--seed",
+                "2",
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=child_env,
+            timeout=900,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proxy.count > 10
@@ -187,3 +284,69 @@ def test_unknown_backend_and_missing_key():
     finally:
         os.environ.clear()
         os.environ.update(env)
+
+
+def test_server_killed_mid_run_then_restarted_resumes_to_the_target(tmp_path, child_env):
+    import sqlite3
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    server_proc = start_server(port)
+    wait_for(url, server_proc)
+    out = tmp_path / "run"
+    args = [
+        *selfgen_cmd(),
+        "run",
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--seeds",
+        str(SEEDS),
+        "--out",
+        str(out),
+        "-n",
+        "8",
+        "--seed",
+        "3",
+        "--prompts-per-round",
+        "1",
+        "-q",
+    ]
+    run = subprocess.Popen(
+        args, cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    # Kill the server once the first round is committed, in the middle of the next one.
+    while run.poll() is None:
+        if (out / "selfgen.db").exists():
+            db = sqlite3.connect(out / "selfgen.db")
+            rounds = db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0]
+            db.close()
+            if rounds >= 1:
+                break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    server_proc.kill()
+    server_proc.wait()
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 1, stderr
+    assert "finished rounds are saved; resume with" in stderr and "Traceback" not in stderr
+
+    server_proc = start_server(port)
+    try:
+        wait_for(url, server_proc)
+        proc = subprocess.run(
+            [*selfgen_cmd(), "run", "--out", str(out), "-q"],
+            cwd=ROOT,
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        server_proc.kill()
+        server_proc.wait()
+    db = sqlite3.connect(out / "selfgen.db")
+    kept = [r[0] for r in db.execute("SELECT instruction FROM candidates WHERE fate = 'kept'")]
+    assert len(kept) == len(set(kept)) == 8
