@@ -196,6 +196,63 @@ class Loop:
         )
         return rnd
 
+    def _novel_items(
+        self,
+        rnd: RoundRecord,
+        stage: str,
+        prompts: list[tuple[str, int]],
+        index: RougeIndex,
+        records: list[Any],
+        make: Callable[[str, int], Any],
+    ) -> list[Any]:
+        """Generate the continuations of numbered-list `prompts` ((prompt, next number)),
+        and pass each item through parsing, the rule filters and ROUGE-L novelty against
+        `index` (sequentially: an accepted item joins the index at once). Every item becomes
+        a record (`make(text, generation index)`) appended to `records`; the survivors are
+        returned."""
+        c = self.config
+        requests = [
+            GenerationRequest(
+                prompt=prompt,
+                params=SamplingParams(
+                    temperature=c.temperature,
+                    top_p=c.top_p,
+                    max_tokens=c.max_tokens,
+                    stop=instructions.stop_strings(c.list_length),
+                    presence_penalty=c.presence_penalty,
+                    frequency_penalty=c.frequency_penalty,
+                    seed=request_seed(c.seed, rnd.number, stage, j),
+                ),
+            )
+            for j, (prompt, _) in enumerate(prompts)
+        ]
+        survivors = []
+        for (gen_index, comp), (_, next_number) in zip(
+            self._generate(rnd, stage, requests), prompts, strict=True
+        ):
+            for item in instructions.parse_continuation(
+                comp.text, next_number, comp.finish_reason, c.list_length
+            ):
+                record = make(item.text, gen_index)
+                records.append(record)
+                if item.reason:
+                    record.reject("parse", item.reason)
+                    continue
+                if reason := self.rules.check(item.text):
+                    record.reject("rules", reason)
+                    continue
+                score, nearest = index.best(item.text)
+                record.rouge_l = score
+                # No nearest neighbour when no indexed text shares a single token with it.
+                record.nearest = index.texts[nearest] if nearest is not None else None
+                if score > c.rouge_threshold:
+                    record.reject("rouge", "near_duplicate")
+                    continue
+                index.add(item.text)
+                record.stage = "rouge"
+                survivors.append(record)
+        return survivors
+
     def _instruction_round(self, rnd: RoundRecord, still_needed: int) -> None:
         c = self.config
         number = rnd.number
@@ -208,47 +265,15 @@ class Loop:
                 self.rng, seed_texts, self.kept, c.seed_instructions, c.machine_instructions
             )
             prompts.append((instructions.render_prompt(c.language, shown), len(shown) + 1))
-        requests = [
-            GenerationRequest(
-                prompt=prompt,
-                params=SamplingParams(
-                    temperature=c.temperature,
-                    top_p=c.top_p,
-                    max_tokens=c.max_tokens,
-                    stop=instructions.stop_strings(c.list_length),
-                    presence_penalty=c.presence_penalty,
-                    frequency_penalty=c.frequency_penalty,
-                    seed=request_seed(c.seed, number, "instructions", j),
-                ),
-            )
-            for j, (prompt, _) in enumerate(prompts)
-        ]
-        generated = self._generate(rnd, "instructions", requests)
-
-        # 2-3. Parse, rule filters, ROUGE-L novelty (sequential: the pool grows as we go).
-        survivors: list[Candidate] = []
-        for (gen_index, comp), (_, next_number) in zip(generated, prompts, strict=True):
-            for item in instructions.parse_continuation(
-                comp.text, next_number, comp.finish_reason, c.list_length
-            ):
-                cand = Candidate(instruction=item.text, generation_index=gen_index)
-                rnd.candidates.append(cand)
-                if item.reason:
-                    cand.reject("parse", item.reason)
-                    continue
-                if reason := self.rules.check(item.text):
-                    cand.reject("rules", reason)
-                    continue
-                score, nearest = self.index.best(item.text)
-                cand.rouge_l = score
-                # No nearest neighbour when no indexed text shares a single token with it.
-                cand.nearest = self.index.texts[nearest] if nearest is not None else None
-                if score > c.rouge_threshold:
-                    cand.reject("rouge", "near_duplicate")
-                    continue
-                self.index.add(item.text)
-                cand.stage = "rouge"
-                survivors.append(cand)
+        # 2-3. Parse, rule filters, ROUGE-L novelty.
+        survivors: list[Candidate] = self._novel_items(
+            rnd,
+            "instructions",
+            prompts,
+            self.index,
+            rnd.candidates,
+            lambda text, gen_index: Candidate(instruction=text, generation_index=gen_index),
+        )
 
         # 4. Classification identification.
         classify_prompts = [
@@ -355,45 +380,14 @@ class Loop:
                 c.machine_instructions,
             )
             prompts.append((tt.render_request_prompt(c.language, specs, shown), len(shown) + 1))
-        requests = [
-            GenerationRequest(
-                prompt=prompt,
-                params=SamplingParams(
-                    temperature=c.temperature,
-                    top_p=c.top_p,
-                    max_tokens=c.max_tokens,
-                    stop=instructions.stop_strings(c.list_length),
-                    presence_penalty=c.presence_penalty,
-                    frequency_penalty=c.frequency_penalty,
-                    seed=request_seed(c.seed, number, "tool_requests", j),
-                ),
-            )
-            for j, (prompt, _) in enumerate(prompts)
-        ]
-        traces: list[tt.Trace] = []
-        for (gen_index, comp), (_, next_number) in zip(
-            self._generate(rnd, "tool_requests", requests), prompts, strict=True
-        ):
-            for item in instructions.parse_continuation(
-                comp.text, next_number, comp.finish_reason, c.list_length
-            ):
-                trace = tt.Trace(request=item.text, generation_index=gen_index)
-                rnd.traces.append(trace)
-                if item.reason:
-                    trace.reject("parse", item.reason)
-                    continue
-                if reason := self.rules.check(item.text):
-                    trace.reject("rules", reason)
-                    continue
-                score, nearest = self.trace_index.best(item.text)
-                trace.rouge_l = score
-                trace.nearest = self.trace_index.texts[nearest] if nearest is not None else None
-                if score > c.rouge_threshold:
-                    trace.reject("rouge", "near_duplicate")
-                    continue
-                self.trace_index.add(item.text)
-                trace.stage = "rouge"
-                traces.append(trace)
+        traces: list[tt.Trace] = self._novel_items(
+            rnd,
+            "tool_requests",
+            prompts,
+            self.trace_index,
+            rnd.traces,
+            lambda text, gen_index: tt.Trace(request=text, generation_index=gen_index),
+        )
 
         # The agent loop, one step for all active traces at a time: a call (constrained to
         # the tools' schemas where the backend can), its execution, then "Call:" or "Answer:".
