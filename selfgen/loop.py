@@ -79,7 +79,6 @@ class Loop:
         self.index = RougeIndex(TOKENIZERS[config.tokenizer_name()])
         for seed in self.seeds:
             self.index.add(seed.instruction)
-        self.num_seed_texts = len(self.seeds)
         for text in store.novelty_pool():
             self.index.add(text)
         self.kept = store.kept_instructions()
