@@ -16,6 +16,7 @@ import hashlib
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -58,6 +59,28 @@ def shared_prefix(prompt: str, instruction: str) -> int:
     return prompt.rindex(f"Task: {instruction}")
 
 
+class _Queue:
+    """Requests of one stage of a round, submitted to the backend in batches."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.requests: list[GenerationRequest] = []
+        self.futures: list[Future[Completion]] = []
+
+    def add(self, request: GenerationRequest) -> None:
+        self.requests.append(request)
+
+    def flush(self) -> None:
+        """Submit every request added since the last flush, as one batch."""
+        new = self.requests[len(self.futures) :]
+        if new:
+            self.futures.extend(self.backend.submit(new))
+
+    def cancel(self) -> None:
+        for future in self.futures:
+            future.cancel()
+
+
 class Loop:
     """Runs rounds of the loop against a backend, writing each round to `store`."""
 
@@ -74,6 +97,7 @@ class Loop:
         self.store = store
         self.backend = backend
         self.on_event = on_event or (lambda kind, data: None)
+        self._queues: list[_Queue] = []  # the current round's, flushed before any wait
         self.seeds: list[SeedTask] = store.seeds()
         self.rules = RuleFilter(config.rule_config())
         self.index = RougeIndex(TOKENIZERS[config.tokenizer_name()])
@@ -126,6 +150,55 @@ class Loop:
             progress = self.store.progress()
         return RunResult(reason, progress)
 
+    def _queue(self) -> _Queue:
+        """A new queue of requests, flushed with the others whenever the loop must wait."""
+        queue = _Queue(self.backend)
+        self._queues.append(queue)
+        return queue
+
+    def _wait(self, queue: _Queue, index: int) -> Completion:
+        """The completion of request `index` of `queue`.
+
+        Before blocking, every queue submits the requests it has gathered, as one batch each:
+        the model always has the next work queued while this thread parses and filters.
+        """
+        if index >= len(queue.futures) or not queue.futures[index].done():
+            for q in self._queues:
+                q.flush()
+        return queue.futures[index].result()
+
+    def _record(
+        self, rnd: RoundRecord, stage: str, req: GenerationRequest, comp: Completion
+    ) -> int:
+        """Record one generation call in the round; return its index there."""
+        rnd.generations.append(
+            GenerationRecord(
+                stage=stage,
+                prompt=req.prompt,
+                messages=list(req.messages) if req.messages is not None else None,
+                params=req.params.to_dict(),
+                constraint=(
+                    {"choices": list(req.constraint.choices)}
+                    if req.constraint and req.constraint.choices
+                    else ({"json_schema": req.constraint.json_schema} if req.constraint else None)
+                ),
+                response=comp.text,
+                finish_reason=comp.finish_reason,
+                prompt_tokens=comp.prompt_tokens,
+                completion_tokens=comp.completion_tokens,
+                latency_s=comp.latency_s,
+            )
+        )
+        self.on_event(
+            "generated",
+            {
+                "stage": stage,
+                "tokens": comp.prompt_tokens + comp.completion_tokens,
+                "completion_tokens": comp.completion_tokens,
+            },
+        )
+        return len(rnd.generations) - 1
+
     def _generate(
         self,
         rnd: RoundRecord,
@@ -133,40 +206,13 @@ class Loop:
         requests: list[GenerationRequest],
     ) -> list[tuple[int, Completion]]:
         """Run a batch, record each call in the round, return (generation index, completion)."""
-        if not requests:
-            return []
-        completions = self.backend.generate(requests)
+        queue = self._queue()
+        for req in requests:
+            queue.add(req)
         out = []
-        for req, comp in zip(requests, completions, strict=True):
-            rnd.generations.append(
-                GenerationRecord(
-                    stage=stage,
-                    prompt=req.prompt,
-                    messages=list(req.messages) if req.messages is not None else None,
-                    params=req.params.to_dict(),
-                    constraint=(
-                        {"choices": list(req.constraint.choices)}
-                        if req.constraint and req.constraint.choices
-                        else (
-                            {"json_schema": req.constraint.json_schema} if req.constraint else None
-                        )
-                    ),
-                    response=comp.text,
-                    finish_reason=comp.finish_reason,
-                    prompt_tokens=comp.prompt_tokens,
-                    completion_tokens=comp.completion_tokens,
-                    latency_s=comp.latency_s,
-                )
-            )
-            out.append((len(rnd.generations) - 1, comp))
-        self.on_event(
-            "generated",
-            {
-                "stage": stage,
-                "tokens": sum(c.prompt_tokens + c.completion_tokens for c in completions),
-                "completion_tokens": sum(c.completion_tokens for c in completions),
-            },
-        )
+        for j, req in enumerate(requests):
+            comp = self._wait(queue, j)
+            out.append((self._record(rnd, stage, req, comp), comp))
         return out
 
     def run_round(self, number: int, still_needed: int, traces_needed: int = 0) -> RoundRecord:
@@ -177,10 +223,17 @@ class Loop:
             rng_state=None,
             elapsed_s=0.0,
         )
-        if still_needed > 0:
-            self._instruction_round(rnd, still_needed)
-        if traces_needed > 0:
-            self._trace_round(rnd, traces_needed)
+        self._queues = []
+        try:
+            if still_needed > 0:
+                self._instruction_round(rnd, still_needed)
+            if traces_needed > 0:
+                self._trace_round(rnd, traces_needed)
+        except BaseException:
+            # A failed round is not committed; nothing it queued may keep the model busy.
+            for queue in self._queues:
+                queue.cancel()
+            raise
         rnd.rng_state = self.rng.getstate()
         rnd.elapsed_s = time.perf_counter() - started
         self.store.commit_round(rnd)
@@ -203,32 +256,35 @@ class Loop:
         index: RougeIndex,
         records: list[Any],
         make: Callable[[str, int], Any],
+        on_survivor: Callable[[Any], None] = lambda record: None,
     ) -> list[Any]:
         """Generate the continuations of numbered-list `prompts` ((prompt, next number)),
         and pass each item through parsing, the rule filters and ROUGE-L novelty against
-        `index` (sequentially: an accepted item joins the index at once). Every item becomes
-        a record (`make(text, generation index)`) appended to `records`; the survivors are
-        returned."""
+        `index` (sequentially, in prompt order: an accepted item joins the index at once).
+        Every item becomes a record (`make(text, generation index)`) appended to `records`;
+        each survivor is handed to `on_survivor` as soon as it is known (to queue its next
+        request while the other lists are still being generated), and all are returned."""
         c = self.config
-        requests = [
-            GenerationRequest(
-                prompt=prompt,
-                params=SamplingParams(
-                    temperature=c.temperature,
-                    top_p=c.top_p,
-                    max_tokens=c.max_tokens,
-                    stop=instructions.stop_strings(c.list_length),
-                    presence_penalty=c.presence_penalty,
-                    frequency_penalty=c.frequency_penalty,
-                    seed=request_seed(c.seed, rnd.number, stage, j),
-                ),
+        queue = self._queue()
+        for j, (prompt, _) in enumerate(prompts):
+            queue.add(
+                GenerationRequest(
+                    prompt=prompt,
+                    params=SamplingParams(
+                        temperature=c.temperature,
+                        top_p=c.top_p,
+                        max_tokens=c.max_tokens,
+                        stop=instructions.stop_strings(c.list_length),
+                        presence_penalty=c.presence_penalty,
+                        frequency_penalty=c.frequency_penalty,
+                        seed=request_seed(c.seed, rnd.number, stage, j),
+                    ),
+                )
             )
-            for j, (prompt, _) in enumerate(prompts)
-        ]
         survivors = []
-        for (gen_index, comp), (_, next_number) in zip(
-            self._generate(rnd, stage, requests), prompts, strict=True
-        ):
+        for j, (_, next_number) in enumerate(prompts):
+            comp = self._wait(queue, j)
+            gen_index = self._record(rnd, stage, queue.requests[j], comp)
             for item in instructions.parse_continuation(
                 comp.text, next_number, comp.finish_reason, c.list_length
             ):
@@ -250,21 +306,55 @@ class Loop:
                 index.add(item.text)
                 record.stage = "rouge"
                 survivors.append(record)
+                on_survivor(record)
         return survivors
 
     def _instruction_round(self, rnd: RoundRecord, still_needed: int) -> None:
+        """Instructions, classification, instances: pipelined through three queues.
+
+        Each candidate's next request is queued as soon as the candidate passes its stage,
+        and results are consumed in order, so the data is the same as stage-by-stage batches
+        and only the model's idle time changes.
+        """
         c = self.config
         number = rnd.number
         seed_texts = [s.instruction for s in self.seeds]
 
-        # 1. Instruction generation.
+        # The round's random draws, in a fixed order: the prompts' instructions, then the
+        # instance demonstrations for each kind of task (drawn once per round, so that the
+        # prompts of a round share them as a prefix).
         prompts = []
         for _ in range(c.prompts_per_round):
             shown = instructions.choose_prompt_instructions(
                 self.rng, seed_texts, self.kept, c.seed_instructions, c.machine_instructions
             )
             prompts.append((instructions.render_prompt(c.language, shown), len(shown) + 1))
-        # 2-3. Parse, rule filters, ROUGE-L novelty.
+        round_demos = {
+            clf: instances.pick_demos(self.rng, self.seeds, clf, c.instance_demos)
+            for clf in (False, True)
+        }
+
+        # 1-3. Instruction generation; parse, rule filters, ROUGE-L novelty; each survivor's
+        # classification request queued at once.
+        classify_queue = self._queue()
+
+        def ask_classify(cand: Candidate) -> None:
+            prompt = classify.render_prompt(c.language, self.classify_demos, cand.instruction)
+            classify_queue.add(
+                GenerationRequest(
+                    prompt=prompt,
+                    shared_prefix=shared_prefix(prompt, cand.instruction),
+                    params=SamplingParams(
+                        temperature=0.0,
+                        max_tokens=3,
+                        seed=request_seed(c.seed, number, "classify", len(classify_queue.requests)),
+                    ),
+                    constraint=Constraint(choices=classify.CHOICES)
+                    if c.constrain_classify
+                    else None,
+                )
+            )
+
         survivors: list[Candidate] = self._novel_items(
             rnd,
             "instructions",
@@ -272,86 +362,61 @@ class Loop:
             self.index,
             rnd.candidates,
             lambda text, gen_index: Candidate(instruction=text, generation_index=gen_index),
+            ask_classify,
         )
 
-        # 4. Classification identification.
-        classify_prompts = [
-            classify.render_prompt(c.language, self.classify_demos, cand.instruction)
-            for cand in survivors
-        ]
-        classify_requests = [
-            GenerationRequest(
-                prompt=prompt,
-                shared_prefix=shared_prefix(prompt, cand.instruction),
-                params=SamplingParams(
-                    temperature=0.0,
-                    max_tokens=3,
-                    seed=request_seed(c.seed, number, "classify", j),
-                ),
-                constraint=Constraint(choices=classify.CHOICES) if c.constrain_classify else None,
-            )
-            for j, (cand, prompt) in enumerate(zip(survivors, classify_prompts, strict=True))
-        ]
+        # 4. Classification identification; each answered candidate's instance request queued.
+        instance_queue = self._queue()
         answered = []
-        for cand, (gen_index, comp) in zip(
-            survivors, self._generate(rnd, "classify", classify_requests), strict=True
-        ):
-            cand.classify_generation_index = gen_index
+        for j, cand in enumerate(survivors):
+            comp = self._wait(classify_queue, j)
+            cand.classify_generation_index = self._record(
+                rnd, "classify", classify_queue.requests[j], comp
+            )
             verdict = classify.parse_answer(comp.text)
             if verdict is None:
                 cand.reject("classify", "unparseable_answer")
                 continue
             cand.is_classification = verdict
             cand.stage = "classify"
+            prompt = instances.render_prompt(
+                c.language, round_demos[verdict], cand.instruction, verdict
+            )
+            instance_queue.add(
+                GenerationRequest(
+                    prompt=prompt,
+                    shared_prefix=shared_prefix(prompt, cand.instruction),
+                    params=SamplingParams(
+                        temperature=c.instance_temperature,
+                        top_p=1.0,
+                        max_tokens=c.instance_max_tokens,
+                        presence_penalty=c.instance_presence_penalty,
+                        stop=instances.stop_strings(c.max_instances),
+                        seed=request_seed(c.seed, number, "instances", len(answered)),
+                    ),
+                )
+            )
             answered.append(cand)
 
-        # 5. Instance generation and filters. The demonstrations are drawn once per round for
-        # each kind of task, so that the prompts of a round share them as a prefix.
-        round_demos = {
-            clf: instances.pick_demos(self.rng, self.seeds, clf, c.instance_demos)
-            for clf in (False, True)
-        }
-        demos_for = [round_demos[bool(cand.is_classification)] for cand in answered]
-        instance_prompts = [
-            instances.render_prompt(
-                c.language, demos, cand.instruction, bool(cand.is_classification)
+        # 5. Instance filters; the target counts kept tasks exactly.
+        for j, cand in enumerate(answered):
+            comp = self._wait(instance_queue, j)
+            cand.instance_generation_index = self._record(
+                rnd, "instances", instance_queue.requests[j], comp
             )
-            for cand, demos in zip(answered, demos_for, strict=True)
-        ]
-        instance_requests = [
-            GenerationRequest(
-                prompt=prompt,
-                shared_prefix=shared_prefix(prompt, cand.instruction),
-                params=SamplingParams(
-                    temperature=c.instance_temperature,
-                    top_p=1.0,
-                    max_tokens=c.instance_max_tokens,
-                    presence_penalty=c.instance_presence_penalty,
-                    stop=instances.stop_strings(c.max_instances),
-                    seed=request_seed(c.seed, number, "instances", j),
-                ),
-            )
-            for j, (cand, prompt) in enumerate(zip(answered, instance_prompts, strict=True))
-        ]
-        for cand, demos, (gen_index, comp) in zip(
-            answered,
-            demos_for,
-            self._generate(rnd, "instances", instance_requests),
-            strict=True,
-        ):
-            cand.instance_generation_index = gen_index
             parse = (
                 instances.parse_output_first
                 if cand.is_classification
                 else instances.parse_input_first
             )
             verdict = instances.filter_instances(
-                parse(comp.text, comp.finish_reason, c.max_instances), demos
+                parse(comp.text, comp.finish_reason, c.max_instances),
+                round_demos[bool(cand.is_classification)],
             )
             if verdict.task_reason:
                 cand.reject("instances", verdict.task_reason)
             elif still_needed <= 0:
-                # The target counts kept tasks exactly; a surplus task stays in the store.
+                # A surplus task stays in the store, marked, and is not exported.
                 cand.reject("instances", "target_reached")
             else:
                 cand.stage, cand.fate, cand.instances = "instances", "kept", verdict.kept

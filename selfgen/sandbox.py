@@ -52,19 +52,19 @@ class ToolSandbox:
                 bufsize=1,
             )
             ready = self._read_line(self._proc, timeout=120.0)
-            if ready is None or json.loads(ready).get("ready") is not True:
+            if not ready or json.loads(ready).get("ready") is not True:
                 self._kill()
                 raise RuntimeError(f"the tool sandbox could not load {self.folder}")
         return self._proc
 
     @staticmethod
     def _read_line(proc: subprocess.Popen[str], timeout: float) -> str | None:
+        """One line of the worker's answer; "" when it closed its output, None on timeout."""
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], timeout)
         if not ready:
             return None
-        line = proc.stdout.readline()
-        return line or None
+        return proc.stdout.readline()
 
     def _kill(self) -> None:
         if self._proc is not None:
@@ -86,13 +86,15 @@ class ToolSandbox:
         line = self._read_line(proc, self.timeout_s)
         seconds = time.perf_counter() - started
         if line is None:
-            timed_out = proc.poll() is None
-            code = proc.poll()
             self._kill()
-            if timed_out:
-                return ToolResult(
-                    False, error=f"timed out after {self.timeout_s:g} s", seconds=seconds
-                )
+            return ToolResult(False, error=f"timed out after {self.timeout_s:g} s", seconds=seconds)
+        if not line:
+            # The worker closed its output: it is exiting (it may not have been reaped yet).
+            try:
+                code = proc.wait(timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                code = None
+            self._kill()
             return ToolResult(
                 False, error=f"the tool process crashed (exit code {code})", seconds=seconds
             )

@@ -9,7 +9,9 @@ use, so there is one path, not two. This module imports nothing heavy.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -82,19 +84,76 @@ class Backend(abc.ABC):
     `generate` returns one completion per request, in order. A backend may run the batch
     concurrently; the result must not depend on how it is scheduled when each request
     carries a seed.
+
+    `submit` is the non-blocking form the loop uses, so that the model works on queued
+    requests while the loop parses and filters earlier answers. The default runs `generate`
+    on one background thread, in submission order: request by request, so each future is
+    resolved as soon as its own answer exists, or, for a backend that sets
+    `batches_natively` (one call over many requests is much faster than many calls), one
+    `generate` call per submitted batch. A backend with its own concurrency overrides
+    `submit`. Either way `generate` is only ever called from that one thread, so a backend
+    need not be thread-safe.
     """
 
     name: str = "backend"
+    batches_natively: bool = False
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]: ...
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[Completion]]:
+        """Start answering `requests`; one future per request, in order."""
+        executor = self._executor()
+        if self.batches_natively and requests:
+            batch = executor.submit(self.generate, list(requests))
+            return [_item(batch, i) for i in range(len(requests))]
+        return [executor.submit(_first, self.generate, request) for request in requests]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with _executor_lock:
+            executor = self.__dict__.get("_submit_executor")
+            if executor is None:
+                executor = ThreadPoolExecutor(1, thread_name_prefix=f"selfgen-{self.name}")
+                self.__dict__["_submit_executor"] = executor
+            return executor
+
+    def shutdown(self) -> None:
+        """Cancel what `submit` has queued and wait for the request in progress."""
+        executor = self.__dict__.pop("_submit_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def describe(self) -> dict[str, Any]:
         """What identifies the model, stored with each run (never secrets)."""
         return {"backend": self.name}
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release the model; a no-op unless the backend holds resources."""
+    def close(self) -> None:
+        """Release the model. Subclasses that hold resources extend this and call it."""
+        self.shutdown()
+
+
+_executor_lock = threading.Lock()
+
+
+def _first(generate: Callable[..., list[Completion]], request: GenerationRequest) -> Completion:
+    return generate([request])[0]
+
+
+def _item(batch: Future[list[Completion]], index: int) -> Future[Completion]:
+    """A future for one completion of a batch future."""
+    out: Future[Completion] = Future()
+
+    def done(f: Future[list[Completion]]) -> None:
+        if f.cancelled():
+            out.set_exception(CancelledError())
+        elif (exc := f.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(f.result()[index])
+
+    out.set_running_or_notify_cancel()
+    batch.add_done_callback(done)
+    return out
 
 
 BackendFactory = Callable[..., Backend]

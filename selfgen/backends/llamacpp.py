@@ -178,6 +178,7 @@ class LlamaCppBackend(Backend):
         )
 
     def close(self) -> None:
+        super().close()  # waits for a request in progress on the submit thread
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlparse
 
@@ -103,6 +105,8 @@ class OpenAIBackend(Backend):
         if api_mode == "auto":
             api_mode = "chat" if server_flavour == "openai" else "completions"
         self.mode = api_mode
+        self._lock = threading.Lock()
+        self._session: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -210,19 +214,56 @@ class OpenAIBackend(Backend):
             latency_s=time.perf_counter() - start,
         )
 
-    async def _batch(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        import openai
+    def _start(self) -> tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore]:
+        """The event loop thread, client and semaphore that every request shares (lazily)."""
+        with self._lock:
+            if self._session is None:
+                import openai
 
-        sem = asyncio.Semaphore(self.concurrency)
-        async with openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self._key,
-            timeout=self.timeout_s,
-            max_retries=self.max_retries,
-        ) as client:
-            return list(await asyncio.gather(*(self._one(client, sem, r) for r in requests)))
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="selfgen-openai", daemon=True
+                )
+                thread.start()
+
+                async def open_session() -> tuple[Any, asyncio.Semaphore]:
+                    client = openai.AsyncOpenAI(
+                        base_url=self.base_url,
+                        api_key=self._key,
+                        timeout=self.timeout_s,
+                        max_retries=self.max_retries,
+                    )
+                    return client, asyncio.Semaphore(self.concurrency)
+
+                client, sem = asyncio.run_coroutine_threadsafe(open_session(), loop).result()
+                self._session = (loop, client, sem)
+                self._thread = thread
+            return self._session
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[Completion]]:
+        """Queue requests on the shared event loop; at most `concurrency` are in flight."""
+        loop, client, sem = self._start()
+        return [asyncio.run_coroutine_threadsafe(self._one(client, sem, r), loop) for r in requests]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        if not requests:
-            return []
-        return asyncio.run(self._batch(requests))
+        return [future.result() for future in self.submit(requests)]
+
+    def shutdown(self) -> None:
+        """Cancel queued and running requests, close the client and stop the event loop."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is None:
+            return
+        loop, client, _ = session
+
+        async def stop() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join()
+        loop.close()
