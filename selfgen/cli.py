@@ -334,8 +334,16 @@ def export(
     include_failed: Annotated[
         bool, typer.Option(help="Also export tool traces that failed verification (marked).")
     ] = False,
+    only_curated: Annotated[
+        bool,
+        typer.Option(
+            "--only-curated", help="Only the tasks and traces accepted by hand (selfgen inspect)."
+        ),
+    ] = False,
 ) -> None:
-    """Write kept tasks as JSONL for fine-tuning (one row per instance)."""
+    """Write kept tasks as JSONL for fine-tuning (one row per instance).
+
+    Tasks and traces rejected by hand in `selfgen inspect` are never exported."""
     from selfgen.export import FORMATS, export_run
     from selfgen.store import RunStore, StoreError
 
@@ -348,7 +356,9 @@ def export(
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     try:
-        counts = export_run(store, format, out, include_seeds, split, split_seed, include_failed)
+        counts = export_run(
+            store, format, out, include_seeds, split, split_seed, include_failed, only_curated
+        )
     except OSError as exc:
         fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
     finally:
@@ -380,6 +390,31 @@ def stats(
     from selfgen.progress import print_stats
 
     print_stats(Console(), figures)
+
+
+@app.command()
+def inspect(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
+    """Explore and curate a run in a terminal UI (press ? for the keys).
+
+    Also works while the run is being written: the table reloads when the store changes."""
+    from selfgen.store import RunStore, StoreError
+
+    try:
+        store = RunStore.open(run_dir)
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        store.close()
+        fail("selfgen inspect needs a terminal; `selfgen stats` prints the figures as text")
+    from selfgen.tui.app import InspectApp
+
+    tui = InspectApp(store, run_dir.resolve().name)
+    try:
+        tui.run()
+    finally:
+        store.close()
+    if tui.error:
+        fail(f"{store.path}: {tui.error}", RUN_ERROR)
 
 
 @app.command()

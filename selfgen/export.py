@@ -54,11 +54,16 @@ def to_row(fmt: str, instruction: str, inst: Instance) -> dict[str, Any]:
     raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
 
 
-def collect_tasks(store: RunStore, include_seeds: bool) -> list[ExportTask]:
+def collect_tasks(
+    store: RunStore, include_seeds: bool, only_curated: bool = False
+) -> list[ExportTask]:
     tasks = []
     if include_seeds:
         tasks += [ExportTask(s.instruction, list(s.instances), "seed") for s in store.seeds()]
-    tasks += [ExportTask(row["instruction"], inst, "machine") for row, inst in store.kept_tasks()]
+    tasks += [
+        ExportTask(row["instruction"], inst, "machine")
+        for row, inst in store.kept_tasks(only_curated)
+    ]
     return tasks
 
 
@@ -82,18 +87,24 @@ def rows(fmt: str, tasks: Iterable[ExportTask]) -> Iterator[dict[str, Any]]:
             yield to_row(fmt, task.instruction, inst)
 
 
-def trace_rows(fmt: str, store: RunStore, include_failed: bool = False) -> Iterator[dict[str, Any]]:
+def trace_rows(
+    fmt: str, store: RunStore, include_failed: bool = False, only_curated: bool = False
+) -> Iterator[dict[str, Any]]:
     """Tool-use traces as chat rows with their tools. Alpaca has no place for tool calls, so
     traces are not exported in that format. Only verified traces, unless `include_failed`:
-    those rows carry `"selfgen": {"verified": false, "stage", "reason"}`."""
+    those rows carry `"selfgen": {"verified": false, "stage", "reason"}`. Traces rejected by
+    hand never; with `only_curated`, only those accepted by hand."""
     if fmt == "alpaca":
         return
     specs = [spec.openai() for spec in store.tool_specs().values()]
     where = "" if include_failed else " AND fate = 'kept'"
+    curated = "= 'accepted'" if only_curated else "IS NOT 'rejected'"
     rows = store.db.execute(
-        "SELECT messages, fate, stage, reason FROM traces"
+        "SELECT messages, fate, stage, reason FROM traces LEFT JOIN curation k"
+        " ON k.kind = 'trace' AND k.item_id = traces.id"
         " WHERE stage NOT IN ('parse', 'rules', 'rouge')"
-        " AND NOT (fate = 'rejected' AND reason = 'target_reached')" + where + " ORDER BY id"
+        " AND NOT (fate = 'rejected' AND reason = 'target_reached')"
+        f" AND k.decision {curated}" + where + " ORDER BY traces.id"
     )
     for raw, fate, stage, reason in rows:
         messages = json.loads(raw)
@@ -158,23 +169,20 @@ def export_run(
     split: float | None = None,
     split_seed: int = 0,
     include_failed: bool = False,
+    only_curated: bool = False,
 ) -> dict[str, int]:
     """Write the export; with `split`, a validation file beside `out`. Returns row counts.
-    Verified tool traces follow the tasks (in the training file when splitting)."""
+    Verified tool traces follow the tasks (in the training file when splitting). Items rejected
+    by hand in `selfgen inspect` are left out; `only_curated` keeps only those accepted by hand."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-    tasks = collect_tasks(store, include_seeds)
+    tasks = collect_tasks(store, include_seeds, only_curated)
+    traces = trace_rows(fmt, store, include_failed, only_curated)
     if split is None:
-        return {
-            str(out): write_jsonl_atomic(
-                out, chain(rows(fmt, tasks), trace_rows(fmt, store, include_failed))
-            )
-        }
+        return {str(out): write_jsonl_atomic(out, chain(rows(fmt, tasks), traces))}
     train, valid = split_tasks(tasks, split, split_seed)
     vpath = validation_path(out)
     return {
-        str(out): write_jsonl_atomic(
-            out, chain(rows(fmt, train), trace_rows(fmt, store, include_failed))
-        ),
+        str(out): write_jsonl_atomic(out, chain(rows(fmt, train), traces)),
         str(vpath): write_jsonl_atomic(vpath, rows(fmt, valid)),
     }

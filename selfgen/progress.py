@@ -76,7 +76,14 @@ def _bar(value: int, largest: int, width: int = 30) -> str:
 
 
 def print_stats(console: Console, s: dict[str, Any]) -> None:
-    """The funnel, the rejection reasons and the totals of a run, as Rich tables."""
+    """The funnel, the rejection reasons, the totals and the distributions of a run."""
+    for table in stats_tables(s):
+        console.print(table)
+
+
+def stats_tables(s: dict[str, Any]) -> list[Table]:
+    """The figures of `selfgen.stats.run_stats` as Rich tables (also shown by `selfgen inspect`)."""
+    tables = []
     funnel = Table(title="Funnel", title_justify="left")
     funnel.add_column("step")
     funnel.add_column("count", justify="right")
@@ -89,7 +96,7 @@ def print_stats(console: Console, s: dict[str, Any]) -> None:
         surplus = s["funnel"]["surplus"]
         funnel.add_row("surplus (target reached)", str(surplus), _bar(surplus, total))
     funnel.add_row("[bold]kept[/]", f"[bold]{s['kept']}[/]", _bar(s["kept"], total))
-    console.print(funnel)
+    tables.append(funnel)
 
     if s["reasons"]:
         reasons = Table(title="Rejection reasons", title_justify="left")
@@ -99,7 +106,7 @@ def print_stats(console: Console, s: dict[str, Any]) -> None:
         for stage, by_reason in s["reasons"].items():
             for reason, count in by_reason.items():
                 reasons.add_row(stage, reason, str(count))
-        console.print(reasons)
+        tables.append(reasons)
 
     totals = Table(title="Totals", title_justify="left", show_header=False)
     totals.add_column("what")
@@ -110,6 +117,11 @@ def print_stats(console: Console, s: dict[str, Any]) -> None:
         ("kept tasks / target", f"{s['kept']} / {s['target']}"),
         ("instances", str(s["instances"])),
         ("classification share", f"{s['classification_share']:.0%}"),
+        ("classification / other", f"{s['classification']['yes']} / {s['classification']['no']}"),
+        (
+            "accepted / rejected by hand",
+            f"{s['curation']['accepted']} / {s['curation']['rejected']}",
+        ),
         ("rounds", str(s["rounds"])),
         ("candidates per kept task", f"{per_kept:.1f}" if per_kept else "-"),
         ("tokens (prompt + completion)", f"{s['tokens']['prompt']} + {s['tokens']['completion']}"),
@@ -117,4 +129,52 @@ def print_stats(console: Console, s: dict[str, Any]) -> None:
         ("generation time", f"{s['elapsed_s']:.1f} s"),
     ]:
         totals.add_row(what, value)
-    console.print(totals)
+    tables.append(totals)
+    tables += _distribution_tables(s)
+    return tables
+
+
+def _histogram(title: str, rows: list[tuple[str, int]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_column("")
+    largest = max((n for _, n in rows), default=0)
+    for label, n in rows:
+        table.add_row(label, str(n), _bar(n, largest))
+    return table
+
+
+def _distribution_tables(s: dict[str, Any]) -> list[Table]:
+    tables = [
+        _histogram(
+            "ROUGE-L to the nearest neighbour (candidates that reached the novelty filter)",
+            [(f"{b['from']:.1f}-{b['to']:.1f}", b["count"]) for b in s["rouge_histogram"]],
+        ),
+        _histogram(
+            "Instruction length in words (kept tasks)",
+            [
+                (f"{b['from']}-{b['to']}" if b["to"] else f"{b['from']}+", b["count"])
+                for b in s["instruction_words"]
+            ],
+        ),
+        _histogram(
+            "Most frequent leading words (kept tasks)",
+            [(v["verb"] or "(none)", v["count"]) for v in s["leading_verbs"]],
+        ),
+    ]
+    if s["tools"]:
+        tools = Table(title="Tool-use traces by tool (first call)", title_justify="left")
+        for column in ("tool", "traces", "format ok", "execution ok", "semantic ok", "pass rate"):
+            tools.add_column(column, justify="left" if column == "tool" else "right")
+        for t in s["tools"]:
+            tools.add_row(
+                t["tool"] or "(no valid call)",
+                str(t["traces"]),
+                str(t["format"]),
+                str(t["execution"]),
+                str(t["semantic"]),
+                f"{t['pass_rate']:.0%}",
+            )
+        tables.append(tools)
+    return tables

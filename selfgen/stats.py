@@ -1,7 +1,15 @@
-"""Figures about a run, computed from its store: the funnel, reasons, tokens and speed."""
+"""Figures about a run, computed from its store: the funnel, reasons, tokens and speed, and
+what the kept data looks like (scores, lengths, leading verbs, tool pass rates, curation).
+
+Everything is an SQL aggregate, so the figures of a 100,000-candidate run cost one pass over
+the store and no Python list of its rows. `selfgen stats` and the statistics view of
+`selfgen inspect` both show this dictionary.
+"""
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from typing import Any
 
 from selfgen.store import RunStore
@@ -66,4 +74,94 @@ def run_stats(store: RunStore) -> dict[str, Any]:
         "elapsed_s": progress.elapsed_s,
         "completion_tokens_per_s": completion / gen_seconds if gen_seconds else None,
         "stages": per_stage,
+        **distributions(db),
     }
+
+
+# Word-count buckets of kept instructions (the paper keeps 3 < words <= 150).
+WORD_BUCKETS = ((1, 5), (6, 10), (11, 15), (16, 20), (21, 30), (31, 50), (51, None))
+TOP_VERBS = 10
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _leading_word(text: str) -> str:
+    match = _WORD.search(text.lower())
+    return match.group(0) if match else ""
+
+
+def distributions(db: sqlite3.Connection) -> dict[str, Any]:
+    """Histograms and shares of the run, each one SQL aggregate."""
+    db.create_function("selfgen_words", 1, _words, deterministic=True)
+    db.create_function("selfgen_leading_word", 1, _leading_word, deterministic=True)
+    # ROUGE-L of every candidate that reached the novelty filter, in tenths (1.0 goes in the last).
+    scores = dict(
+        db.execute(
+            "SELECT MIN(CAST(rouge_l * 10 AS INTEGER), 9) AS b, COUNT(*) FROM candidates"
+            " WHERE rouge_l IS NOT NULL GROUP BY b"
+        ).fetchall()
+    )
+    lengths = db.execute(
+        "SELECT selfgen_words(instruction) AS w, COUNT(*) FROM candidates WHERE fate = 'kept'"
+        " GROUP BY w"
+    ).fetchall()
+    verbs = db.execute(
+        "SELECT selfgen_leading_word(instruction) AS v, COUNT(*) FROM candidates"
+        " WHERE fate = 'kept' GROUP BY v ORDER BY COUNT(*) DESC, v LIMIT ?",
+        (TOP_VERBS,),
+    ).fetchall()
+    clf = dict(
+        db.execute(
+            "SELECT is_classification, COUNT(*) FROM candidates WHERE fate = 'kept'"
+            " GROUP BY is_classification"
+        ).fetchall()
+    )
+    curation = {"accepted": 0, "rejected": 0}
+    curation.update(db.execute("SELECT decision, COUNT(*) FROM curation GROUP BY decision"))
+    return {
+        "rouge_histogram": [
+            {"from": b / 10, "to": (b + 1) / 10, "count": scores.get(b, 0)} for b in range(10)
+        ],
+        "instruction_words": [
+            {
+                "from": lo,
+                "to": hi,
+                "count": sum(n for w, n in lengths if w >= lo and (hi is None or w <= hi)),
+            }
+            for lo, hi in WORD_BUCKETS
+        ],
+        "leading_verbs": [{"verb": v, "count": n} for v, n in verbs],
+        "classification": {"yes": clf.get(1, 0), "no": clf.get(0, 0)},
+        "tools": tool_pass_rates(db),
+        "curation": curation,
+    }
+
+
+def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """For each tool, the traces whose first call named it and how many passed each check.
+
+    Traces cut at parsing, rules or novelty never reached a tool and are not counted; a trace
+    whose first call did not parse is listed under the tool name ''."""
+    rows = db.execute(
+        "SELECT COALESCE(json_extract(messages, '$[1].tool_calls[0].function.name'), '') AS tool,"
+        " COUNT(*),"
+        " SUM(COALESCE(json_extract(checks, '$.format.ok'), 0)),"
+        " SUM(COALESCE(json_extract(checks, '$.execution.ok'), 0)),"
+        " SUM(COALESCE(json_extract(checks, '$.semantic.ok'), 0))"
+        " FROM traces WHERE stage NOT IN ('parse', 'rules', 'rouge')"
+        " GROUP BY tool ORDER BY COUNT(*) DESC, tool"
+    )
+    return [
+        {
+            "tool": tool,
+            "traces": n,
+            "format": fmt,
+            "execution": run,
+            "semantic": sem,
+            "pass_rate": sem / n,
+        }
+        for tool, n, fmt, run, sem in rows
+    ]

@@ -148,7 +148,31 @@ def m002_tool_traces(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_tool_traces]
+def m003_curation(db: sqlite3.Connection) -> None:
+    # Hand curation from `selfgen inspect`: one decision per item (task or trace), replaced when
+    # the person changes their mind. The indexes serve the inspector's sorted, paged queries.
+    _run_script(
+        db,
+        """
+        CREATE TABLE curation (
+            kind TEXT NOT NULL CHECK (kind IN ('task', 'trace')),
+            item_id INTEGER NOT NULL,
+            decision TEXT NOT NULL CHECK (decision IN ('accepted', 'rejected')),
+            note TEXT,
+            decided_at TEXT NOT NULL,
+            PRIMARY KEY (kind, item_id)
+        );
+        CREATE INDEX candidates_rouge ON candidates(rouge_l);
+        CREATE INDEX traces_rouge ON traces(rouge_l);
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    m001_initial,
+    m002_tool_traces,
+    m003_curation,
+]
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -297,6 +321,8 @@ class RunStore:
         path = Path(out_dir) / DB_NAME
         if not path.is_file():
             raise StoreError(f"{out_dir}: no selfgen run here (no {DB_NAME})")
+        if path.stat().st_size == 0:
+            raise StoreError(f"{path}: the run store is empty (0 bytes)")
         try:
             db = cls._connect(path)
             db.execute("PRAGMA journal_mode = WAL")
@@ -517,9 +543,35 @@ class RunStore:
         rows = self.db.execute("SELECT request FROM traces WHERE fate = 'kept' ORDER BY id")
         return [r[0] for r in rows]
 
-    def kept_tasks(self) -> Iterator[tuple[sqlite3.Row, list[Instance]]]:
-        """Kept candidates in order, each with its instances."""
-        for row in self.db.execute("SELECT * FROM candidates WHERE fate = 'kept' ORDER BY id"):
+    def curate(
+        self, kind: str, item_id: int, decision: str | None, note: str | None = None
+    ) -> None:
+        """Record a person's decision on a task or trace (`accepted`, `rejected`, or None to
+        forget it). One short transaction: a run may be writing the store at the same time."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            if decision is None:
+                self.db.execute(
+                    "DELETE FROM curation WHERE kind = ? AND item_id = ?", (kind, item_id)
+                )
+            else:
+                self.db.execute(
+                    "INSERT INTO curation VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, item_id)"
+                    " DO UPDATE SET decision = excluded.decision, note = excluded.note,"
+                    " decided_at = excluded.decided_at",
+                    (kind, item_id, decision, note or None, _now()),
+                )
+
+    def kept_tasks(
+        self, only_curated: bool = False
+    ) -> Iterator[tuple[sqlite3.Row, list[Instance]]]:
+        """Kept candidates in order, each with its instances. Tasks rejected by hand are left
+        out; with `only_curated`, so is every task not accepted by hand."""
+        wanted = "= 'accepted'" if only_curated else "IS NOT 'rejected'"
+        for row in self.db.execute(
+            "SELECT c.* FROM candidates c LEFT JOIN curation k ON k.kind = 'task'"
+            f" AND k.item_id = c.id WHERE c.fate = 'kept' AND k.decision {wanted} ORDER BY c.id"
+        ):
             instances = [
                 Instance(input=r["input"], output=r["output"])
                 for r in self.db.execute(
