@@ -1,0 +1,71 @@
+"""Instruction tuning on the exported data, and the measurement that says whether it helped.
+
+`selfgen tune` fine-tunes a LoRA adapter with TRL's SFTTrainer on an `openai`-format export;
+`selfgen eval` scores a base model and a tuned one on held-out tasks with ROUGE-L, as the
+Self-Instruct paper did. torch, transformers, TRL and PEFT are an optional extra
+(``pip install 'selfgen[tune]'``): only the modules of this package import them, and only
+inside the functions that need them, so ``import selfgen.tune`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Import names of the `tune` extra, and the distribution that provides each.
+EXTRA_MODULES = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "trl": "trl",
+    "peft": "peft",
+    "gguf": "gguf",
+    "accelerate": "accelerate",
+    "datasets": "datasets",
+}
+
+
+class TuneError(ValueError):
+    """A problem the user must fix (data file, model, adapter, flag); the message says where."""
+
+
+def missing_extra() -> list[str]:
+    """The packages of the `tune` extra that are not installed."""
+    return [
+        dist for module, dist in EXTRA_MODULES.items() if importlib.util.find_spec(module) is None
+    ]
+
+
+def require_extra() -> None:
+    """Raise :class:`TuneError` with the install command when the extra is incomplete."""
+    missing = missing_extra()
+    if missing:
+        raise TuneError(
+            f"tuning needs {', '.join(missing)}: pip install 'selfgen[tune]' "
+            "(on a CPU-only machine install torch's CPU build first, e.g. pip install torch==2.13.0)"
+        )
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON through a temporary file, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' info chatter and data-set progress bars out of the display."""
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()

@@ -1,0 +1,273 @@
+"""Scoring a base model and a tuned one on held-out tasks, as the Self-Instruct paper did.
+
+Task files are JSONL with ``instruction`` and ``instances`` (``[{"input", "output"}]``): the
+Self-Instruct seed format and the paper's 252 user-oriented tasks both read as they are. A
+task's category is its ``motivation_app`` (the 252 set), else its ``category``, else ``all``.
+
+Each instance is asked as one user message (instruction and input joined as `selfgen export`
+joins them) through the model's chat template, answered greedily, and scored by ROUGE-L F
+against the reference output with rouge-score (with stemming, as Super-NaturalInstructions'
+evaluation scores). Scores are averaged per category and overall.
+
+Generation runs batched in transformers; on a GPU with vLLM installed, vLLM generates instead
+(`_generate_vllm`, for model folders: vLLM does not read every GGUF).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from selfgen.export import user_message
+from selfgen.tune import TuneError
+from selfgen.tune.models import (
+    ModelSource,
+    attach_adapter,
+    load_model,
+    load_tokenizer,
+    read_record,
+    resolve_model,
+)
+
+Progress = Callable[[int, int], None]  # (answers done, answers in all)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    task_id: str
+    category: str
+    instance: int
+    prompt: str  # the user message
+    reference: str
+
+
+def load_eval_items(path: str | Path, limit: int | None = None) -> list[EvalItem]:
+    """The instances of the first `limit` tasks of a task file, or a :class:`TuneError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TuneError(f"--tasks: no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TuneError(f"--tasks: cannot read {path} ({exc})") from None
+    items: list[EvalItem] = []
+    tasks = 0
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        if limit is not None and tasks >= limit:
+            break
+        items += _task_items(raw, f"{path}:{lineno}", lineno)
+        tasks += 1
+    if not items:
+        raise TuneError(f"{path}:1: the task file holds no tasks")
+    return items
+
+
+def _task_items(raw: str, where: str, lineno: int) -> list[EvalItem]:
+    try:
+        task = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise TuneError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(task, dict):
+        raise TuneError(f"{where}: expected a JSON object with 'instruction' and 'instances'")
+    instruction = task.get("instruction")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise TuneError(f"{where}: 'instruction' must be a non-empty string")
+    instances = task.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise TuneError(f"{where}: 'instances' must be a non-empty list")
+    category = task.get("motivation_app") or task.get("category") or "all"
+    task_id = str(task.get("id", f"line_{lineno}"))
+    items = []
+    for i, inst in enumerate(instances):
+        if not (
+            isinstance(inst, dict)
+            and isinstance(inst.get("input"), str)
+            and isinstance(inst.get("output"), str)
+        ):
+            raise TuneError(f"{where}: instances[{i}] must have string 'input' and 'output'")
+        prompt = user_message(instruction.strip(), inst["input"])
+        items.append(EvalItem(task_id, str(category), i, prompt, inst["output"]))
+    return items
+
+
+@lru_cache(maxsize=1)
+def _scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    return _scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+def summarize(items: list[EvalItem], scores: list[float]) -> dict[str, Any]:
+    """Mean ROUGE-L per category (sorted by name) and overall, with instance counts."""
+    by_category: dict[str, list[float]] = defaultdict(list)
+    for item, score in zip(items, scores, strict=True):
+        by_category[item.category].append(score)
+    return {
+        "overall": {"n": len(scores), "rouge_l": sum(scores) / len(scores)},
+        "categories": {
+            name: {"n": len(values), "rouge_l": sum(values) / len(values)}
+            for name, values in sorted(by_category.items())
+        },
+    }
+
+
+def evaluate(
+    tasks: Path,
+    model_spec: str | None,
+    adapter: Path | None = None,
+    compare: bool = False,
+    limit: int | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Generate and score answers; with `compare`, for the base model and the adapted one."""
+    if compare and adapter is None:
+        raise TuneError("--compare: needs --adapter (the tuned model to compare with the base)")
+    items = load_eval_items(tasks, limit)
+    if model_spec is None:
+        record = read_record(adapter) if adapter else {}
+        model_spec = record.get("base_model", "bundled")
+    source = resolve_model(model_spec, flag="--model")
+    if adapter is not None:
+        read_record(adapter)  # a missing or empty adapter folder fails before the model loads
+    tokenizer = load_tokenizer(source)
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": item.prompt}], tokenize=False, add_generation_prompt=True
+        )
+        for item in items
+    ]
+    runs = (["base"] if adapter is None or compare else []) + (["tuned"] if adapter else [])
+    total = len(prompts) * len(runs)
+    if _vllm_usable(source):
+        answers = _generate_vllm(source, adapter, prompts, runs, max_new_tokens)
+        generator = "vllm"
+    else:
+        answers = _generate_transformers(
+            source, tokenizer, adapter, prompts, runs, max_new_tokens, batch_size, progress, total
+        )
+        generator = "transformers"
+    results: dict[str, Any] = {
+        "tasks": str(tasks),
+        "model": model_spec,
+        "adapter": str(adapter) if adapter else None,
+        "limit": limit,
+        "max_new_tokens": max_new_tokens,
+        "generator": generator,
+        "models": {},
+        "items": [
+            {
+                "task_id": i.task_id,
+                "category": i.category,
+                "instance": i.instance,
+                "reference": i.reference,
+            }
+            for i in items
+        ],
+    }
+    for run in runs:
+        scores = [rouge_l(a, i.reference) for a, i in zip(answers[run], items, strict=True)]
+        results["models"][run] = summarize(items, scores)
+        for row, answer, score in zip(results["items"], answers[run], scores, strict=True):
+            row[run] = answer
+            row[f"{run}_rouge_l"] = score
+    return results
+
+
+def _generate_transformers(
+    source: ModelSource,
+    tokenizer: Any,
+    adapter: Path | None,
+    prompts: list[str],
+    runs: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: Progress | None,
+    total: int,
+) -> dict[str, list[str]]:
+    from contextlib import nullcontext
+
+    model = load_model(source)
+    model.eval()
+    if adapter is not None:
+        # Attached first, so a wrong adapter is refused before any answer is generated;
+        # the base answers are generated with the adapter switched off.
+        model = attach_adapter(model, adapter, source.spec)
+    answers: dict[str, list[str]] = {}
+    done = 0
+    for run in runs:
+        answers[run] = []
+        with model.disable_adapter() if run == "base" and adapter else nullcontext():
+            for start in range(0, len(prompts), batch_size):
+                batch = prompts[start : start + batch_size]
+                answers[run] += generate_batch(model, tokenizer, batch, max_new_tokens)
+                done += len(batch)
+                if progress:
+                    progress(done, total)
+    return answers
+
+
+def generate_batch(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
+) -> list[str]:
+    """Greedy answers to chat-formatted prompts, padded on the left as decoder-only models need."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    encoded = encoded.to(model.device)
+    with torch.inference_mode():
+        output = model.generate(
+            **encoded,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    new_tokens = output[:, encoded["input_ids"].shape[1] :]
+    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _vllm_usable(source: ModelSource) -> bool:
+    import importlib.util
+
+    import torch
+
+    return (
+        source.gguf_file is None
+        and torch.cuda.is_available()
+        and importlib.util.find_spec("vllm") is not None
+    )
+
+
+def _generate_vllm(
+    source: ModelSource,
+    adapter: Path | None,
+    prompts: list[str],
+    runs: list[str],
+    max_new_tokens: int,
+) -> dict[str, list[str]]:
+    """The GPU path: one vLLM engine for both runs, the adapter applied per request."""
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    rank = json.loads((adapter / "adapter_config.json").read_text())["r"] if adapter else None
+    llm = LLM(model=str(source.folder), enable_lora=adapter is not None, max_lora_rank=rank or 16)
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+    answers = {}
+    for run in runs:
+        lora = LoRARequest("tuned", 1, str(adapter)) if run == "tuned" else None
+        outputs = llm.generate(prompts, params, lora_request=lora)
+        answers[run] = [o.outputs[0].text.strip() for o in outputs]
+    return answers

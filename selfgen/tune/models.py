@@ -1,0 +1,155 @@
+"""Finding and loading a base model, and checking that an adapter belongs to it.
+
+A model is named by a Hugging Face model folder, a ``.gguf`` file, or ``bundled`` (the
+SmolLM2-135M GGUF that the default llama.cpp backend runs). transformers reads a GGUF through the
+``gguf`` package and de-quantises it to full precision; the tokenizer and chat template come from
+the same file. Nothing is downloaded: a name that is not on disk is an error.
+
+An adapter folder written by `selfgen tune` holds ``selfgen_tune.json`` with its base model and
+a fingerprint of the base weights (a hash of the input embeddings, rounded to bfloat16 so a
+model loaded in bf16 on a GPU and in fp32 on a CPU agree). Loading an adapter onto a model with
+another fingerprint is refused, instead of quietly producing nonsense or a shape error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfgen.tune import TuneError
+
+RECORD = "selfgen_tune.json"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # as the user wrote it
+    folder: Path
+    gguf_file: str | None = None
+
+    def pretrained_args(self) -> tuple[str, dict[str, Any]]:
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        return str(self.folder), kwargs
+
+
+def resolve_model(spec: str, flag: str = "--base-model") -> ModelSource:
+    """Where the model named by `spec` lives, or a :class:`TuneError` naming the flag."""
+    if spec == "bundled":
+        from selfgen.backends.llamacpp import bundled_model_path
+
+        path = Path(bundled_model_path())
+        return ModelSource(spec, path.parent, path.name)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(spec, path.resolve().parent, path.name)
+    if path.is_dir() and (path / "config.json").is_file():
+        return ModelSource(spec, path.resolve())
+    if path.is_dir():
+        raise TuneError(f"{flag}: {spec} is a folder without config.json (not a model folder)")
+    if path.exists():
+        raise TuneError(f"{flag}: {spec} is neither a .gguf file nor a model folder")
+    raise TuneError(
+        f"{flag}: no such model: {spec} (give a model folder, a .gguf file or 'bundled')"
+    )
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    name, kwargs = source.pretrained_args()
+    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    if not tokenizer.chat_template:
+        raise TuneError(f"{source.spec}: the model has no chat template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def best_dtype() -> Any:
+    """bfloat16 on a GPU that has it, float32 otherwise (CPU training in bf16 is slow)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(source: ModelSource) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name, kwargs = source.pretrained_args()
+    if source.gguf_file:
+        kwargs.update(_dequantize_gguf())
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=best_dtype(), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise TuneError(f"{source.spec}: cannot load the model ({exc})") from None
+    if getattr(model, "hf_quantizer", None) is not None and source.gguf_file:
+        # Every weight is unpacked; what is left of the GGUF quantizer only stops
+        # the Trainer from training and the model from being saved.
+        model.hf_quantizer.remove_quantization_config(model)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model
+
+
+def _dequantize_gguf() -> dict[str, Any]:
+    """Ask for plain dense weights: LoRA needs ordinary linear layers to attach to.
+
+    transformers 5 can keep GGUF weights packed behind its own kernels; older versions always
+    unpack them and have no `GgufConfig`.
+    """
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def fingerprint(model: Any) -> str:
+    """A short hash of the base model's input embeddings (see the module docstring)."""
+    import hashlib
+
+    import torch
+
+    weights = model.get_input_embeddings().weight.detach().to("cpu", torch.bfloat16)
+    return hashlib.sha256(weights.view(torch.int16).numpy().tobytes()).hexdigest()[:16]
+
+
+def read_record(adapter_dir: Path) -> dict[str, Any]:
+    """The `selfgen_tune.json` of an adapter folder, or a :class:`TuneError` for `--adapter`."""
+    if not adapter_dir.is_dir():
+        raise TuneError(f"--adapter: no such folder: {adapter_dir}")
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise TuneError(f"--adapter: {adapter_dir} holds no adapter (adapter_config.json)")
+    try:
+        return json.loads((adapter_dir / RECORD).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}  # a PEFT adapter made elsewhere: no fingerprint to check
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TuneError(f"--adapter: cannot read {adapter_dir / RECORD} ({exc})") from None
+
+
+def attach_adapter(model: Any, adapter_dir: Path, model_spec: str) -> Any:
+    """The base `model` with the adapter of `adapter_dir` loaded on it, ready to generate."""
+    from peft import PeftModel
+
+    record = read_record(adapter_dir)
+    expected = record.get("base_fingerprint")
+    if expected and expected != fingerprint(model):
+        raise TuneError(
+            f"--adapter: {adapter_dir} was tuned on another base model "
+            f"({record.get('base_model')}), not on {model_spec}"
+        )
+    try:
+        tuned = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TuneError(f"--adapter: {adapter_dir} does not fit {model_spec} ({first})") from None
+    tuned.eval()
+    return tuned
