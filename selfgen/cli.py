@@ -150,6 +150,18 @@ def run(
     api_mode: Annotated[
         str | None, typer.Option(help="auto, completions or chat. [default: auto]")
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="local, or ray: generation on Ray workers. [default: local]"),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster (auto, HOST:6379). [default: start a local Ray]"),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Ray workers, each with its own backend. [default: as many as fit]"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run the Self-Instruct loop until N tasks are kept (or a budget is spent)."""
@@ -186,6 +198,9 @@ def run(
         "concurrency": concurrency,
         "server_flavour": server_flavour,
         "api_mode": api_mode,
+        "engine": engine,
+        "ray_address": ray_address,
+        "workers": workers,
     }
     try:
         file_values = load_toml(config) if config else {}
@@ -257,20 +272,24 @@ def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
 def _make_backend(cfg: Any, api_key: str | None = None) -> Any:
     from selfgen.backends.base import BackendError, get_backend
 
+    options = dict(
+        model=cfg.model,
+        n_ctx=cfg.n_ctx,
+        n_threads=cfg.n_threads,
+        seed=cfg.seed,
+        base_url=cfg.base_url,
+        api_model=cfg.api_model,
+        api_key=api_key,
+        concurrency=cfg.concurrency,
+        server_flavour=cfg.server_flavour,
+        api_mode=cfg.api_mode,
+    )
     try:
-        return get_backend(
-            cfg.backend,
-            model=cfg.model,
-            n_ctx=cfg.n_ctx,
-            n_threads=cfg.n_threads,
-            seed=cfg.seed,
-            base_url=cfg.base_url,
-            api_model=cfg.api_model,
-            api_key=api_key,
-            concurrency=cfg.concurrency,
-            server_flavour=cfg.server_flavour,
-            api_mode=cfg.api_mode,
-        )
+        if cfg.engine == "ray":
+            from selfgen.engines.ray import RayBackend
+
+            return RayBackend(cfg.backend, options, workers=cfg.workers, address=cfg.ray_address)
+        return get_backend(cfg.backend, **options)
     except BackendError as exc:
         fail(str(exc), RUN_ERROR)
 
@@ -639,6 +658,223 @@ def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) 
     typer.echo(f"replayed {calls} tool calls: {same} reproduced, {len(differ)} differ")
     if differ:
         raise typer.Exit(RUN_ERROR)
+
+
+@app.command()
+def tune(
+    data: Annotated[Path, typer.Argument(help="Training data: an openai-format export (JSONL).")],
+    out: Annotated[Path, typer.Option(help="Folder for the adapter, checkpoints and record.")],
+    base_model: Annotated[
+        str | None,
+        typer.Option(help="A model folder, a .gguf file or 'bundled'. [default: bundled]"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A tune.toml with any tuning setting.")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data. [default: 3]")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Optimizer steps; wins over --epochs.")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Peak learning rate. [default: 2e-4]")
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank. [default: 16]")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha. [default: 32]")] = None,
+    lora_dropout: Annotated[
+        float | None, typer.Option(help="LoRA dropout. [default: 0.05]")
+    ] = None,
+    target_modules: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated module names, or all-linear. [default: all-linear]"),
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Tokens per example; longer ones are cut. [default: 1024]")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per step. [default: 4]")] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option(help="Gradient accumulation steps. [default: 1]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed. [default: 0]")] = None,
+    valid_split: Annotated[
+        float | None, typer.Option(help="Fraction of rows held out for a validation loss.")
+    ] = None,
+    valid_file: Annotated[
+        Path | None, typer.Option(help="A validation file instead (e.g. export --split).")
+    ] = None,
+    save_steps: Annotated[
+        int | None, typer.Option(help="Checkpoint (and validate) every N steps. [default: 100]")
+    ] = None,
+    logging_steps: Annotated[
+        int | None, typer.Option(help="Report the loss every N steps. [default: 10]")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Go on from the last checkpoint in --out.")
+    ] = False,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Also write the merged model to OUT/merged.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Fine-tune a LoRA adapter on exported data (TRL SFTTrainer; loss on assistant turns)."""
+    from selfgen.tune import TuneError, quiet_libraries, require_extra
+    from selfgen.tune.config import build_tune_config, load_tune_toml, resume_conflicts
+
+    flags: dict[str, Any] = {
+        "base_model": base_model,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "target_modules": target_modules.split(",") if target_modules else None,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "seed": seed,
+        "valid_split": valid_split,
+        "valid_file": str(valid_file) if valid_file else None,
+        "save_steps": save_steps,
+        "logging_steps": logging_steps,
+    }
+    try:
+        require_extra()
+    except TuneError as exc:
+        fail(str(exc), RUN_ERROR)
+    from selfgen.tune.train import prepare, stored_config
+
+    try:
+        requested = {**(load_tune_toml(config) if config else {}), **flags}
+        if resume:
+            stored = stored_config(out)
+            bad = resume_conflicts(stored, requested)
+            if bad:
+                fail(f"--resume: {out} was started with other settings: {'; '.join(bad)}")
+            cfg = build_tune_config(stored, requested)
+        else:
+            cfg = build_tune_config(requested)
+        quiet_libraries()
+        job = prepare(data, out, cfg, resume)
+        typer.echo(
+            f"tuning {cfg.base_model} on {job.train_rows} rows"
+            + (f" ({job.valid_rows} for validation)" if job.valid_rows else "")
+            + (f", {job.unverified_rows} unverified traces left out" if job.unverified_rows else "")
+            + f"; tools rendered by the {job.tools_rendering}",
+            err=True,
+        )
+        record = job.train(resume=resume, merge=merge, quiet=quiet)
+    except TuneError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: resume with `selfgen tune {data} --out {out} --resume`", err=True)
+        raise typer.Exit(130) from None
+    losses = record["train_loss"]
+    if losses:
+        typer.echo(
+            f"train loss: {losses[0]['loss']:.4f} (step {losses[0]['step']}) -> "
+            f"{losses[-1]['loss']:.4f} (step {losses[-1]['step']})"
+        )
+    if "eval_loss" in record["metrics"]:
+        typer.echo(f"validation loss: {record['metrics']['eval_loss']:.4f}")
+    typer.echo(f"adapter: {out}")
+    if merge:
+        typer.echo(f"merged model: {out / 'merged'}")
+
+
+@app.command("eval")
+def eval_(
+    tasks: Annotated[
+        Path, typer.Option(help="Task file: Self-Instruct seed format or the 252 user tasks.")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Base model: folder, .gguf or 'bundled'. [default: the adapter's base]"),
+    ] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="An adapter folder written by selfgen tune.")
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Score the base and the adapted model side by side.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
+    out: Annotated[Path | None, typer.Option(help="Write every answer and score as JSON.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Score answers with ROUGE-L against the reference outputs, per category and overall."""
+    from selfgen.tune import TuneError, quiet_libraries, require_extra, write_json_atomic
+
+    for name, value in (
+        ("--limit", limit),
+        ("--max-new-tokens", max_new_tokens),
+        ("--batch-size", batch_size),
+    ):
+        if value is not None and value < 1:
+            fail(f"{name}: must be at least 1")
+    try:
+        require_extra()
+    except TuneError as exc:
+        fail(str(exc), RUN_ERROR)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from selfgen.tune.evaluate import evaluate
+
+    quiet_libraries()
+    console = Console(stderr=True, quiet=quiet)
+    with Progress(
+        "answers", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as bar:
+        task = bar.add_task("answers", total=None)
+        try:
+            results = evaluate(
+                tasks,
+                model,
+                adapter,
+                compare,
+                limit,
+                max_new_tokens,
+                batch_size,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except TuneError as exc:
+            fail(str(exc))
+    if out is not None:
+        try:
+            write_json_atomic(out, results)
+        except OSError as exc:
+            fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
+    _print_eval_table(results)
+    if out is not None:
+        typer.echo(f"results: {out}")
+
+
+def _print_eval_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    runs = list(results["models"])
+    first = results["models"][runs[0]]
+    table = Table(title=f"ROUGE-L F on {results['tasks']}", title_justify="left")
+    table.add_column("category")
+    table.add_column("n", justify="right")
+    for run in runs:
+        table.add_column(run, justify="right")
+    if len(runs) == 2:
+        table.add_column("change", justify="right")
+
+    def scores(pick: Any) -> list[str]:
+        values = [pick(results["models"][run])["rouge_l"] for run in runs]
+        delta = [f"{values[1] - values[0]:+.4f}"] if len(values) == 2 else []
+        return [f"{v:.4f}" for v in values] + delta
+
+    for name, entry in first["categories"].items():
+        table.add_row(name, str(entry["n"]), *scores(lambda m, name=name: m["categories"][name]))
+    table.add_section()
+    overall = scores(lambda m: m["overall"])
+    table.add_row("overall", str(first["overall"]["n"]), *overall, style="bold")
+    Console().print(table)
 
 
 def main() -> None:
