@@ -20,7 +20,7 @@ from selfgen.store import RunStore
 
 KINDS = ("task", "trace")
 STATUSES = ("kept", "rejected", "surplus", "curated-accepted", "curated-rejected")
-PAGE_SIZE = 200
+PAGE_SIZE = 100  # rows in the table at a time: the widget, not SQL, is the cost of a page
 
 
 def _status(kind: str) -> str:

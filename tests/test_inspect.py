@@ -1,0 +1,426 @@
+"""`selfgen inspect`: the paged queries, the real Textual app driven headless by a Pilot, the
+curation marks and what export makes of them, and the errors of a store that cannot be read."""
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import subprocess
+import tracemalloc
+
+import pytest
+from conftest import ROOT, ScriptedBackend, selfgen_cmd
+from inspect_fixtures import fixture_run, large_store
+from textual.widgets import Input, Select
+
+from selfgen.backends.base import register_backend
+from selfgen.export import export_run
+from selfgen.stats import run_stats
+from selfgen.store import DB_NAME, RoundRecord, RunStore, m001_initial, m002_tool_traces
+from selfgen.tui.app import DetailScreen, FilterScreen, InspectApp, ItemTable, StatsScreen
+from selfgen.tui.queries import PAGE_SIZE, SORTS, Filters, Inspector
+
+SIZE = (130, 36)
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory):
+    def scripted(reply):
+        register_backend("scripted", lambda **_: ScriptedBackend(reply))
+
+    return fixture_run(tmp_path_factory.mktemp("inspect") / "run", scripted)
+
+
+@pytest.fixture
+def run_dir(fixture_dir, tmp_path):
+    """A fresh copy of the fixture run, so that marks made by one test stay there."""
+    return shutil.copytree(fixture_dir, tmp_path / "run")
+
+
+@pytest.fixture
+def store(run_dir):
+    store = RunStore.open(run_dir)
+    yield store
+    store.close()
+
+
+def keys(table):
+    return [row.value for row in table.rows]
+
+
+def drive(app, scenario):
+    """Run the app headless at a fixed size and play `scenario(app, pilot)` on it."""
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await scenario(app, pilot)
+
+    asyncio.run(main())
+
+
+# The queries, without the TUI.
+
+
+def test_counts_and_filters(store):
+    q = Inspector(store)
+    assert q.count(Filters()) == 20
+    assert q.count(Filters(kind="trace")) == 4
+    assert q.count(Filters(status="surplus")) == 6
+    assert q.count(Filters(status="kept")) == 5  # 4 tasks and 1 verified trace
+    assert q.count(Filters(stage="rules")) == 4
+    assert q.count(Filters(reason="too_short")) == 2
+    assert q.count(Filters(classification=True)) == 2
+    assert q.count(Filters(classification=True, kind="trace")) == 0
+    assert q.count(Filters(search="CLASSIFY the")) == 2
+    assert q.count(Filters(search="100%")) == 0  # % is a character, not a wildcard
+    assert [i.id for i in q.page(Filters(kind="trace", status="rejected"))] == [2, 3, 4]
+    assert q.values("stage")[:3] == ["classify", "format", "instances"]
+
+
+@pytest.mark.parametrize("sort", sorted(SORTS))
+@pytest.mark.parametrize("descending", [False, True])
+def test_pages_cover_every_item_once_in_order(store, sort, descending):
+    q = Inspector(store)
+    whole = q.page(Filters(), sort, descending, 0, 100)
+    paged = [i for start in range(0, 20, 6) for i in q.page(Filters(), sort, descending, start, 6)]
+    assert paged == whole
+    assert len({(i.kind, i.id) for i in paged}) == 20
+    if sort == "score":
+        scores = [i.score for i in whole if i.score is not None]
+        assert scores == sorted(scores, reverse=descending)
+
+
+def test_detail_of_a_task_and_a_trace(store):
+    q = Inspector(store)
+    task = q.detail("task", 1)
+    assert task.instances == [
+        ("I loved every minute of this film.", "positive"),
+        ("The plot was dull and the acting was worse.", "negative"),
+    ]
+    assert task.nearest and task.item.score == pytest.approx(2 / 3)
+    assert [g[0] for g in task.generations] == ["instructions", "classify", "instances"]
+    trace = q.detail("trace", 1)
+    assert [m["role"] for m in trace.messages] == ["user", "assistant", "tool", "assistant"]
+    assert trace.messages[2]["content"] == "583"  # the calculator really ran
+    assert all(check["ok"] for check in trace.checks.values())
+    assert [g[0] for g in trace.generations] == [
+        "tool_requests",
+        "tool_call",
+        "tool_next",
+        "tool_answer",
+    ]
+
+
+def test_stats_distributions(store):
+    s = run_stats(store)
+    scored = store.db.execute("SELECT COUNT(*) FROM candidates WHERE rouge_l IS NOT NULL")
+    assert sum(b["count"] for b in s["rouge_histogram"]) == scored.fetchone()[0]
+    assert s["rouge_histogram"][9]["count"] == 1  # the near duplicate, 0.96
+    assert sum(b["count"] for b in s["instruction_words"]) == s["kept"] == 4
+    assert {v["verb"] for v in s["leading_verbs"]} == {"classify", "summarize", "explain", "write"}
+    assert s["classification"] == {"yes": 1, "no": 3}
+    assert [(t["tool"], t["traces"], t["semantic"]) for t in s["tools"]] == [
+        ("", 1, 0),  # the call to an unknown tool never named a real one
+        ("calculator", 1, 1),
+        ("date_diff", 1, 0),
+    ]
+    assert s["curation"] == {"accepted": 0, "rejected": 0}
+
+
+def test_stats_command_prints_the_distributions(run_dir, child_env):
+    proc = subprocess.run(
+        [*selfgen_cmd(), "stats", str(run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert figures["tools"][1]["pass_rate"] == 1.0
+    proc = subprocess.run(
+        [*selfgen_cmd(), "stats", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env={**child_env, "COLUMNS": "120"},
+        cwd=ROOT,
+        timeout=120,
+    )
+    for title in ("ROUGE-L to the nearest neighbour", "Most frequent leading words", "by tool"):
+        assert title in proc.stdout
+
+
+# The app, driven by a Pilot.
+
+
+def test_navigate_open_details_and_come_back(store):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        table = app.screen.query_one(ItemTable)
+        assert table.row_count == 20
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        assert app.screen.detail.item.id == 1 and len(app.screen.detail.instances) == 2
+        await pilot.press("escape")
+        for _ in range(8):
+            await pilot.press("down")
+        await pilot.press("enter")
+        assert (app.screen.detail.item.kind, app.screen.detail.item.id) == ("trace", 1)
+        tree = app.screen.query_one("#messages")
+        labels = [str(node.label) for node in tree.root.children]
+        assert labels == [
+            "user: Multiply 48 by 12 and add 7 to the result.",
+            "call calculator",
+            "calculator returned: 583",
+            "answer: 48 times 12 plus 7 is 583.",
+        ]
+        await pilot.press("escape", "s")
+        assert isinstance(app.screen, StatsScreen)
+        await pilot.press("escape", "q")
+
+    drive(app, scenario)
+    assert app.error is None
+
+
+def test_sort_by_key_and_by_header(store):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        await pilot.press("o")
+        assert screen.sort == "status"
+        await pilot.press("o", "O")  # score, highest first
+        assert (screen.sort, screen.descending) == ("score", True)
+        assert keys(screen.query_one(ItemTable))[0] == "task:4"
+        table = screen.query_one(ItemTable)
+        text_x = sum(c.get_render_width(table) for c in table.ordered_columns[:-1]) + 2
+        await pilot.click(ItemTable, offset=(text_x, 0))  # the "instruction / request" header
+        assert screen.sort == "text"
+        assert keys(table)[:2] == ["task:4", "task:1"]  # "Classify the ... negative[ .]"
+
+    drive(app, scenario)
+
+
+def test_filters_and_search(store):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        await pilot.press("f")
+        assert isinstance(app.screen, FilterScreen)
+        # The kind choice has focus: open it, take "trace" (below "any" and "task").
+        await pilot.press("enter", "down", "down", "enter")
+        assert app.screen.query_one("#kind", Select).value == "trace"
+        await pilot.click("#apply")
+        assert screen.filters == Filters(kind="trace")
+        assert keys(screen.query_one(ItemTable)) == ["trace:1", "trace:2", "trace:3", "trace:4"]
+
+        await pilot.press("slash")
+        assert screen.query_one("#search", Input).has_focus
+        await pilot.press(*"days", "enter")
+        assert keys(screen.query_one(ItemTable)) == ["trace:2"]
+        assert "search: 'days'" in str(screen.query_one("#where").render())
+
+        await pilot.press("x")  # clears every filter, the search too
+        assert screen.query_one(ItemTable).row_count == 20
+
+    drive(app, scenario)
+
+
+def test_curation_is_written_at_once_and_honoured_by_export(run_dir, store, child_env):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        await pilot.press("a")  # task 1, then the cursor moves to task 2
+        await pilot.press("R", *"too vague", "enter")  # reject task 2 with a note
+        # Another connection sees both marks while the app is still open.
+        other = sqlite3.connect(run_dir / DB_NAME)
+        marks = other.execute("SELECT kind, item_id, decision, note FROM curation ORDER BY item_id")
+        assert marks.fetchall() == [
+            ("task", 1, "accepted", None),
+            ("task", 2, "rejected", "too vague"),
+        ]
+        other.close()
+        table = app.screen.query_one(ItemTable)
+        assert str(table.get_cell("task:2", "status")) == "curated-rejected"
+        await pilot.press("up", "up", "enter", "u", "a")  # in the detail view of task 1
+        assert app.screen.detail.item.status == "curated-accepted"
+        await pilot.press("escape", "down", "down", "down", "down", "down", "down", "down")
+        await pilot.press("a")  # task 8
+        await pilot.press("f5")
+        statuses = [str(table.get_cell(k, "status")) for k in ("task:1", "task:2", "task:8")]
+        assert statuses == ["curated-accepted", "curated-rejected", "curated-accepted"]
+
+    drive(app, scenario)
+
+    def exported(*flags):
+        out = run_dir / "out.jsonl"
+        proc = subprocess.run(
+            [*selfgen_cmd(), "export", str(run_dir), "--format", "alpaca", "--out", str(out)]
+            + list(flags),
+            capture_output=True,
+            text=True,
+            env=child_env,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return {json.loads(line)["instruction"] for line in out.read_text().splitlines()}
+
+    kept = {row["instruction"] for row, _ in store.kept_tasks()}
+    rejected = store.db.execute("SELECT instruction FROM candidates WHERE id = 2").fetchone()[0]
+    assert len(kept) == 3 and rejected not in kept
+    assert exported() == kept
+    assert exported("--only-curated") == {
+        r[0] for r in store.db.execute("SELECT instruction FROM candidates WHERE id IN (1, 8)")
+    }
+
+
+def test_curated_traces_in_export(run_dir, store, tmp_path):
+    q = Inspector(store)
+    trace = q.item("trace", 1)
+    out = tmp_path / "t.jsonl"
+    assert export_run(store, "openai", out)[str(out)] == 5 + 1  # 5 instances, 1 trace
+    q.curate(trace, "rejected")
+    assert export_run(store, "openai", out)[str(out)] == 5
+    q.curate(trace, "accepted")
+    assert export_run(store, "openai", out, only_curated=True)[str(out)] == 1
+
+
+def test_reloads_when_a_run_writes_the_store(run_dir, store):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        writer = RunStore.open(run_dir)
+        from selfgen.records import Candidate
+        from selfgen.store import GenerationRecord
+
+        cand = Candidate("Describe a sunrise over the sea in three sentences.", 0)
+        cand.reject("rules", "too_long")
+        writer.commit_round(
+            RoundRecord(
+                3,
+                "",
+                [3, [0] * 625, None],
+                0.0,
+                [GenerationRecord("instructions", {}, "x", "stop", 1, 1, 0.0, prompt="p")],
+                [cand],
+            )
+        )
+        writer.close()
+        screen.poll_store()  # what the app's timer calls every two seconds
+        await pilot.pause()
+        assert screen.query_one(ItemTable).row_count == 21
+
+    drive(app, scenario)
+
+
+def test_an_empty_run_says_so(tmp_path):
+    store = RunStore.create(tmp_path / "run", {}, [], {}, "test")
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        await pilot.press("enter", "a", "s")  # nothing to open or mark; statistics still work
+        assert isinstance(app.screen, StatsScreen)
+        await pilot.press("escape")
+        where = str(app.screen.query_one("#where").render())
+        assert where.startswith("no candidates yet")
+
+    drive(app, scenario)
+    store.close()
+
+
+def test_a_100k_candidate_store_pages_in_bounded_memory(tmp_path):
+    large_store(tmp_path / "big", 100_000)
+    store = RunStore.open(tmp_path / "big")
+    app = InspectApp(store, "big")
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        assert screen.total == 101_000  # and one trace per 100 candidates
+        tracemalloc.start()
+        await pilot.press(*["right_square_bracket"] * 5, "right_curly_bracket")
+        await pilot.press("o", "o", "O", "down", "enter", "escape")  # by score, deepest first
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        table = screen.query_one(ItemTable)
+        assert table.row_count == len(screen.items) <= PAGE_SIZE
+        # Loading every row into Python would take well over 100 MB; a page takes a few.
+        assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+    drive(app, scenario)
+    store.close()
+
+
+# Stores that cannot be read: one message, no traceback.
+
+
+def inspect_cli(run_dir, child_env, timeout=60):
+    return subprocess.run(
+        [*selfgen_cmd(), "inspect", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_missing_empty_and_corrupt_stores(tmp_path, child_env):
+    proc = inspect_cli(tmp_path, child_env)
+    assert (proc.returncode, proc.stderr) == (
+        1,
+        f"error: {tmp_path}: no selfgen run here (no selfgen.db)\n",
+    )
+    db = tmp_path / DB_NAME
+    db.touch()
+    proc = inspect_cli(tmp_path, child_env)
+    assert (proc.returncode, proc.stderr) == (1, f"error: {db}: the run store is empty (0 bytes)\n")
+    db.write_bytes(b"not a database at all" * 100)
+    proc = inspect_cli(tmp_path, child_env)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: {db}: cannot read the run store (file is not a database)\n")
+
+
+def test_locked_store(run_dir, child_env):
+    # A store from before the curation migration must be written to open; another program
+    # holds the write lock for longer than selfgen waits (10 s).
+    db = sqlite3.connect(run_dir / DB_NAME, isolation_level=None)
+    db.execute("DELETE FROM schema_migrations WHERE id = 3")
+    db.execute("DROP TABLE curation")
+    db.execute("BEGIN IMMEDIATE")
+    proc = inspect_cli(run_dir, child_env)
+    db.execute("ROLLBACK")
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"error: {run_dir / DB_NAME}: cannot read the run store (database is locked)\n"
+    )
+
+
+def test_needs_a_terminal(run_dir, child_env):
+    proc = inspect_cli(run_dir, child_env)
+    assert proc.returncode == 2
+    assert "needs a terminal" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_store_from_before_curation_is_migrated(tmp_path):
+    path = tmp_path / DB_NAME
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "CREATE TABLE schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at TEXT NOT NULL)"
+    )
+    for number, step in enumerate((m001_initial, m002_tool_traces), start=1):
+        step(db)
+        db.execute("INSERT INTO schema_migrations VALUES (?, ?, '')", (number, step.__name__))
+    db.execute("INSERT INTO run VALUES (1, '', 'old', '{}', '{}')")
+    db.close()
+    store = RunStore.open(tmp_path)
+    names = [r[0] for r in store.db.execute("SELECT name FROM schema_migrations ORDER BY id")]
+    assert names == ["m001_initial", "m002_tool_traces", "m003_curation"]
+    assert Inspector(store).count(Filters(status="curated-accepted")) == 0
+    store.close()
