@@ -358,6 +358,21 @@ def test_a_100k_candidate_store_pages_in_bounded_memory(tmp_path):
 # Stores that cannot be read: one message, no traceback.
 
 
+def test_a_store_that_breaks_while_open_ends_the_app_with_a_message(run_dir, store):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        other = sqlite3.connect(run_dir / DB_NAME)
+        other.execute("DROP TABLE instances")
+        other.commit()
+        other.close()
+        await pilot.press("f5")
+
+    drive(app, scenario)
+    assert app.error == "cannot read the run store (no such table: instances)"
+    assert app.return_code == 1
+
+
 def inspect_cli(run_dir, child_env, timeout=60):
     return subprocess.run(
         [*selfgen_cmd(), "inspect", str(run_dir)],
