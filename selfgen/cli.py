@@ -150,6 +150,15 @@ def run(
     api_mode: Annotated[
         str | None, typer.Option(help="auto, completions or chat. [default: auto]")
     ] = None,
+    tensor_parallel_size: Annotated[
+        int | None, typer.Option(help="vllm: GPUs per model (tensor parallel). [default: 1]")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="vllm: share of GPU memory to use. [default: 0.9]")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="vllm: auto, bfloat16, float16 or float32. [default: auto]")
+    ] = None,
     engine: Annotated[
         str | None,
         typer.Option(help="local, or ray: generation on Ray workers. [default: local]"),
@@ -198,6 +207,9 @@ def run(
         "concurrency": concurrency,
         "server_flavour": server_flavour,
         "api_mode": api_mode,
+        "tensor_parallel_size": tensor_parallel_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "dtype": dtype,
         "engine": engine,
         "ray_address": ray_address,
         "workers": workers,
@@ -283,6 +295,9 @@ def _make_backend(cfg: Any, api_key: str | None = None) -> Any:
         concurrency=cfg.concurrency,
         server_flavour=cfg.server_flavour,
         api_mode=cfg.api_mode,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        dtype=cfg.dtype,
     )
     try:
         if cfg.engine == "ray":
@@ -538,6 +553,11 @@ BACKENDS = {
         "OPENAI_API_KEY] [--concurrency N] [--server-flavour llamacpp|vllm|openai]. Start one "
         "with `python -m llama_cpp.server --model M.gguf --port 8000` (pip install "
         "'llama-cpp-python[server]') or `vllm serve MODEL --port 8000`."
+    ),
+    "vllm": (
+        "vLLM inside this process, on a CUDA GPU: --model HF_ID_OR_FOLDER [--tensor-parallel-size "
+        "N] [--gpu-memory-utilization F] [--ctx MAX_LEN] [--dtype D]. Needs pip install "
+        "'selfgen[vllm]'; no server to start."
     ),
 }
 

@@ -40,6 +40,14 @@ class RunConfig:
     concurrency: int = 8
     server_flavour: str = "auto"
     api_mode: str = "auto"
+    # The in-process vllm backend: --model is a Hugging Face id or folder, --ctx its max length.
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    dtype: str = "auto"
+    # Where generation runs: this process, or workers on a Ray cluster (each with the backend).
+    engine: str = "local"
+    ray_address: str | None = None  # None starts a local Ray instance
+    workers: int | None = None  # None: as many as the cluster has room for
 
     # Stopping: -n counts kept tasks (tasks with at least one instance).
     num_tasks: int = 100
@@ -115,7 +123,19 @@ class RunConfig:
                 raise ConfigError(f"--{flag.replace('_', '-')}: {what}")
 
         need(self.language in ("en", "zh"), "language", "must be 'en' or 'zh'")
+        need(self.engine in ("local", "ray"), "engine", "must be 'local' or 'ray'")
+        need(
+            self.workers is None or (isinstance(self.workers, int) and self.workers >= 1),
+            "workers",
+            "must be a whole number, at least 1",
+        )
         need(self.num_tasks >= 1, "num_tasks", "must be at least 1")
+        need(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be at least 1")
+        need(
+            0 < self.gpu_memory_utilization <= 1,
+            "gpu_memory_utilization",
+            "must be above 0 and at most 1",
+        )
         need(self.prompts_per_round >= 1, "prompts_per_round", "must be at least 1")
         need(self.seed_instructions >= 1, "seed_instructions", "must be at least 1")
         need(self.machine_instructions >= 0, "machine_instructions", "must be 0 or more")
@@ -157,6 +177,12 @@ RESUMABLE = {
     "n_ctx",
     "tool_timeout_s",
     "tool_memory_mb",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    # Where requests run never changes an answer: each carries its own seed.
+    "engine",
+    "ray_address",
+    "workers",
 }
 
 

@@ -9,6 +9,8 @@ use, so there is one path, not two. This module imports nothing heavy.
 from __future__ import annotations
 
 import abc
+import json
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -55,6 +57,9 @@ class GenerationRequest:
 
     `shared_prefix` is a hint: the first that many characters of `prompt` are shared by many
     requests (few-shot demonstrations), so a backend may compute them once and reuse them.
+    `tools` (OpenAI function-tool dicts) go with `messages`: the backend renders them the way
+    its chat template does and returns the calls it finds in `Completion.extra["tool_calls"]`
+    as `{"name", "arguments"}` dicts, unvalidated.
     """
 
     params: SamplingParams
@@ -62,10 +67,13 @@ class GenerationRequest:
     messages: tuple[dict[str, Any], ...] | None = None
     constraint: Constraint | None = None
     shared_prefix: int = 0
+    tools: tuple[dict[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("a GenerationRequest takes exactly one of prompt or messages")
+        if self.tools is not None and self.messages is None:
+            raise ValueError("tools go with chat messages, not with a prompt")
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,36 @@ def _item(batch: Future[list[Completion]], index: int) -> Future[Completion]:
     out.set_running_or_notify_cancel()
     batch.add_done_callback(done)
     return out
+
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def parse_hermes_tool_calls(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The calls in `text` written as `<tool_call>{json}</tool_call>` blocks, and one error
+    message per block that is not a JSON object with a string `name` and object `arguments`."""
+    calls: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for block in _TOOL_CALL.findall(text):
+        try:
+            value = json.loads(block)
+        except ValueError as exc:
+            errors.append(f"not JSON ({exc.msg}): {block[:200]}")
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            errors.append(f"no tool name: {block[:200]}")
+            continue
+        arguments = value.get("arguments", value.get("parameters", {}))
+        if isinstance(arguments, str):  # some models write the arguments as a JSON string
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                pass
+        if not isinstance(arguments, dict):
+            errors.append(f"arguments are not an object: {block[:200]}")
+            continue
+        calls.append({"name": value["name"], "arguments": arguments})
+    return calls, errors
 
 
 BackendFactory = Callable[..., Backend]

@@ -21,6 +21,7 @@ from selfgen.backends.base import (
     Completion,
     Constraint,
     GenerationRequest,
+    parse_hermes_tool_calls,
 )
 
 BUNDLED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -148,6 +149,7 @@ class LlamaCppBackend(Backend):
             seed=p.seed if p.seed is not None else self.seed,
             grammar=self._grammar(request.constraint),
         )
+        extra: dict[str, Any] = {}
         start = time.perf_counter()
         try:
             if request.prompt is not None:
@@ -156,8 +158,17 @@ class LlamaCppBackend(Backend):
                 text = out["choices"][0]["text"]
             else:
                 self._llm.reset()
-                out = self._llm.create_chat_completion(list(request.messages or ()), **kwargs)
-                text = out["choices"][0]["message"].get("content") or ""
+                out = self._llm.create_chat_completion(
+                    list(request.messages or ()),
+                    tools=list(request.tools) if request.tools else None,
+                    **kwargs,
+                )
+                message = out["choices"][0]["message"]
+                text = message.get("content") or ""
+                if request.tools:
+                    # llama.cpp's generic chat formats render tools but parse no calls.
+                    calls, errors = parse_hermes_tool_calls(text)
+                    extra = {"tool_calls": calls, "tool_call_errors": errors}
         except ValueError as exc:
             # llama-cpp-python raises ValueError when the prompt does not fit the context.
             return Completion(
@@ -175,6 +186,7 @@ class LlamaCppBackend(Backend):
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             latency_s=time.perf_counter() - start,
+            extra=extra,
         )
 
     def close(self) -> None:

@@ -42,6 +42,19 @@ def _is_local(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def _tool_calls(message: Any) -> list[dict[str, Any]]:
+    """The server's parsed tool calls as `{"name", "arguments"}`; arguments that are not a
+    JSON object are passed on as the string the model wrote, for the caller to reject."""
+    calls = []
+    for call in message.tool_calls or ():
+        try:
+            arguments = json.loads(call.function.arguments)
+        except ValueError:
+            arguments = call.function.arguments
+        calls.append({"name": call.function.name, "arguments": arguments})
+    return calls
+
+
 class OpenAIBackend(Backend):
     name = "openai"
 
@@ -181,11 +194,16 @@ class OpenAIBackend(Backend):
                         if req.messages is not None
                         else [{"role": "user", "content": req.prompt}]
                     )
+                    if req.tools:
+                        common["tools"] = list(req.tools)
                     out = await client.chat.completions.create(messages=messages, **common)
-                    text = out.choices[0].message.content or ""
+                    message = out.choices[0].message
+                    text = message.content or ""
+                    extra = {"tool_calls": _tool_calls(message)} if req.tools else {}
                 else:
                     out = await client.completions.create(prompt=req.prompt, **common)
                     text = out.choices[0].text
+                    extra = {}
             except (
                 openai.APIConnectionError,
                 openai.RateLimitError,
@@ -212,6 +230,7 @@ class OpenAIBackend(Backend):
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
             latency_s=time.perf_counter() - start,
+            extra=extra,
         )
 
     def _start(self) -> tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore]:

@@ -1,0 +1,149 @@
+"""vLLM inside the selfgen process, on the user's GPU(s).
+
+Every batch the loop submits becomes one `LLM.generate` call (prompts) and one `LLM.chat` call
+(chat messages), so vLLM's continuous batching sees whole stages of a round at once and its
+prefix cache reuses the few-shot demonstrations the prompts share. Each request keeps its own
+seed, so a batch gives the same answers however vLLM schedules it.
+
+Constraints become `SamplingParams(structured_outputs=StructuredOutputsParams(choice=... |
+json=...))`. Offline `LLM.chat(tools=...)` renders the tools into the chat template but does
+not parse the calls out of the answer, so calls in the Hermes format (`<tool_call>{"name": ...,
+"arguments": {...}}</tool_call>`, which Qwen, Hermes and SmolLM-family templates use) are
+parsed here into `Completion.extra["tool_calls"]`; a block that is not a call is reported in
+`extra["tool_call_errors"]`, never evaluated.
+
+vLLM is an optional extra (`pip install 'selfgen[vllm]'`); it is imported when the backend is
+built, never when selfgen is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from selfgen.backends.base import (
+    Backend,
+    BackendError,
+    Completion,
+    GenerationRequest,
+    parse_hermes_tool_calls,
+)
+
+
+def sampling_params(request: GenerationRequest, default_seed: int) -> Any:
+    """vLLM's SamplingParams for one request."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    p = request.params
+    structured = None
+    if request.constraint is not None:
+        c = request.constraint
+        structured = (
+            StructuredOutputsParams(choice=list(c.choices))
+            if c.choices is not None
+            else StructuredOutputsParams(json=c.json_schema)
+        )
+    return SamplingParams(
+        temperature=p.temperature,
+        top_p=p.top_p,
+        max_tokens=p.max_tokens,
+        stop=list(p.stop) or None,
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
+        seed=p.seed if p.seed is not None else default_seed,
+        structured_outputs=structured,
+    )
+
+
+class VLLMBackend(Backend):
+    """vLLM's offline `LLM` engine; one `generate`/`chat` call per submitted batch."""
+
+    name = "vllm"
+    batches_natively = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        n_ctx: int | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        dtype: str = "auto",
+        seed: int = 0,
+        **_: Any,
+    ) -> None:
+        if not model:
+            raise BackendError("--model: the vllm backend needs a Hugging Face model id or folder")
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise BackendError(
+                f"the vllm backend needs vLLM: pip install 'selfgen[vllm]' ({exc})"
+            ) from None
+        self.model = str(model)
+        self.seed = seed
+        self.options = {
+            "tensor_parallel_size": tensor_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": n_ctx,
+            "dtype": dtype,
+        }
+        try:
+            self._llm = LLM(model=self.model, seed=seed, **self.options)
+        except Exception as exc:  # vLLM raises many kinds; the user needs the message
+            raise BackendError(f"--model: vLLM cannot load {self.model} ({exc})") from None
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model, **self.options}
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        out: list[Completion | None] = [None] * len(requests)
+        prompts = [i for i, r in enumerate(requests) if r.prompt is not None]
+        chats = [i for i, r in enumerate(requests) if r.prompt is None]
+        start = time.perf_counter()
+        if prompts:
+            results = self._llm.generate(
+                [requests[i].prompt for i in prompts],
+                [sampling_params(requests[i], self.seed) for i in prompts],
+                use_tqdm=False,
+            )
+            for i, result in zip(prompts, results, strict=True):
+                out[i] = self._completion(result, start, parse_tools=False)
+        # Requests with the same tools go together: `chat` takes one tool list per call.
+        by_tools: dict[str, list[int]] = {}
+        for i in chats:
+            by_tools.setdefault(json.dumps(requests[i].tools, sort_keys=True), []).append(i)
+        for group in by_tools.values():
+            tools = requests[group[0]].tools
+            results = self._llm.chat(
+                [list(requests[i].messages or ()) for i in group],
+                [sampling_params(requests[i], self.seed) for i in group],
+                use_tqdm=False,
+                tools=list(tools) if tools else None,
+            )
+            for i, result in zip(group, results, strict=True):
+                out[i] = self._completion(result, start, parse_tools=bool(tools))
+        return [c for c in out if c is not None]
+
+    @staticmethod
+    def _completion(result: Any, start: float, parse_tools: bool) -> Completion:
+        best = result.outputs[0]
+        extra: dict[str, Any] = {}
+        if parse_tools:
+            calls, errors = parse_hermes_tool_calls(best.text)
+            extra = {"tool_calls": calls, "tool_call_errors": errors}
+        return Completion(
+            text=best.text,
+            finish_reason=best.finish_reason or "stop",
+            prompt_tokens=len(result.prompt_token_ids or ()),
+            completion_tokens=len(best.token_ids),
+            # Requests of a batch run together: each one's latency is the batch's so far.
+            latency_s=time.perf_counter() - start,
+            extra=extra,
+        )
+
+    def close(self) -> None:
+        super().close()
+        self._llm = None
