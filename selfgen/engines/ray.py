@@ -1,0 +1,353 @@
+"""Spread a run's generation over a Ray cluster (`selfgen run --engine ray`).
+
+:class:`RayBackend` is a backend like any other: the loop submits requests and gets one future
+per request. Behind it, Ray actors each hold their own inner backend, built by name with
+:func:`get_backend` (llama.cpp on CPU nodes, vLLM with one GPU each, an OpenAI-compatible
+client), and answer the requests handed to them. The rule filters, the ROUGE-L index and the
+run store stay in this process, the one writer, so a Ray run stores exactly what a local run
+stores: every request carries its own seed, and a backend's answer depends only on the request,
+never on the worker that ran it.
+
+Scheduling. A worker holds one piece of work at a time, so a worker that finishes early takes
+the next requests instead of leaving them queued behind a slow one. A backend that answers one
+request at a time (llama.cpp) is handed single requests; a backend that batches (vLLM, a server
+client) is handed an even share of everything waiting, since a larger batch costs it little
+more than a small one.
+
+Failures. When a worker dies (its process or its node), the requests it held go back to the
+front of the queue for the other workers, and a new worker starts in its place. Each request's
+answer is taken once, so nothing is doubled. Ray's own actor restarts with task retries would
+instead hold the dead worker's requests until the restarted worker has loaded its model again.
+
+Why not `ray.data.llm`: its processors push one Ray Dataset through engine replicas that are
+started when the dataset executes and stopped when it is done. The loop's work is a chain of
+small batches, each depending on the answers to the one before (a round's prompts on the pool
+after de-duplication, instances on classification, each tool-call turn on the tool's output),
+so every batch would start the engines and load the model again. Workers that keep their model
+for the whole run avoid that, and also run the llama.cpp and server backends.
+
+Only this module imports Ray, inside functions: `import selfgen` never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfgen.backends.base import Backend, BackendError, Completion, GenerationRequest, get_backend
+
+# Answers are a few kilobytes; Ray's default object store (30% of memory) is sized for data
+# pipelines. Applies only to a Ray instance this process starts.
+OBJECT_STORE_BYTES = 128 * 1024**2
+
+
+def worker_resources(backend: str, options: dict[str, Any]) -> dict[str, float]:
+    """What one worker reserves on the cluster: its GPUs for vLLM, its threads for llama.cpp."""
+    if backend == "vllm":
+        # Ray makes exactly these GPUs visible to the worker; vLLM shards the model over them.
+        return {"CPU": 1, "GPU": options.get("tensor_parallel_size") or 1}
+    if backend == "llamacpp":
+        return {"CPU": options.get("n_threads") or 1}
+    return {"CPU": 1}
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A worker's backend raised BackendError; the message is meant for the user."""
+
+    message: str
+
+
+class GenerationWorker:
+    """The body of one Ray actor: an inner backend, built once, answering lists of requests."""
+
+    def __init__(self, backend: str, options: dict[str, Any]) -> None:
+        self.backend: Backend | None = None
+        self.error: str | None = None
+        try:
+            self.backend = get_backend(backend, **options)
+        except BackendError as exc:
+            # Reported by ready(): raised here, it would reach the driver as "the actor died".
+            self.error = str(exc)
+
+    def ready(self) -> tuple[str | None, dict[str, Any], bool]:
+        """(the error that stopped the backend, its description, whether it batches)."""
+        backend = self.backend
+        if backend is None:
+            return self.error, {}, False
+        batches = backend.batches_natively or type(backend).submit is not Backend.submit
+        return None, backend.describe(), batches
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Completion] | WorkerFailure:
+        assert self.backend is not None, "the driver sends work only after ready()"
+        try:
+            return self.backend.generate(requests)
+        except BackendError as exc:
+            return WorkerFailure(str(exc))
+
+
+Item = tuple[GenerationRequest, Future[Completion]]
+
+
+@dataclass(eq=False)
+class _Worker:
+    actor: Any
+    ready: bool = False
+    work: list[Item] = field(default_factory=list)  # the requests it is answering now
+
+
+class RayBackend(Backend):
+    """Runs `backend` (a backend name, with its `options`) on `workers` Ray actors.
+
+    `address` is a Ray cluster ("auto", "HOST:6379", "ray://HOST:10001"); None starts a local
+    Ray instance, stopped again by :meth:`close`. `workers=None` starts as many as the cluster
+    has room for. After `max_replacements` dead workers the run stops with an error.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        backend: str,
+        options: dict[str, Any],
+        workers: int | None = None,
+        address: str | None = None,
+        max_replacements: int | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.inner = backend
+        self.options = dict(options)
+        if backend == "llamacpp":
+            # One thread per worker unless told otherwise: Ray places workers by CPU.
+            self.options["n_threads"] = self.options.get("n_threads") or 1
+        self.resources = worker_resources(backend, self.options)
+        self.notify = notify or _print_notice
+        self.replacements = 0
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._todo: deque[Item] = deque()
+        self._workers: list[_Worker] = []
+        self._failed: str | None = None
+        self._thread: threading.Thread | None = None
+        self._ray = _import_ray()
+        self._owns_ray = _connect(self._ray, address)
+        try:
+            count = self._plan(workers)
+            self.max_replacements = 2 * count + 2 if max_replacements is None else max_replacements
+            self._actor_class = self._ray.remote(
+                num_cpus=self.resources.get("CPU", 0), num_gpus=self.resources.get("GPU", 0)
+            )(GenerationWorker)
+            self._start(count)
+        except BaseException:
+            self.close()
+            raise
+        self._thread = threading.Thread(target=self._dispatch, name="selfgen-ray", daemon=True)
+        self._thread.start()
+
+    def _plan(self, workers: int | None) -> int:
+        """How many workers to start; refuses more than the cluster can place."""
+        total = self._ray.cluster_resources()
+        fits = min(int(total.get(k, 0) // v) for k, v in self.resources.items())
+        count = fits if workers is None else workers
+        if count < 1 or count > fits:
+            need = " and ".join(f"{v:g} {k}" for k, v in self.resources.items())
+            have = " and ".join(f"{total.get(k, 0):g} {k}" for k in self.resources)
+            raise BackendError(
+                f"--workers: {max(count, 1)} {self.inner} worker(s) need {need} each,"
+                f" and the Ray cluster has {have}"
+            )
+        return count
+
+    def _start(self, count: int) -> None:
+        """Start the workers and wait until each has loaded its backend."""
+        self._workers = [_Worker(self._spawn()) for _ in range(count)]
+        try:
+            answers = self._ray.get([w.actor.ready.remote() for w in self._workers])
+        except self._ray.exceptions.RayActorError as exc:
+            raise BackendError(
+                f"a Ray worker died while starting the {self.inner} backend ({_first_line(exc)})"
+            ) from None
+        for worker, (error, _, _) in zip(self._workers, answers, strict=True):
+            if error:
+                raise BackendError(f"{error} (on a Ray worker)")
+            worker.ready = True
+        _, self.info, self.batches = answers[0]
+
+    def _spawn(self) -> Any:
+        return self._actor_class.remote(self.inner, self.options)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.info, "engine": "ray", "workers": len(self._workers)}
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[Completion]]:
+        futures: list[Future[Completion]] = [Future() for _ in requests]
+        if futures:
+            self._events.put(("work", list(zip(requests, futures, strict=True))))
+        return futures
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        return [future.result() for future in self.submit(requests)]
+
+    # Everything below runs on the dispatch thread, the only one that touches the queue, the
+    # workers and the futures; Ray's callbacks and `submit` only post events to it.
+
+    def _dispatch(self) -> None:
+        while True:
+            event = self._events.get()
+            if event[0] == "stop":
+                return
+            try:
+                if event[0] == "work":
+                    self._todo.extend(event[1])
+                elif event[0] == "done":
+                    self._finished(event[1], event[2])
+                elif event[0] == "ready":
+                    self._started(event[1], event[2])
+                self._assign()
+            except BackendError as exc:
+                self._fail(str(exc))
+
+    def _assign(self) -> None:
+        """Hand queued requests to the idle workers."""
+        if self._failed is not None:
+            self._fail(self._failed)
+            return
+        idle = [w for w in self._workers if w.ready and not w.work]
+        for i, worker in enumerate(idle):
+            take = math.ceil(len(self._todo) / (len(idle) - i)) if self.batches else 1
+            while self._todo and len(worker.work) < take:
+                request, future = self._todo.popleft()
+                # A request put back after its worker died is already running.
+                if future.running() or future.set_running_or_notify_cancel():
+                    worker.work.append((request, future))
+            if not worker.work:
+                return
+            ref = worker.actor.generate.remote([request for request, _ in worker.work])
+            self._when_done(ref, "done", worker)
+
+    def _when_done(self, ref: Any, kind: str, worker: _Worker) -> None:
+        ref.future().add_done_callback(lambda _: self._events.put((kind, worker, ref)))
+
+    def _finished(self, worker: _Worker, ref: Any) -> None:
+        if worker not in self._workers:
+            return  # replaced: what it held went back to the queue then
+        items, worker.work = worker.work, []
+        try:
+            out = self._ray.get(ref)
+        except self._ray.exceptions.RayActorError as exc:
+            self._replace(worker, exc, items)
+            return
+        except Exception as exc:  # noqa: BLE001 - the backend's own error, as a local run sees it
+            for _, future in items:
+                future.set_exception(exc)
+            return
+        if isinstance(out, WorkerFailure):
+            for _, future in items:
+                future.set_exception(BackendError(out.message))
+            return
+        for (_, future), completion in zip(items, out, strict=True):
+            future.set_result(completion)
+
+    def _started(self, worker: _Worker, ref: Any) -> None:
+        if worker not in self._workers:
+            return
+        try:
+            error, _, _ = self._ray.get(ref)
+        except self._ray.exceptions.RayActorError as exc:
+            self._replace(worker, exc, [])
+            return
+        if error:
+            raise BackendError(f"{error} (on a Ray worker)")
+        worker.ready = True
+
+    def _replace(self, worker: _Worker, exc: Exception, items: list[Item]) -> None:
+        """Put a dead worker's requests back at the front of the queue; start a new worker."""
+        self._todo.extendleft(reversed(items))
+        self._ray.kill(worker.actor)
+        self.replacements += 1
+        if self.replacements > self.max_replacements:
+            raise BackendError(
+                f"Ray workers keep dying ({self.replacements} so far; the last: {_first_line(exc)})"
+            )
+        self.notify(
+            f"a Ray worker died ({_first_line(exc)}); its {len(items)} request(s) go to the "
+            "other workers and a new worker starts"
+        )
+        new = _Worker(self._spawn())
+        self._workers[self._workers.index(worker)] = new
+        self._when_done(new.actor.ready.remote(), "ready", new)
+
+    def _fail(self, message: str) -> None:
+        """Fail every request waiting or running, and every later one, with `message`."""
+        self._failed = message
+        for _, future in self._unanswered():
+            if not future.done():
+                future.set_exception(BackendError(message))
+
+    def _unanswered(self) -> list[Item]:
+        items = list(self._todo) + [item for w in self._workers for item in w.work]
+        self._todo.clear()
+        for worker in self._workers:
+            worker.work = []
+        return items
+
+    def close(self) -> None:
+        """Stop dispatching, fail what is unanswered, stop the workers, leave Ray."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._events.put(("stop",))
+            thread.join()
+        for _, future in self._unanswered():
+            if not future.done():
+                future.set_exception(BackendError("the Ray engine was closed"))
+        for worker in self._workers:
+            self._ray.kill(worker.actor)
+        self._workers = []
+        if self._owns_ray:
+            self._owns_ray = False
+            self._ray.shutdown()
+        super().close()
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise BackendError("--engine ray needs Ray: pip install 'selfgen[ray]'") from None
+    return ray
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Join the cluster at `address`, or start a local Ray; True when this process did either."""
+    if ray.is_initialized():
+        return False  # code that embeds selfgen, or a test, has connected already
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address is None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        options.update(address="local", include_dashboard=False)
+        options["object_store_memory"] = OBJECT_STORE_BYTES
+    else:
+        options["address"] = address
+    try:
+        ray.init(**options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        flag = f"--ray-address {address}" if address else "--engine ray"
+        raise BackendError(f"{flag}: cannot start Ray ({_first_line(exc)})") from None
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _print_notice(message: str) -> None:
+    print(f"selfgen: {message}", file=sys.stderr, flush=True)
