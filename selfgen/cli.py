@@ -727,6 +727,9 @@ def tune(
     logging_steps: Annotated[
         int | None, typer.Option(help="Report the loss every N steps. [default: 10]")
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch. [default: all cores]")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Go on from the last checkpoint in --out.")
     ] = False,
@@ -756,6 +759,7 @@ def tune(
         "valid_file": str(valid_file) if valid_file else None,
         "save_steps": save_steps,
         "logging_steps": logging_steps,
+        "threads": threads,
     }
     try:
         require_extra()
@@ -819,6 +823,9 @@ def eval_(
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch. [default: all cores]")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write every answer and score as JSON.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
@@ -829,6 +836,7 @@ def eval_(
         ("--limit", limit),
         ("--max-new-tokens", max_new_tokens),
         ("--batch-size", batch_size),
+        ("--threads", threads),
     ):
         if value is not None and value < 1:
             fail(f"{name}: must be at least 1")
@@ -857,6 +865,7 @@ def eval_(
                 max_new_tokens,
                 batch_size,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                threads=threads,
             )
         except TuneError as exc:
             fail(str(exc))

@@ -63,9 +63,10 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def quiet_libraries() -> None:
-    """Keep the libraries' info chatter and data-set progress bars out of the display."""
-    import datasets
-    import transformers
+    """Keep the libraries' info chatter and data-set progress bars out of the display.
 
-    transformers.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    Through their environment variables, read when they are imported, so that a command that
+    fails on its input never pays for importing them.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

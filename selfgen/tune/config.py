@@ -39,12 +39,15 @@ class TuneConfig:
     valid_file: str | None = None  # or a validation file, e.g. from `selfgen export --split`
     save_steps: int = 100
     logging_steps: int = 10
+    threads: int | None = None  # CPU threads for torch [default: torch's choice, all cores]
 
     def validate(self) -> None:
         positive = ("lora_r", "lora_alpha", "max_length", "batch_size", "grad_accum")
         for name in (*positive, "save_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise TuneError(f"--{name.replace('_', '-')}: must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise TuneError("--threads: must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise TuneError("--max-steps: must be at least 1")
         if self.epochs <= 0:
@@ -70,7 +73,10 @@ class TuneConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TuneConfig)}
-NUMBERS = {name for name, f in FIELDS.items() if isinstance(f.default, int | float)} | {"max_steps"}
+NUMBERS = {name for name, f in FIELDS.items() if isinstance(f.default, int | float)} | {
+    "max_steps",
+    "threads",
+}
 
 
 def load_tune_toml(path: str | Path) -> dict[str, Any]:
@@ -92,8 +98,9 @@ def load_tune_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# Settings that may change when a run is resumed: how long it trains and how often it reports.
-RESUMABLE = {"epochs", "max_steps", "save_steps", "logging_steps"}
+# Settings that may change when a run is resumed: how long it trains, how often it reports,
+# and the machine's threads.
+RESUMABLE = {"epochs", "max_steps", "save_steps", "logging_steps", "threads"}
 
 
 def resume_conflicts(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:

@@ -32,6 +32,7 @@ from selfgen.tune.models import (
     load_tokenizer,
     read_record,
     resolve_model,
+    use_threads,
 )
 
 Progress = Callable[[int, int], None]  # (answers done, answers in all)
@@ -131,6 +132,7 @@ def evaluate(
     max_new_tokens: int = 128,
     batch_size: int = 8,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Generate and score answers; with `compare`, for the base model and the adapted one."""
     if compare and adapter is None:
@@ -140,6 +142,7 @@ def evaluate(
         record = read_record(adapter) if adapter else {}
         model_spec = record.get("base_model", "bundled")
     source = resolve_model(model_spec, flag="--model")
+    use_threads(threads)
     if adapter is not None:
         read_record(adapter)  # a missing or empty adapter folder fails before the model loads
     tokenizer = load_tokenizer(source)

@@ -69,6 +69,15 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
+def use_threads(threads: int | None) -> None:
+    """Limit torch's CPU threads. On a machine whose cores other work also uses, torch's
+    OpenMP threads wait on each other at every operation: one thread can be many times faster."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def best_dtype() -> Any:
     """bfloat16 on a GPU that has it, float32 otherwise (CPU training in bf16 is slow)."""
     import torch

@@ -33,6 +33,7 @@ from selfgen.tune.models import (
     load_model,
     load_tokenizer,
     resolve_model,
+    use_threads,
 )
 
 CHECKPOINTS = "checkpoints"
@@ -187,6 +188,7 @@ def prepare(data_path: Path, out_dir: Path, config: TuneConfig, resume: bool = F
     elif config.valid_split:
         train_rows, valid_rows = split_rows(chat.examples, config.valid_split, config.seed)
     source = resolve_model(config.base_model)
+    use_threads(config.threads)
     tokenizer = load_tokenizer(source)
     native = template_renders_tools(tokenizer)
     train_dataset = _tokenized(tokenizer, train_rows, native)
