@@ -148,7 +148,8 @@ def test_workers_that_keep_dying_stop_the_run_with_one_message(tmp_path):
     backend = make(tmp_path, [], max_replacements=1)
     try:
         with pytest.raises(BackendError, match="Ray workers keep dying"):
-            backend.generate(requests("die"))
+            # "sleep:3" is likely still running on the other worker when the engine gives up.
+            backend.generate(requests("die", "sleep:3"))
         with pytest.raises(BackendError, match="Ray workers keep dying"):
             backend.generate(requests("a"))  # a broken engine answers nothing more
     finally:

@@ -214,6 +214,8 @@ class RayBackend(Backend):
                 self._assign()
             except BackendError as exc:
                 self._fail(str(exc))
+            except Exception as exc:  # a bug here must not leave the loop waiting forever
+                self._fail(f"the Ray engine failed ({type(exc).__name__}: {exc})")
 
     def _assign(self) -> None:
         """Hand queued requests to the idle workers."""
@@ -237,15 +239,15 @@ class RayBackend(Backend):
         ref.future().add_done_callback(lambda _: self._events.put((kind, worker, ref)))
 
     def _finished(self, worker: _Worker, ref: Any) -> None:
-        if worker not in self._workers:
-            return  # replaced: what it held went back to the queue then
+        if worker not in self._workers or not worker.work:
+            return  # replaced or failed: what it held was requeued or answered with the error
         items, worker.work = worker.work, []
         try:
             out = self._ray.get(ref)
         except self._ray.exceptions.RayActorError as exc:
             self._replace(worker, exc, items)
             return
-        except Exception as exc:  # noqa: BLE001 - the backend's own error, as a local run sees it
+        except Exception as exc:  # the backend's own error, raised where a local run raises it
             for _, future in items:
                 future.set_exception(exc)
             return
