@@ -10,9 +10,11 @@ The script runs, in this order, in one process:
   (instructions, then classification, then instances), so the workers are not always busy;
 - "batch, local" / "batch, ray": every recorded request in one `generate` call, nothing else
   to do: the speed-up the workers give when the work is there (best of `--trials`, alternated);
-- "driver overhead": the recorded requests of one round through `RayBackend` over workers whose
-  backend answers at once. What remains is the engine's own cost per round: handing requests
-  to workers, moving them and their answers, Ray's scheduling.
+- "driver overhead": the recorded requests of round 1 (and 50 copies of them, a round the size
+  many GPUs need) through `RayBackend` over workers whose backend answers at once, handed out
+  one request per task (as to llama.cpp) or in shares of the batch (as to vLLM). What remains
+  is the engine's own cost per round: handing requests to workers, moving them and their
+  answers, Ray's scheduling.
 
 "Ratio" is completion tokens per second over the local baseline's on the same requests.
 
@@ -79,9 +81,31 @@ class Instant(Backend):
         return [Completion("", "stop", 0, 0) for _ in requests]
 
 
+class InstantBatches(Instant):
+    """The same, for a backend that batches (as vLLM does): workers take shares of a batch."""
+
+    batches_natively = True
+
+
 def register_instant() -> None:
-    """Runs in every Ray worker process (a setup hook), so workers can build `instant`."""
+    """Runs in every Ray worker process (a setup hook), so workers can build these backends."""
     register_backend("instant", Instant)
+    register_backend("instant-batches", InstantBatches)
+
+
+def engine_overhead(backend: str, requests: list[GenerationRequest], repeats: int) -> float:
+    """Median seconds `RayBackend` takes over 2 workers whose backend answers at once."""
+    engine = RayBackend(backend, {}, workers=2)
+    try:
+        engine.generate(requests)  # warm-up: the workers' first calls import modules
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            engine.generate(requests)
+            times.append(time.perf_counter() - start)
+    finally:
+        engine.close()
+    return sorted(times)[len(times) // 2]
 
 
 def run_rounds(backend: Backend, rounds: int, folder: Path) -> tuple[float, list[tuple], int]:
@@ -154,17 +178,27 @@ def main() -> None:
         local.close()
         workers.close()
 
-    instant = RayBackend("instant", {}, workers=2)
-    per_round = requests[:first]  # the loop makes round 1's requests before round 2's
+    round_one = requests[:first]  # the loop makes round 1's requests before round 2's
+    big_round = round_one * 50  # a round of the size many GPUs need to stay busy
     try:
-        instant.generate(per_round)  # warm-up: the workers' first calls import modules
-        overhead = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            instant.generate(per_round)
-            overhead.append(time.perf_counter() - start)
+        overheads = [
+            (
+                "one request per task (llama.cpp)",
+                len(round_one),
+                engine_overhead("instant", round_one, args.repeats),
+            ),
+            (
+                "one request per task (llama.cpp)",
+                len(big_round),
+                engine_overhead("instant", big_round, args.repeats),
+            ),
+            (
+                "shares of the batch (vLLM)",
+                len(big_round),
+                engine_overhead("instant-batches", big_round, args.repeats),
+            ),
+        ]
     finally:
-        instant.close()
         ray.shutdown()
 
     table = Table(
@@ -175,12 +209,14 @@ def main() -> None:
     for name, wall, toks, baseline in rows:
         table.add_row(name, f"{wall:.1f}", f"{toks / wall:.1f}", f"{baseline / wall:.2f}×")
     console.print(table)
-    overhead.sort()
-    median = overhead[len(overhead) // 2]
-    console.print(
-        f"driver overhead per round (round 1: {len(per_round)} requests, median of {args.repeats}): "
-        f"{median * 1000:.1f} ms ({median * 1000 / len(per_round):.2f} ms per request)"
-    )
+    overhead_table = Table(title=f"driver overhead per round (median of {args.repeats})")
+    for column in ("dispatch", "requests", "ms per round", "ms per request"):
+        overhead_table.add_column(column, justify="left" if column == "dispatch" else "right")
+    for name, count, seconds in overheads:
+        overhead_table.add_row(
+            name, str(count), f"{seconds * 1000:.1f}", f"{seconds * 1000 / count:.2f}"
+        )
+    console.print(overhead_table)
     console.print(f"same stored answers in the loop: {same_loop}; in the batch: {same_batch}")
     console.print(
         f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
