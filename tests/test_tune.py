@@ -426,3 +426,35 @@ def test_cli_refuses_an_adapter_tuned_on_another_base_model(
     assert proc.returncode == 2
     assert f"--adapter: {job.out_dir} was tuned on another base model (bundled)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# Settings
+
+
+def test_settings_come_from_defaults_then_file_then_flags(tmp_path):
+    from selfgen.tune.config import build_tune_config, load_tune_toml, resume_conflicts
+
+    toml = tmp_path / "tune.toml"
+    toml.write_text('lora_r = 8\ntarget_modules = "q_proj"\n[tune]\nepochs = 1\n', encoding="utf-8")
+    cfg = build_tune_config(load_tune_toml(toml), {"lora_r": 4, "seed": None})
+    assert (cfg.lora_r, cfg.epochs, cfg.target_modules, cfg.seed) == (4, 1, ["q_proj"], 0)
+    toml.write_text("lora_rank = 8\n", encoding="utf-8")
+    with pytest.raises(TuneError, match=rf"{toml}: unknown setting\(s\): lora_rank"):
+        load_tune_toml(toml)
+    with pytest.raises(TuneError, match="--valid-split: must be in"):
+        build_tune_config({"valid_split": 1.5})
+    with pytest.raises(TuneError, match="setting 'max_steps' must be a number"):
+        build_tune_config({"max_steps": "ten"})
+    stored = build_tune_config({}).to_dict()
+    assert resume_conflicts(stored, {"max_steps": 50, "threads": 1}) == []
+    assert resume_conflicts(stored, {"lora_r": 4}) == ["lora_r is 16, not 4"]
+
+
+def test_validation_split_holds_out_whole_rows_with_a_seed():
+    from selfgen.tune.data import split_rows
+
+    examples = [ChatExample([], None, f"t:{i}") for i in range(10)]
+    train, valid = split_rows(examples, 0.2, seed=3)
+    assert len(valid) == 2 and len(train) == 8
+    assert {e.where for e in train} | {e.where for e in valid} == {e.where for e in examples}
+    assert split_rows(examples, 0.2, seed=3) == (train, valid)

@@ -10,6 +10,7 @@ GPU, in bfloat16 where the GPU has it.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,15 @@ class TuneJob:
         # Written first so that `--resume` finds the settings of an interrupted run.
         write_json_atomic(self.out_dir / RECORD, self._record([], {}, "training"))
         trainer = self._trainer(quiet)
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = dict(result.metrics)
-        if self.eval_dataset is not None:
-            metrics.update(trainer.evaluate())
-        trainer.save_model(str(self.out_dir))
+        with warnings.catch_warnings():
+            # PEFT looks for the base model's config.json beside a GGUF file at every save, to
+            # see whether the vocabulary grew; there is none, and the vocabulary is unchanged.
+            warnings.filterwarnings("ignore", message="Could not find a config file")
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+            metrics = dict(result.metrics)
+            if self.eval_dataset is not None:
+                metrics.update(trainer.evaluate())
+            trainer.save_model(str(self.out_dir))
         self.record = self._record(trainer.state.log_history, metrics, "done")
         write_json_atomic(self.out_dir / RECORD, self.record)
         if merge:
