@@ -155,5 +155,9 @@ def test_migrations_are_recorded_once(tmp_path, scripted):
     store.close()
     store = RunStore.open(tmp_path / "run")
     rows = store.db.execute("SELECT id, name FROM schema_migrations").fetchall()
-    assert [tuple(r) for r in rows] == [(1, "m001_initial"), (2, "m002_tool_traces")]
+    assert [tuple(r) for r in rows] == [
+        (1, "m001_initial"),
+        (2, "m002_tool_traces"),
+        (3, "m003_curation"),
+    ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
