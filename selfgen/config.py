@@ -179,7 +179,10 @@ RESUMABLE = {
     "tool_memory_mb",
     "tensor_parallel_size",
     "gpu_memory_utilization",
-    # Where requests run never changes an answer: each carries its own seed.
+    "concurrency",
+    # Where requests run never changes an answer: each carries its own seed (and a server moved
+    # to another address serves the same model).
+    "base_url",
     "engine",
     "ray_address",
     "workers",

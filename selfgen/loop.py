@@ -187,6 +187,7 @@ class Loop:
                 prompt_tokens=comp.prompt_tokens,
                 completion_tokens=comp.completion_tokens,
                 latency_s=comp.latency_s,
+                error=comp.extra.get("error") if comp.finish_reason == "error" else None,
             )
         )
         self.on_event(

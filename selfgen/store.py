@@ -168,10 +168,17 @@ def m003_curation(db: sqlite3.Connection) -> None:
     )
 
 
+def m004_generation_errors(db: sqlite3.Connection) -> None:
+    # Why a generation call failed (the server refused it, or answered something that is not an
+    # answer); NULL for calls that produced text.
+    _run_script(db, "ALTER TABLE generations ADD COLUMN error TEXT;")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_tool_traces,
     m003_curation,
+    m004_generation_errors,
 ]
 
 
@@ -207,6 +214,7 @@ class GenerationRecord:
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     constraint: dict[str, Any] | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -422,7 +430,7 @@ class RunStore:
                 cur = db.execute(
                     "INSERT INTO generations (round_id, stage, prompt, messages, params,"
                     " constraint_spec, response, finish_reason, prompt_tokens, completion_tokens,"
-                    " latency_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " latency_s, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         rnd.number,
                         g.stage,
@@ -435,6 +443,7 @@ class RunStore:
                         g.prompt_tokens,
                         g.completion_tokens,
                         g.latency_s,
+                        g.error,
                     ),
                 )
                 gen_ids.append(cur.lastrowid)

@@ -436,6 +436,11 @@ def test_a_store_from_before_curation_is_migrated(tmp_path):
     db.close()
     store = RunStore.open(tmp_path)
     names = [r[0] for r in store.db.execute("SELECT name FROM schema_migrations ORDER BY id")]
-    assert names == ["m001_initial", "m002_tool_traces", "m003_curation"]
+    assert names == [
+        "m001_initial",
+        "m002_tool_traces",
+        "m003_curation",
+        "m004_generation_errors",
+    ]
     assert Inspector(store).count(Filters(status="curated-accepted")) == 0
     store.close()

@@ -159,5 +159,6 @@ def test_migrations_are_recorded_once(tmp_path, scripted):
         (1, "m001_initial"),
         (2, "m002_tool_traces"),
         (3, "m003_curation"),
+        (4, "m004_generation_errors"),
     ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -74,18 +74,47 @@ def server():
     proc.wait()
 
 
-class FlakyProxy(http.server.ThreadingHTTPServer):
-    """Forwards to the server, but answers every third completion with HTTP 500 and every
-    fifth with a body that is not JSON."""
+class Proxy(http.server.ThreadingHTTPServer):
+    """Forwards to the server, except where `fault(n, path)` returns an answer of its own
+    (status, content type, body) for the n-th POST."""
 
-    def __init__(self, target):
-        self.target, self.count, self.lock = target, 0, threading.Lock()
+    def __init__(self, target, fault):
+        self.target, self.fault, self.count, self.lock = target, fault, 0, threading.Lock()
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+
+def flaky(n, path):
+    """Every third completion an HTTP 500; every fifth HTML sent as JSON; every seventh plain
+    text; every eleventh JSON of the wrong shape."""
+    if n % 3 == 0:
+        return 500, "application/json", b""
+    if n % 5 == 0:
+        return 200, "application/json", b"<html>not json</html>"
+    if n % 7 == 0:
+        return 200, "text/plain", b"upstream busy"
+    if n % 11 == 0:
+        return 200, "application/json", b'{"choices": []}'
+    return None
 
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+    def _answer(self, status, content_type, data):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _forward(self, body=None):
         req = urllib.request.Request(
@@ -96,11 +125,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         )
         with urllib.request.urlopen(req, timeout=120) as resp:
             data = resp.read()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._answer(200, "application/json", data)
 
     def do_GET(self):
         self._forward()
@@ -110,20 +135,11 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.count += 1
             n = self.server.count
-        if n % 3 == 0:
-            self.send_response(500)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if n % 5 == 0:
-            data = b"<html>not json</html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        self._forward(body)
+        answer = self.server.fault(n, self.path)
+        if answer is not None:
+            self._answer(*answer)
+        else:
+            self._forward(body)
 
 
 def test_full_run_against_the_server(server, tmp_path, child_env):
@@ -230,12 +246,8 @@ def test_server_not_running_is_one_clear_error(tmp_path, child_env):
 
 
 def test_errors_and_garbage_are_retried_or_recorded(server, tmp_path, child_env):
-    proxy = FlakyProxy(server)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{proxy.server_address[1]}/v1"
-        out = tmp_path / "run"
+    out = tmp_path / "run"
+    with Proxy(server, flaky) as url:
         proc = subprocess.run(
             [
                 *selfgen_cmd(),
@@ -260,17 +272,57 @@ def test_errors_and_garbage_are_retried_or_recorded(server, tmp_path, child_env)
             env=child_env,
             timeout=900,
         )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert proxy.count > 10
-    finally:
-        proxy.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
     import sqlite3
 
     db = sqlite3.connect(out / "selfgen.db")
     assert db.execute("SELECT COUNT(*) FROM candidates WHERE fate = 'kept'").fetchone()[0] == 3
-    # Garbage answers are recorded as failed generation calls, not lost.
-    errors = db.execute("SELECT COUNT(*) FROM generations WHERE finish_reason = 'error'")
-    assert errors.fetchone()[0] >= 1
+    # Garbage answers are recorded as failed generation calls, not lost, each with its cause.
+    errors = [
+        r[0] for r in db.execute("SELECT error FROM generations WHERE finish_reason = 'error'")
+    ]
+    assert len(errors) >= 3
+    assert any("JSON" in e or "Expecting value" in e for e in errors)
+    assert any(e.startswith(("TypeError", "AttributeError")) for e in errors)  # plain text
+    assert any(e.startswith("IndexError") for e in errors)  # no choices
+
+
+def test_a_chat_only_server_is_sent_chat_requests(server):
+    def no_completions(n, path):
+        if path.endswith("/v1/completions"):
+            return 404, "application/json", b'{"error": {"message": "Not Found"}}'
+        return None
+
+    with Proxy(server, no_completions) as url:
+        backend = get_backend("openai", base_url=url)
+        assert backend.mode == "completions"
+        params = SamplingParams(temperature=0, max_tokens=12, seed=1)
+        outs = backend.generate(
+            [GenerationRequest(prompt="Name a colour.", params=params) for _ in range(3)]
+        )
+        backend.shutdown()
+    assert backend.mode == "chat"
+    assert all(o.finish_reason != "error" and o.text.strip() for o in outs)
+
+
+def test_a_refused_key_stops_the_run_with_one_message(server, tmp_path, child_env):
+    def unauthorized(n, path):
+        return 401, "application/json", b'{"error": {"message": "Incorrect API key"}}'
+
+    out = tmp_path / "run"
+    with Proxy(server, unauthorized) as url:
+        proc = subprocess.run(
+            [*selfgen_cmd(), "run", "--backend", "openai", "--base-url", url]
+            + ["--seeds", str(SEEDS), "--out", str(out), "-n", "2", "-q"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=child_env,
+            timeout=300,
+        )
+    assert proc.returncode == 1
+    assert "answered 401: check --api-key" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_unknown_backend_and_missing_key():

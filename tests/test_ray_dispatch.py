@@ -31,13 +31,18 @@ class Echo(Backend):
 
     "sleep:S" sleeps S seconds first; "fail" raises BackendError; "die-once" kills the worker
     process the first time any worker sees it (a marker file remembers), "die" every time.
+    `load_s` makes starting slow: every start without a marker, or those after a death with one.
     """
 
     name = "echo"
 
-    def __init__(self, marker: str = "", broken: bool = False, **_: object) -> None:
+    def __init__(
+        self, marker: str = "", broken: bool = False, load_s: float = 0.0, **_: object
+    ) -> None:
         if broken:
             raise BackendError("--model: no such GGUF file: /nowhere.gguf")
+        if load_s and (not marker or os.path.exists(marker)):
+            time.sleep(load_s)  # with a marker: only the workers started after a death
         self.marker = marker
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
@@ -87,13 +92,13 @@ def texts(completions: list[Completion]) -> list[str]:
     return [c.text.rsplit("|", 1)[0] for c in completions]
 
 
-def make(tmp_path, notes=None, **kwargs):
+def make(tmp_path, notes=None, options=(), workers=2, **kwargs):
     from selfgen.engines.ray import RayBackend
 
     return RayBackend(
         "echo",
-        {"marker": str(tmp_path / "died")},
-        workers=2,
+        {"marker": str(tmp_path / "died"), **dict(options)},
+        workers=workers,
         notify=(notes.append if notes is not None else None),
         **kwargs,
     )
@@ -172,6 +177,24 @@ def test_a_backend_that_cannot_start_is_reported_before_any_work():
 
     with pytest.raises(BackendError, match=r"--model: no such GGUF file.*on a Ray worker"):
         RayBackend("echo", {"broken": True}, workers=1)
+
+
+def test_workers_that_do_not_start_in_time_are_one_message():
+    from selfgen.engines.ray import RayBackend
+
+    with pytest.raises(
+        BackendError, match=r"--workers: 1 echo worker\(s\) did not start within 1 s"
+    ):
+        RayBackend("echo", {"load_s": 60}, workers=1, start_timeout_s=1)
+
+
+def test_a_replacement_that_does_not_start_stops_the_run(tmp_path):
+    backend = make(tmp_path, [], workers=1, start_timeout_s=2, options={"load_s": 60})
+    try:
+        with pytest.raises(BackendError, match="no Ray worker is running"):
+            backend.generate(requests("die"))
+    finally:
+        backend.close()
 
 
 def test_more_workers_than_the_cluster_holds_is_refused():

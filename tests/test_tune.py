@@ -306,6 +306,23 @@ def test_the_adapter_loads_back_and_generates(trained):
 
 
 @pytest.mark.slow
+def test_the_fingerprint_read_from_files_is_the_loaded_models(trained, tmp_path):
+    """The GPU path (vLLM loads the base itself) checks adapters by reading the embeddings from
+    the model folder's files; that must agree with the fingerprint of the loaded model."""
+    import torch
+
+    from selfgen.tune.models import fingerprint, fingerprint_files, resolve_model
+
+    job, _, record, _ = trained
+    base = job.model.get_base_model()
+    base.to(torch.bfloat16).save_pretrained(str(tmp_path / "base"))
+    base.to(torch.float32)
+    assert fingerprint_files(resolve_model(str(tmp_path / "base"))) == record["base_fingerprint"]
+    assert fingerprint(base) == record["base_fingerprint"]
+    assert fingerprint_files(resolve_model("bundled")) is None  # a GGUF: loaded instead
+
+
+@pytest.mark.slow
 def test_cli_resumes_from_the_last_checkpoint_and_merges(trained, child_env):
     job, _, _, data = trained
     proc = subprocess.run(

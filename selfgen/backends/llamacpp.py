@@ -83,6 +83,9 @@ class LlamaCppBackend(Backend):
                 n_ctx=n_ctx,
                 # llama-cpp-python defaults to half the cores; generation here is CPU-bound.
                 n_threads=n_threads or os.cpu_count(),
+                # Prompt evaluation otherwise takes every core whatever n_threads says, so two
+                # one-thread workers on two cores would run four threads.
+                n_threads_batch=n_threads or os.cpu_count(),
                 n_gpu_layers=n_gpu_layers,
                 seed=seed,
                 verbose=False,

@@ -42,6 +42,15 @@ def _is_local(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def _refused(base_url: str, exc: Any) -> str:
+    hint = {
+        401: "check --api-key / OPENAI_API_KEY",
+        403: "the key may not use this model",
+        404: "check --base-url and --api-model",
+    }.get(exc.status_code, "")
+    return f"{base_url} answered {exc.status_code}" + (f": {hint}" if hint else "")
+
+
 def _tool_calls(message: Any) -> list[dict[str, Any]]:
     """The server's parsed tool calls as `{"name", "arguments"}`; arguments that are not a
     JSON object are passed on as the string the model wrote, for the caller to reject."""
@@ -53,6 +62,70 @@ def _tool_calls(message: Any) -> list[dict[str, Any]]:
             arguments = call.function.arguments
         calls.append({"name": call.function.name, "arguments": arguments})
     return calls
+
+
+def constraint_body(flavour: str, constraint: Constraint | None, chat: bool) -> dict[str, Any]:
+    """The request-body fields that constrain an answer the way a server of `flavour` reads
+    them."""
+    if constraint is None or flavour == "none":
+        return {}
+    if flavour == "vllm":
+        spec = (
+            {"choice": list(constraint.choices)}
+            if constraint.choices is not None
+            else {"json": constraint.json_schema}
+        )
+        return {"extra_body": {"structured_outputs": spec}}
+    if flavour == "llamacpp":
+        from selfgen.backends.llamacpp import choice_grammar, schema_grammar
+
+        grammar = (
+            choice_grammar(constraint.choices)
+            if constraint.choices is not None
+            else schema_grammar(constraint.json_schema or {})
+        )
+        return {"extra_body": {"grammar": grammar}}
+    if chat:  # openai: structured outputs on chat completions
+        # The root of a response_format schema must be an object, so choices (and a schema
+        # with another root, such as the anyOf of tool calls) are wrapped in {"answer": ...}
+        # and unwrapped by unwrap. Strict mode also needs every object closed and every
+        # property required, which only the choice wrapper is known to satisfy.
+        if constraint.choices is not None:
+            inner: dict[str, Any] = {"enum": list(constraint.choices)}
+        else:
+            inner = constraint.json_schema or {}
+        if constraint.choices is None and inner.get("type") == "object":
+            schema, strict = inner, False
+        else:
+            schema = {
+                "type": "object",
+                "properties": {"answer": inner},
+                "required": ["answer"],
+                "additionalProperties": False,
+            }
+            strict = constraint.choices is not None
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema, "strict": strict},
+            }
+        }
+    # OpenAI's completions endpoint has no structured outputs: the stage's parser checks the
+    # answer, as it does for every backend.
+    return {}
+
+
+def unwrap(flavour: str, text: str, constraint: Constraint | None, chat: bool) -> str:
+    """The answer inside an {"answer": ...} wrapper that constraint_body added."""
+    if flavour != "openai" or not chat or constraint is None:
+        return text
+    if constraint.choices is None and (constraint.json_schema or {}).get("type") == "object":
+        return text
+    try:
+        answer = json.loads(text)["answer"]
+    except (ValueError, KeyError, TypeError):
+        return text  # left as it came, for the stage's parser to reject
+    return answer if isinstance(answer, str) else json.dumps(answer)
 
 
 class OpenAIBackend(Backend):
@@ -97,8 +170,16 @@ class OpenAIBackend(Backend):
             raise BackendError(
                 f"--base-url: cannot reach an OpenAI-compatible server at {self.base_url}"
             ) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise BackendError(_refused(self.base_url, exc)) from None
         except openai.APIStatusError as exc:
-            raise BackendError(f"--base-url: {self.base_url} answered {exc.status_code}") from None
+            # Some servers have no /models; the model can still be named with --api-model.
+            if api_model is None:
+                raise BackendError(
+                    f"--base-url: {self.base_url} answered {exc.status_code} to /models; "
+                    "name the model with --api-model"
+                ) from None
+            models = []
         finally:
             client.close()
         if api_model is None:
@@ -115,6 +196,9 @@ class OpenAIBackend(Backend):
             else:
                 server_flavour = "llamacpp" if _is_local(self.base_url) else "none"
         self.flavour = server_flavour
+        # In "auto" mode a server that answers 404 to /completions (a chat-only server) is sent
+        # chat requests from then on.
+        self._detect_mode = api_mode == "auto" and server_flavour != "openai"
         if api_mode == "auto":
             api_mode = "chat" if server_flavour == "openai" else "completions"
         self.mode = api_mode
@@ -129,44 +213,6 @@ class OpenAIBackend(Backend):
             "server_flavour": self.flavour,
             "api_mode": self.mode,
         }
-
-    def _constraint_body(self, constraint: Constraint | None, chat: bool) -> dict[str, Any]:
-        if constraint is None or self.flavour == "none":
-            return {}
-        if self.flavour == "vllm":
-            spec = (
-                {"choice": list(constraint.choices)}
-                if constraint.choices is not None
-                else {"json": constraint.json_schema}
-            )
-            return {"extra_body": {"structured_outputs": spec}}
-        if self.flavour == "llamacpp":
-            from selfgen.backends.llamacpp import choice_grammar, schema_grammar
-
-            grammar = (
-                choice_grammar(constraint.choices)
-                if constraint.choices is not None
-                else schema_grammar(constraint.json_schema or {})
-            )
-            return {"extra_body": {"grammar": grammar}}
-        if chat:  # openai: structured outputs on chat completions
-            schema = (
-                {
-                    "type": "object",
-                    "properties": {"answer": {"enum": list(constraint.choices)}},
-                    "required": ["answer"],
-                    "additionalProperties": False,
-                }
-                if constraint.choices is not None
-                else constraint.json_schema
-            )
-            return {
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "output", "schema": schema, "strict": True},
-                }
-            }
-        return {}
 
     async def _one(self, client: Any, sem: asyncio.Semaphore, req: GenerationRequest) -> Completion:
         import openai
@@ -183,27 +229,16 @@ class OpenAIBackend(Backend):
         )
         if p.stop:
             common["stop"] = list(p.stop)[:4]  # the OpenAI API takes at most four
-        chat = self.mode == "chat" or req.messages is not None
-        common.update(self._constraint_body(req.constraint, chat))
         async with sem:
             start = time.perf_counter()
             try:
-                if chat:
-                    messages = (
-                        list(req.messages)
-                        if req.messages is not None
-                        else [{"role": "user", "content": req.prompt}]
-                    )
-                    if req.tools:
-                        common["tools"] = list(req.tools)
-                    out = await client.chat.completions.create(messages=messages, **common)
-                    message = out.choices[0].message
-                    text = message.content or ""
-                    extra = {"tool_calls": _tool_calls(message)} if req.tools else {}
-                else:
-                    out = await client.completions.create(prompt=req.prompt, **common)
-                    text = out.choices[0].text
-                    extra = {}
+                try:
+                    return await self._request(client, req, dict(common), start)
+                except openai.NotFoundError:
+                    if not self._detect_mode or req.messages is not None:
+                        raise
+                    self.mode = "chat"  # no /completions here: chat from now on (one retry)
+                    return await self._request(client, req, dict(common), start)
             except (
                 openai.APIConnectionError,
                 openai.RateLimitError,
@@ -212,21 +247,64 @@ class OpenAIBackend(Backend):
                 raise BackendError(
                     f"{self.base_url} failed after {self.max_retries} retries ({exc})"
                 ) from None
-            except (openai.APIStatusError, openai.APIResponseValidationError, ValueError) as exc:
-                # A request the server refuses, or an answer that is not an answer: recorded as
-                # a failed completion (the candidate is rejected with it), not a failed run.
+            except (
+                openai.AuthenticationError,
+                openai.PermissionDeniedError,
+                openai.NotFoundError,
+            ) as exc:
+                # Every request would get the same answer: stop the run rather than reject
+                # every candidate.
+                raise BackendError(_refused(self.base_url, exc)) from None
+            except (
+                openai.APIStatusError,
+                openai.APIResponseValidationError,
+                ValueError,
+                AttributeError,
+                IndexError,
+                TypeError,
+            ) as exc:
+                # A request the server refuses (e.g. too long), or an answer that is not an
+                # answer (not JSON, or JSON of another shape): recorded as a failed completion
+                # (the candidate is rejected with it), not a failed run.
                 return Completion(
-                    "", "error", 0, 0, time.perf_counter() - start, extra={"error": str(exc)[:500]}
+                    "",
+                    "error",
+                    0,
+                    0,
+                    time.perf_counter() - start,
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:500]},
                 )
-        if self.flavour == "openai" and chat and req.constraint and req.constraint.choices:
-            try:
-                text = json.loads(text)["answer"]
-            except (ValueError, KeyError, TypeError):
-                pass
+
+    async def _request(
+        self, client: Any, req: GenerationRequest, common: dict[str, Any], start: float
+    ) -> Completion:
+        """One request; raises the client's errors, or AttributeError/IndexError/TypeError
+        when the answer does not have the shape of a completion."""
+        chat = self.mode == "chat" or req.messages is not None
+        common.update(constraint_body(self.flavour, req.constraint, chat))
+        if chat:
+            messages = (
+                list(req.messages)
+                if req.messages is not None
+                else [{"role": "user", "content": req.prompt}]
+            )
+            if req.tools:
+                common["tools"] = list(req.tools)
+            out = await client.chat.completions.create(messages=messages, **common)
+            choice = out.choices[0]
+            text = choice.message.content or ""
+            extra = {"tool_calls": _tool_calls(choice.message)} if req.tools else {}
+        else:
+            out = await client.completions.create(prompt=req.prompt, **common)
+            choice = out.choices[0]
+            text = choice.text
+            extra = {}
+        if not isinstance(text, str):
+            raise TypeError(f"the answer's text is {type(text).__name__}, not a string")
         usage = out.usage
         return Completion(
-            text=text,
-            finish_reason=out.choices[0].finish_reason or "stop",
+            text=unwrap(self.flavour, text, req.constraint, chat),
+            finish_reason=choice.finish_reason or "stop",
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
             latency_s=time.perf_counter() - start,

@@ -48,6 +48,9 @@ from selfgen.backends.base import Backend, BackendError, Completion, GenerationR
 # Answers are a few kilobytes; Ray's default object store (30% of memory) is sized for data
 # pipelines. Applies only to a Ray instance this process starts.
 OBJECT_STORE_BYTES = 128 * 1024**2
+# How long a worker may take to load its backend (vLLM loading a large model takes minutes)
+# before the run stops instead of waiting for a worker the cluster cannot place.
+START_TIMEOUT_S = 900.0
 
 
 def worker_resources(backend: str, options: dict[str, Any]) -> dict[str, float]:
@@ -123,6 +126,7 @@ class RayBackend(Backend):
         address: str | None = None,
         max_replacements: int | None = None,
         notify: Callable[[str], None] | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         self.inner = backend
         self.options = dict(options)
@@ -131,6 +135,7 @@ class RayBackend(Backend):
             self.options["n_threads"] = self.options.get("n_threads") or 1
         self.resources = worker_resources(backend, self.options)
         self.notify = notify or _print_notice
+        self.start_timeout_s = start_timeout_s
         self.replacements = 0
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._todo: deque[Item] = deque()
@@ -170,10 +175,18 @@ class RayBackend(Backend):
         """Start the workers and wait until each has loaded its backend."""
         self._workers = [_Worker(self._spawn()) for _ in range(count)]
         try:
-            answers = self._ray.get([w.actor.ready.remote() for w in self._workers])
+            answers = self._ray.get(
+                [w.actor.ready.remote() for w in self._workers], timeout=self.start_timeout_s
+            )
         except self._ray.exceptions.RayActorError as exc:
             raise BackendError(
                 f"a Ray worker died while starting the {self.inner} backend ({_first_line(exc)})"
+            ) from None
+        except self._ray.exceptions.GetTimeoutError:
+            raise BackendError(
+                f"--workers: {count} {self.inner} worker(s) did not start within"
+                f" {self.start_timeout_s:g} s; the cluster may have no free"
+                f" {' and '.join(self.resources)} for them (see `ray status`)"
             ) from None
         for worker, (error, _, _) in zip(self._workers, answers, strict=True):
             if error:
@@ -211,6 +224,8 @@ class RayBackend(Backend):
                     self._finished(event[1], event[2])
                 elif event[0] == "ready":
                     self._started(event[1], event[2])
+                elif event[0] == "late":
+                    self._late(event[1])
                 self._assign()
             except BackendError as exc:
                 self._fail(str(exc))
@@ -286,6 +301,17 @@ class RayBackend(Backend):
         new = _Worker(self._spawn())
         self._workers[self._workers.index(worker)] = new
         self._when_done(new.actor.ready.remote(), "ready", new)
+        timer = threading.Timer(self.start_timeout_s, self._events.put, [("late", new)])
+        timer.daemon = True
+        timer.start()
+
+    def _late(self, worker: _Worker) -> None:
+        """A replacement has not started in time: stop the run if no worker is left."""
+        if worker in self._workers and not worker.ready and not any(w.ready for w in self._workers):
+            raise BackendError(
+                f"no Ray worker is running: a replacement did not start within"
+                f" {self.start_timeout_s:g} s (see `ray status`)"
+            )
 
     def _fail(self, message: str) -> None:
         """Fail every request waiting or running, and every later one, with `message`."""

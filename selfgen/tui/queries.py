@@ -273,8 +273,9 @@ class Inspector:
             if gen_id is None:
                 continue
             gen = self.db.execute(
-                "SELECT stage, COALESCE(prompt, messages, ''), response FROM generations"
-                " WHERE id = ?",
+                "SELECT stage, COALESCE(prompt, messages, ''),"
+                " CASE WHEN error IS NULL THEN response ELSE '[failed] ' || error END"
+                " FROM generations WHERE id = ?",
                 (gen_id,),
             ).fetchone()
             detail.generations.append((gen[0], gen[1], gen[2]))

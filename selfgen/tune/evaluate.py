@@ -28,6 +28,9 @@ from selfgen.tune import TuneError
 from selfgen.tune.models import (
     ModelSource,
     attach_adapter,
+    check_adapter_base,
+    fingerprint,
+    fingerprint_files,
     load_model,
     load_tokenizer,
     read_record,
@@ -155,6 +158,11 @@ def evaluate(
     runs = (["base"] if adapter is None or compare else []) + (["tuned"] if adapter else [])
     total = len(prompts) * len(runs)
     if _vllm_usable(source):
+        if adapter is not None:
+            # vLLM loads the base itself, so its fingerprint is read from the files (or, where
+            # the embeddings are not found there, from the model loaded on the CPU).
+            actual = fingerprint_files(source) or fingerprint(load_model(source))
+            check_adapter_base(adapter, actual, model_spec)
         answers = _generate_vllm(source, adapter, prompts, runs, max_new_tokens)
         generator = "vllm"
     else:

@@ -122,12 +122,48 @@ def _dequantize_gguf() -> dict[str, Any]:
 
 def fingerprint(model: Any) -> str:
     """A short hash of the base model's input embeddings (see the module docstring)."""
+    return _hash_weights(model.get_input_embeddings().weight)
+
+
+def _hash_weights(weights: Any) -> str:
     import hashlib
 
     import torch
 
-    weights = model.get_input_embeddings().weight.detach().to("cpu", torch.bfloat16)
+    weights = weights.detach().to("cpu", torch.bfloat16)
     return hashlib.sha256(weights.view(torch.int16).numpy().tobytes()).hexdigest()[:16]
+
+
+def fingerprint_files(source: ModelSource) -> str | None:
+    """The fingerprint of a model folder read from its safetensors files without loading the
+    model (vLLM loads it itself); None when the embeddings are not found there."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if source.gguf_file:
+        return None
+    config = AutoConfig.from_pretrained(str(source.folder), local_files_only=True)
+    with torch.device("meta"):  # the parameter names, without allocating the weights
+        skeleton = AutoModelForCausalLM.from_config(config)
+    embeddings = skeleton.get_input_embeddings().weight
+    name = next(n for n, p in skeleton.named_parameters() if p is embeddings)
+    for file in sorted(source.folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as tensors:
+            if name in tensors.keys():
+                return _hash_weights(tensors.get_tensor(name))
+    return None
+
+
+def check_adapter_base(adapter_dir: Path, actual: str, model_spec: str) -> None:
+    """Refuse an adapter whose recorded base fingerprint is not `actual`."""
+    record = read_record(adapter_dir)
+    expected = record.get("base_fingerprint")
+    if expected and expected != actual:
+        raise TuneError(
+            f"--adapter: {adapter_dir} was tuned on another base model "
+            f"({record.get('base_model')}), not on {model_spec}"
+        )
 
 
 def read_record(adapter_dir: Path) -> dict[str, Any]:
@@ -148,13 +184,7 @@ def attach_adapter(model: Any, adapter_dir: Path, model_spec: str) -> Any:
     """The base `model` with the adapter of `adapter_dir` loaded on it, ready to generate."""
     from peft import PeftModel
 
-    record = read_record(adapter_dir)
-    expected = record.get("base_fingerprint")
-    if expected and expected != fingerprint(model):
-        raise TuneError(
-            f"--adapter: {adapter_dir} was tuned on another base model "
-            f"({record.get('base_model')}), not on {model_spec}"
-        )
+    check_adapter_base(adapter_dir, fingerprint(model), model_spec)
     try:
         tuned = PeftModel.from_pretrained(model, str(adapter_dir))
     except (RuntimeError, ValueError, KeyError) as exc:
