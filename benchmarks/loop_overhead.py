@@ -13,7 +13,7 @@ For each backend (the embedded llama.cpp default, and the `openai` backend again
   one `generate` call with nothing else to do.
 
 Every run uses the same seed, so the loop runs make the same requests and get the same answers
-(the table checks the completion token counts agree). "Model idle" is the share of wall time
+(the script says so when the completion token counts disagree). "Model idle" is the share of wall time
 with no request in flight (in flight: from the moment the backend starts a request to its
 answer, as the backend measures it). "Ratio" is the run's completion tokens per second of wall
 time over the direct baseline's.
@@ -46,6 +46,9 @@ from selfgen.config import build_config  # noqa: E402
 from selfgen.loop import Loop  # noqa: E402
 from selfgen.seeds import load_seed_tasks  # noqa: E402
 from selfgen.store import RunStore  # noqa: E402
+
+IDLE_TARGET = 0.05  # the pipelined loop leaves the model idle at most this share of wall time
+RATIO_TARGET = 0.9  # and keeps at least this share of the backend's own throughput
 
 
 class Metered(Backend):
@@ -167,6 +170,7 @@ def main() -> None:
     table.add_column("tokens/s", justify="right")
     table.add_column("ratio vs direct", justify="right")
 
+    verdicts = []
     for name in args.backends.split(","):
         server = None
         if name == "llamacpp":
@@ -207,7 +211,21 @@ def main() -> None:
             f"  {len(piped['requests'])} requests; kept {piped['kept']} (pipelined)"
             f" and {staged['kept']} (stage by stage)"
         )
+        if piped["tokens"] != staged["tokens"] or piped["tokens"] != direct["tokens"]:
+            console.print(
+                f"  [red]the runs disagree[/]: {piped['tokens']}, {staged['tokens']} and"
+                f" {direct['tokens']} completion tokens (the same requests should give the same)"
+            )
+        idle = 1 - piped["busy"] / piped["wall"]
+        ratio = (piped["tokens"] / piped["wall"]) / base_rate
+        verdicts.append(
+            f"{name}: model idle {idle:.1%} (target at most {IDLE_TARGET:.0%}:"
+            f" {'met' if idle <= IDLE_TARGET else 'missed'}), throughput ratio {ratio:.2f}"
+            f" (target at least {RATIO_TARGET}: {'met' if ratio >= RATIO_TARGET else 'missed'})"
+        )
     console.print(table)
+    for line in verdicts:
+        console.print(line)
 
 
 if __name__ == "__main__":

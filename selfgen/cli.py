@@ -407,15 +407,21 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Print a run's funnel, rejection reasons and counts."""
+    import sqlite3
+
     from selfgen.stats import run_stats
     from selfgen.store import RunStore, StoreError
 
     try:
         store = RunStore.open(run_dir)
-        figures = run_stats(store)
-        store.close()
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
+    try:
+        figures = run_stats(store)
+    except sqlite3.DatabaseError as exc:  # opened, then found broken (e.g. truncated)
+        fail(f"{store.path}: cannot read the run store ({exc})", RUN_ERROR)
+    finally:
+        store.close()
     if as_json:
         typer.echo(json.dumps(figures, indent=2))
         return

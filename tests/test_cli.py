@@ -37,6 +37,24 @@ def test_help_imports_nothing_heavy():
     assert proc.stdout.strip() == "[]"
 
 
+def test_importing_selfgen_never_imports_the_optional_runtimes():
+    # Every module, the optional extras' own included (they import their runtimes inside the
+    # functions that need them); the TUI module is Textual's and `python -m selfgen` runs the
+    # command line, so both are left out.
+    code = (
+        "import importlib, pkgutil, sys, selfgen;"
+        "names = [m.name for m in pkgutil.walk_packages(selfgen.__path__, 'selfgen.')"
+        " if m.name not in ('selfgen.tui.app', 'selfgen.__main__')];"
+        "[importlib.import_module(n) for n in names];"
+        "print([m for m in ('torch', 'transformers', 'trl', 'peft', 'vllm', 'ray', 'textual')"
+        " if m in sys.modules], len(names))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    heavy, count = proc.stdout.split("] ")
+    assert heavy == "[" and int(count) > 30
+
+
 def test_commands_are_listed(child_env):
     proc = run(["--help"], child_env)
     for command in ("run", "export", "stats"):

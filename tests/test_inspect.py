@@ -373,6 +373,64 @@ def test_a_store_that_breaks_while_open_ends_the_app_with_a_message(run_dir, sto
     assert app.return_code == 1
 
 
+def test_statistics_of_a_store_that_broke_end_the_app_with_a_message(run_dir, store):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        other = sqlite3.connect(run_dir / DB_NAME)
+        other.execute("DROP TABLE traces")
+        other.commit()
+        other.close()
+        await pilot.press("s")
+
+    drive(app, scenario)
+    assert app.error == "cannot read the run store (no such table: traces)"
+    assert app.return_code == 1
+
+
+def test_a_store_locked_for_a_moment_is_read_at_the_next_tick(store):
+    app = InspectApp(store, "run")
+    real = app.inspector.data_version
+    calls = []
+
+    def locked_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real() + 1  # as if a round had been committed meanwhile
+
+    async def scenario(app, pilot):
+        app.inspector.data_version = locked_once
+        app.screen.poll_store()
+        assert app.error is None
+        app.screen.poll_store()
+        await pilot.pause()
+        assert app.screen.version == real() + 1  # reloaded
+        assert len(app.screen.query_one(ItemTable).rows) == 20
+
+    drive(app, scenario)
+    assert app.error is None and len(calls) >= 2
+
+
+def test_stats_of_a_broken_store_is_one_message(run_dir, child_env):
+    db = sqlite3.connect(run_dir / DB_NAME)
+    db.execute("DROP TABLE traces")
+    db.commit()
+    db.close()
+    proc = subprocess.run(
+        [*selfgen_cmd(), "stats", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stderr) == (
+        1,
+        f"error: {run_dir / DB_NAME}: cannot read the run store (no such table: traces)\n",
+    )
+
+
 def inspect_cli(run_dir, child_env, timeout=60):
     return subprocess.run(
         [*selfgen_cmd(), "inspect", str(run_dir)],

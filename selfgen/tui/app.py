@@ -193,11 +193,19 @@ class TableScreen(Screen):
     @_store_errors
     def poll_store(self) -> None:
         """Reload when another connection (a running loop) has committed since the last load."""
-        if self.inspector.data_version() != self.version:
-            self.reload(keep_cursor=True)
+        try:
+            if self.inspector.data_version() != self.version:
+                self._load(keep_cursor=True)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            # A writer holds the store for a moment: look again at the next tick.
 
     @_store_errors
     def reload(self, keep_cursor: bool = False, cursor: int | None = None) -> None:
+        self._load(keep_cursor, cursor)
+
+    def _load(self, keep_cursor: bool = False, cursor: int | None = None) -> None:
         self.version = self.inspector.data_version()
         self.total = self.inspector.count(self.filters)
         if self.start >= self.total:
@@ -455,10 +463,14 @@ class StatsScreen(Screen):
 
     BINDINGS = [Binding("escape,backspace", "app.pop_screen", "Back")]
 
+    def __init__(self, figures: dict[str, Any]) -> None:
+        super().__init__()
+        self.figures = figures
+
     def compose(self) -> ComposeResult:
         yield Header()
         with VerticalScroll(), Grid(id="stats"):
-            for table in stats_tables(run_stats(self.app.inspector.store)):
+            for table in stats_tables(self.figures):
                 yield Static(table)
         yield Footer()
 
@@ -606,7 +618,8 @@ class InspectApp(App[None]):
     @_store_errors
     def action_stats(self) -> None:
         if not isinstance(self.screen, StatsScreen):
-            self.push_screen(StatsScreen())
+            # Read here, under the guard, so a store that breaks shows one message.
+            self.push_screen(StatsScreen(run_stats(self.inspector.store)))
 
     def action_keys(self) -> None:
         if not isinstance(self.screen, KeysScreen):
@@ -616,7 +629,7 @@ class InspectApp(App[None]):
         """Write a decision by hand to the store and say what it means for export."""
         try:
             updated = self.inspector.curate(item, decision, note)
-        except sqlite3.OperationalError as exc:  # e.g. locked by a long write elsewhere
+        except sqlite3.DatabaseError as exc:  # e.g. locked by a long write elsewhere
             self.notify(f"not saved: {exc}", severity="error")
             return None
         what = f"{item.kind} {item.id}"
