@@ -76,14 +76,21 @@ class Metered(Backend):
         self.requests.extend(requests)
         if self.pipelined:
             futures = self.inner.submit(requests)
-        else:  # answer now, in the caller's thread: the loop cannot work while the model does
-            futures = []
-            for comp in self.inner.generate(requests):
-                future: Future[Completion] = Future()
-                future.set_result(comp)
-                futures.append(future)
-        for future in futures:
-            future.add_done_callback(self._done)
+            for future in futures:
+                future.add_done_callback(self._done)
+            return futures
+        # Stage by stage: answer now, in the caller's thread, so the loop cannot work while the
+        # model does; the model is busy for the whole call.
+        start = time.perf_counter()
+        completions = self.inner.generate(requests)
+        with self._lock:
+            self.intervals.append((start, time.perf_counter()))
+            self.completion_tokens += sum(c.completion_tokens for c in completions)
+        futures = []
+        for comp in completions:
+            future: Future[Completion] = Future()
+            future.set_result(comp)
+            futures.append(future)
         return futures
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
@@ -163,7 +170,7 @@ def main() -> None:
     parser.add_argument("--backends", default="llamacpp,openai")
     args = parser.parse_args()
 
-    console = Console()
+    console = Console(width=120)
     table = Table(title=f"Loop overhead: -n {args.n}, seed {args.seed}")
     for col in ("backend", "run", "wall s", "model busy s", "model idle", "compl. tokens"):
         table.add_column(col, justify="left" if col in ("backend", "run") else "right")
