@@ -55,6 +55,17 @@ def test_importing_selfgen_never_imports_the_optional_runtimes():
     assert heavy == "[" and int(count) > 30
 
 
+def test_backends_are_listed_with_what_they_need(child_env):
+    proc = run(["backends"], child_env)
+    assert proc.returncode == 0, proc.stderr
+    for name, needs in (
+        ("llamacpp", "SmolLM2-135M GGUF"),
+        ("openai", "python -m llama_cpp.server"),
+        ("vllm", "selfgen[vllm]"),
+    ):
+        assert name in proc.stdout and needs in proc.stdout
+
+
 def test_commands_are_listed(child_env):
     proc = run(["--help"], child_env)
     for command in ("run", "export", "stats"):
