@@ -90,13 +90,14 @@ def constraint_body(flavour: str, constraint: Constraint | None, chat: bool) -> 
         # with another root, such as the anyOf of tool calls) are wrapped in {"answer": ...}
         # and unwrapped by unwrap. Strict mode also needs every object closed and every
         # property required, which only the choice wrapper is known to satisfy.
-        if constraint.choices is not None:
-            inner: dict[str, Any] = {"enum": list(constraint.choices)}
+        if not _wrapped(constraint):
+            schema, strict = constraint.json_schema or {}, False
         else:
-            inner = constraint.json_schema or {}
-        if constraint.choices is None and inner.get("type") == "object":
-            schema, strict = inner, False
-        else:
+            inner = (
+                {"enum": list(constraint.choices)}
+                if constraint.choices is not None
+                else constraint.json_schema or {}
+            )
             schema = {
                 "type": "object",
                 "properties": {"answer": inner},
@@ -115,11 +116,14 @@ def constraint_body(flavour: str, constraint: Constraint | None, chat: bool) -> 
     return {}
 
 
+def _wrapped(constraint: Constraint) -> bool:
+    """Whether the openai flavour sends `constraint` wrapped in {"answer": ...}."""
+    return constraint.choices is not None or (constraint.json_schema or {}).get("type") != "object"
+
+
 def unwrap(flavour: str, text: str, constraint: Constraint | None, chat: bool) -> str:
     """The answer inside an {"answer": ...} wrapper that constraint_body added."""
-    if flavour != "openai" or not chat or constraint is None:
-        return text
-    if constraint.choices is None and (constraint.json_schema or {}).get("type") == "object":
+    if flavour != "openai" or not chat or constraint is None or not _wrapped(constraint):
         return text
     try:
         answer = json.loads(text)["answer"]
