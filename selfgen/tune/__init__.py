@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,7 @@ def quiet_libraries() -> None:
     """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # Deprecation notices about the libraries' own settings, and torch's note that there is no
+    # GPU to pin memory for: nothing a user of selfgen can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*", category=UserWarning)
