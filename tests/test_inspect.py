@@ -358,33 +358,22 @@ def test_a_100k_candidate_store_pages_in_bounded_memory(tmp_path):
 # Stores that cannot be read: one message, no traceback.
 
 
-def test_a_store_that_breaks_while_open_ends_the_app_with_a_message(run_dir, store):
+@pytest.mark.parametrize(
+    "table, key",
+    [("instances", "f5"), ("traces", "s")],  # while the table reloads; while the stats are read
+)
+def test_a_store_that_breaks_while_open_ends_the_app_with_a_message(run_dir, store, table, key):
     app = InspectApp(store, "run")
 
     async def scenario(app, pilot):
         other = sqlite3.connect(run_dir / DB_NAME)
-        other.execute("DROP TABLE instances")
+        other.execute(f"DROP TABLE {table}")
         other.commit()
         other.close()
-        await pilot.press("f5")
+        await pilot.press(key)
 
     drive(app, scenario)
-    assert app.error == "cannot read the run store (no such table: instances)"
-    assert app.return_code == 1
-
-
-def test_statistics_of_a_store_that_broke_end_the_app_with_a_message(run_dir, store):
-    app = InspectApp(store, "run")
-
-    async def scenario(app, pilot):
-        other = sqlite3.connect(run_dir / DB_NAME)
-        other.execute("DROP TABLE traces")
-        other.commit()
-        other.close()
-        await pilot.press("s")
-
-    drive(app, scenario)
-    assert app.error == "cannot read the run store (no such table: traces)"
+    assert app.error == f"cannot read the run store (no such table: {table})"
     assert app.return_code == 1
 
 

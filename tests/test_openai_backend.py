@@ -142,32 +142,33 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             self._forward(body)
 
 
-def test_full_run_against_the_server(server, tmp_path, child_env):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            *selfgen_cmd(),
-            "run",
-            "--backend",
-            "openai",
-            "--base-url",
-            server,
-            "--seeds",
-            str(SEEDS),
-            "--out",
-            str(out),
-            "-n",
-            "5",
-            "--seed",
-            "1",
-            "--api-key",
-            "secret-123",
-        ],
+def selfgen_run(url, out, env, *args, timeout=900):
+    """`selfgen run --backend openai --base-url URL --out OUT ARGS...`, its output captured."""
+    return subprocess.run(
+        [*selfgen_cmd(), "run", "--backend", "openai", "--base-url", url, "--out", str(out)]
+        + list(args),
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=child_env,
-        timeout=900,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_full_run_against_the_server(server, tmp_path, child_env):
+    out = tmp_path / "run"
+    proc = selfgen_run(
+        server,
+        out,
+        child_env,
+        "--seeds",
+        str(SEEDS),
+        "-n",
+        "5",
+        "--seed",
+        "1",
+        "--api-key",
+        "secret-123",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "reached the target of 5 kept tasks" in proc.stdout
@@ -220,25 +221,7 @@ def test_constraints_through_the_server(server):
 
 def test_server_not_running_is_one_clear_error(tmp_path, child_env):
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            *selfgen_cmd(),
-            "run",
-            "--backend",
-            "openai",
-            "--base-url",
-            f"http://127.0.0.1:{free_port()}/v1",
-            "--out",
-            str(out),
-            "-n",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=child_env,
-        timeout=300,
-    )
+    proc = selfgen_run(f"http://127.0.0.1:{free_port()}/v1", out, child_env, "-n", "2", timeout=300)
     assert proc.returncode == 1
     assert "cannot reach an OpenAI-compatible server" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -248,29 +231,8 @@ def test_server_not_running_is_one_clear_error(tmp_path, child_env):
 def test_errors_and_garbage_are_retried_or_recorded(server, tmp_path, child_env):
     out = tmp_path / "run"
     with Proxy(server, flaky) as url:
-        proc = subprocess.run(
-            [
-                *selfgen_cmd(),
-                "run",
-                "--backend",
-                "openai",
-                "--base-url",
-                url,
-                "--seeds",
-                str(SEEDS),
-                "--out",
-                str(out),
-                "-n",
-                "3",
-                "--seed",
-                "2",
-                "-q",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=child_env,
-            timeout=900,
+        proc = selfgen_run(
+            url, out, child_env, "--seeds", str(SEEDS), "-n", "3", "--seed", "2", "-q"
         )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import sqlite3
@@ -311,15 +273,7 @@ def test_a_refused_key_stops_the_run_with_one_message(server, tmp_path, child_en
 
     out = tmp_path / "run"
     with Proxy(server, unauthorized) as url:
-        proc = subprocess.run(
-            [*selfgen_cmd(), "run", "--backend", "openai", "--base-url", url]
-            + ["--seeds", str(SEEDS), "--out", str(out), "-n", "2", "-q"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=child_env,
-            timeout=300,
-        )
+        proc = selfgen_run(url, out, child_env, "--seeds", str(SEEDS), "-n", "2", "-q", timeout=300)
     assert proc.returncode == 1
     assert "answered 401: check --api-key" in proc.stderr
     assert "Traceback" not in proc.stderr
