@@ -171,9 +171,17 @@ def run(
         int | None,
         typer.Option(help="Ray workers, each with its own backend. [default: as many as fit]"),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Only resume the run in --out; refuse to start a new one."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
-    """Run the Self-Instruct loop until N tasks are kept (or a budget is spent)."""
+    """Run the Self-Instruct loop until N tasks are kept (or a budget is spent).
+
+    The first line says whether it starts a new run or resumes the one in --out."""
     from selfgen.config import ConfigError, RunConfig, build_config, conflicts, load_toml
     from selfgen.seeds import SeedFileError, load_seed_tasks
     from selfgen.store import RunStore, StoreError
@@ -218,6 +226,13 @@ def run(
         file_values = load_toml(config) if config else {}
         requested = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
         out_dir = out or _default_out()
+        if resume and not RunStore.exists(out_dir):
+            fail(
+                f"--resume: there is no run to resume in {out_dir} (no selfgen.db); "
+                "leave out --resume to start a new run there"
+                if out
+                else "--resume: give the run folder to resume with --out"
+            )
         if RunStore.exists(out_dir):
             store = RunStore.open(out_dir)
             stored = RunConfig(**store.config())
@@ -230,12 +245,14 @@ def run(
             cfg = build_config(stored.to_dict(), requested)
             store.update_config(cfg.to_dict())
             backend_obj = _make_backend(cfg, api_key)
+            _announce_resume(out_dir, cfg, store.progress())
         else:
             cfg = build_config({}, requested)
             seed_tasks = load_seed_tasks(cfg.seeds)
             tool_setup = _prepare_tools(cfg)
             # The backend is loaded before the run folder is made: a bad --model leaves nothing.
             backend_obj = _make_backend(cfg, api_key)
+            _announce_new(out_dir, cfg, len(seed_tasks))
             store = RunStore.create(
                 out_dir, cfg.to_dict(), seed_tasks, backend_obj.describe(), __version__
             )
@@ -248,6 +265,27 @@ def run(
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     _run_loop(cfg, store, backend_obj, out_dir, quiet)
+
+
+def _announce_new(out_dir: Path, cfg: Any, num_seeds: int) -> None:
+    """The first line of a new run: where it goes, from what, and how far."""
+    target = f"{cfg.num_tasks} kept tasks"
+    if cfg.num_traces:
+        target += f" and {cfg.num_traces} verified traces"
+    typer.echo(
+        f"new run in {out_dir}: {num_seeds} seed tasks from {cfg.seeds}, target {target}",
+        err=True,
+    )
+
+
+def _announce_resume(out_dir: Path, cfg: Any, progress: Any) -> None:
+    """The first line of a resumed run: what is done so far, against the target."""
+    done = f"{progress.kept} of {cfg.num_tasks} tasks kept"
+    if cfg.num_traces:
+        done += f", {progress.traces} of {cfg.num_traces} traces verified"
+    typer.echo(
+        f"resuming the run in {out_dir}: {done} in {progress.rounds} rounds so far", err=True
+    )
 
 
 def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
@@ -330,12 +368,12 @@ def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) ->
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/]: finished rounds are saved; resume with "
-            f"`selfgen run --out {out_dir}`"
+            f"`selfgen run --out {out_dir} --resume`"
         )
         raise typer.Exit(130) from None
     except BackendError as exc:
         fail(
-            f"{exc} (finished rounds are saved; resume with `selfgen run --out {out_dir}`)",
+            f"{exc} (finished rounds are saved; resume with `selfgen run --out {out_dir} --resume`)",
             RUN_ERROR,
         )
     finally:

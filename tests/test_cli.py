@@ -106,3 +106,18 @@ def test_missing_model_file(tmp_path, child_env):
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: --model: no such GGUF file: {tmp_path / 'none.gguf'}"
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_with_nothing_to_resume_is_refused(tmp_path, child_env):
+    # A mistyped run folder must not become a new 100-task run.
+    missing = tmp_path / "runs" / "typo"
+    proc = run(["run", "--out", str(missing), "--resume"], child_env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --resume: there is no run to resume in {missing} (no selfgen.db); "
+        "leave out --resume to start a new run there"
+    ]
+    assert not (tmp_path / "runs").exists()
+    proc = run(["run", "--resume"], child_env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --resume: give the run folder to resume with --out"

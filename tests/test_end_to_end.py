@@ -9,6 +9,7 @@ import time
 
 import pytest
 from conftest import ROOT, SEEDS, selfgen_cmd, shared_file
+from fingerprint import check_fingerprint
 
 from selfgen.filters.rouge import CJK_CHAR
 
@@ -98,9 +99,13 @@ def test_n20_on_the_embedded_default_then_export(tmp_path, child_env):
     proc = selfgen(
         ["run", "--seeds", str(SEEDS), "--out", str(out), "-n", "20", "--seed", "1"], child_env
     )
+    assert proc.stderr.splitlines()[0] == (
+        f"new run in {out}: 146 seed tasks from {SEEDS}, target 20 kept tasks"
+    )
     assert "stopped: reached the target of 20 kept tasks" in proc.stdout
     assert "Funnel" in proc.stdout and "rejected by rouge" in proc.stdout
     check_whole(out, 20)
+    check_fingerprint(out, "n20")
     stats = json.loads(selfgen(["stats", str(out), "--json"], child_env).stdout)
     assert stats["kept"] == 20 and stats["instances"] >= 20
     funnel = stats["funnel"]
@@ -153,6 +158,10 @@ def reference_run(tmp_path_factory):
     return out
 
 
+def test_the_data_of_a_seed_fixed_run_is_the_recorded_data(reference_run):
+    check_fingerprint(reference_run, "reference")
+
+
 def test_same_seed_same_data(reference_run, tmp_path, child_env):
     out = tmp_path / "again"
     selfgen(["run", "--out", str(out), *SMALL_RUN], child_env)
@@ -164,17 +173,33 @@ def rounds_in(out):
     return count(out, "SELECT COUNT(*) FROM rounds") if (out / "selfgen.db").exists() else 0
 
 
+def wait_until(proc, condition, seconds=600):
+    """Poll until `condition()` holds or `proc` ends; `seconds` only stops a hung test."""
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and not condition():
+        assert time.monotonic() < deadline, f"no progress in {seconds} s"
+        time.sleep(0.02)
+
+
 def test_sigkill_at_random_moments_then_resume(reference_run, tmp_path, child_env):
     out = tmp_path / "run"
     rng = random.Random(20261123)
     kills = 0
-    args = ["run", "--out", str(out), *SMALL_RUN]
-    # "startup" kills land while the model loads or the store is created, "mid" ones a few
-    # seconds in (inside a round or its commit), "after" ones at a random moment after a
-    # round has committed, so that every such process makes progress before it dies.
+    # Every kill waits for a state it can see, never for progress a machine is assumed to make
+    # in some time. "startup" kills land at a random instant of the first second (the model
+    # loading or the store being created, on any machine). "mid" ones land once the store
+    # exists, at a random instant of the next three seconds or at the process's first commit,
+    # whichever comes first: while the model loads, inside a round or in its commit. "after"
+    # ones wait for a commit, then land at a random instant of the next half second or at the
+    # next commit. So every process advances the run by at most two rounds and the first five
+    # kills by at most seven: the run (more rounds than that) is never done before them.
     schedule = ["startup", "mid", "after", "mid", "after", "startup", "after", "mid", "after"]
     for moment in schedule:
         before = rounds_in(out)
+        if (out / "selfgen.db").exists():  # created whole under a temporary name, or not at all
+            args = ["run", "--out", str(out), "--resume", "-q"]
+        else:
+            args = ["run", "--out", str(out), *SMALL_RUN]
         proc = subprocess.Popen(
             [*selfgen_cmd(), *args],
             cwd=ROOT,
@@ -182,29 +207,44 @@ def test_sigkill_at_random_moments_then_resume(reference_run, tmp_path, child_en
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if moment == "after":
-            while proc.poll() is None and rounds_in(out) == before:
-                time.sleep(0.05)
-        time.sleep(
-            {
-                "startup": rng.uniform(0.0, 1.0),
-                "mid": rng.uniform(1.5, 6.0),
-                "after": rng.uniform(0.0, 3.0),
-            }[moment]
-        )
+        if moment == "startup":
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:
+            if moment == "mid":
+                wait_until(proc, lambda: (out / "selfgen.db").exists())
+                delay = rng.uniform(0.0, 3.0)
+            else:
+                wait_until(proc, lambda before=before: rounds_in(out) > before)
+                delay = rng.uniform(0.0, 0.5)
+            start, now = time.monotonic(), rounds_in(out)
+            wait_until(
+                proc,
+                lambda now=now, start=start, delay=delay: rounds_in(out) > now
+                or time.monotonic() - start > delay,
+            )
         if proc.poll() is not None:
             break  # it reached the target before the kill
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        args = ["run", "--out", str(out), "-q"]  # resume with the stored configuration
         if (out / "selfgen.db").exists():
             check_whole(out, count(out, "SELECT COUNT(*) FROM candidates WHERE fate = 'kept'"))
+    # The bound in the schedule's comment: five kills advance the run by at most seven rounds.
+    assert rounds_in(reference_run) > 7
     assert kills >= 5
-    selfgen(["run", "--out", str(out), "-q"], child_env)
+    selfgen(["run", "--out", str(out), "--resume", "-q"], child_env)
     check_whole(out, 12)
     # Resuming is exact: the killed-and-resumed run holds the same data as the uninterrupted one.
     assert kept_tasks(out) == kept_tasks(reference_run)
+
+
+def test_resuming_says_so_in_its_first_line(reference_run, child_env):
+    proc = selfgen(["run", "--out", str(reference_run), "--resume", "-q"], child_env)
+    rounds = rounds_in(reference_run)
+    assert proc.stderr.splitlines()[0] == (
+        f"resuming the run in {reference_run}: 12 of 12 tasks kept in {rounds} rounds so far"
+    )
+    assert rounds_in(reference_run) == rounds  # at its target: nothing more to do
 
 
 def test_resume_refuses_conflicting_settings(reference_run, child_env):

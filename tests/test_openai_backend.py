@@ -53,9 +53,11 @@ def start_server(port):
 
 
 def wait_for(url, proc):
-    for _ in range(600):  # up to 60 s for the server to load the model
+    """Wait until the server answers; the bound only stops a server that never will."""
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"{url}/models", timeout=1)
+            urllib.request.urlopen(f"{url}/models", timeout=5)
             return
         except OSError:
             time.sleep(0.1)
@@ -322,16 +324,17 @@ def test_server_killed_mid_run_then_restarted_resumes_to_the_target(tmp_path, ch
     run = subprocess.Popen(
         args, cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    # Kill the server once the first round is committed, in the middle of the next one.
-    while run.poll() is None:
+    # Kill the server as soon as the first round is committed: the run (more than one round,
+    # with this seed) fails at its next request, however fast the machine.
+    deadline = time.monotonic() + 600
+    while run.poll() is None and time.monotonic() < deadline:
         if (out / "selfgen.db").exists():
             db = sqlite3.connect(out / "selfgen.db")
             rounds = db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0]
             db.close()
             if rounds >= 1:
                 break
-        time.sleep(0.1)
-    time.sleep(1.0)
+        time.sleep(0.02)
     server_proc.kill()
     server_proc.wait()
     _, stderr = run.communicate(timeout=600)
@@ -342,7 +345,7 @@ def test_server_killed_mid_run_then_restarted_resumes_to_the_target(tmp_path, ch
     try:
         wait_for(url, server_proc)
         proc = subprocess.run(
-            [*selfgen_cmd(), "run", "--out", str(out), "-q"],
+            [*selfgen_cmd(), "run", "--out", str(out), "--resume", "-q"],
             cwd=ROOT,
             env=child_env,
             capture_output=True,

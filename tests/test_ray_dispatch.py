@@ -206,7 +206,8 @@ def test_more_workers_than_the_cluster_holds_is_refused():
 
 def test_closing_fails_what_is_unanswered(tmp_path):
     backend = make(tmp_path)
-    futures = backend.submit(requests("sleep:5", "sleep:5", "sleep:5"))
+    # Answers that take far longer than closing can, on any machine: none of them arrives.
+    futures = backend.submit(requests("sleep:60", "sleep:60", "sleep:60"))
     backend.close()
     for future in futures:
         with pytest.raises(BackendError, match="closed"):

@@ -7,6 +7,7 @@ import subprocess
 import jsonschema
 import pytest
 from conftest import ROOT, SEEDS, selfgen_cmd
+from fingerprint import check_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +86,10 @@ def test_run_reaches_five_verified_traces(run_dir):
         " AND stage IN ('format', 'execution', 'semantic')"
     ):
         assert reason
+
+
+def test_the_data_of_a_seed_fixed_run_with_tools_is_the_recorded_data(run_dir):
+    check_fingerprint(run_dir, "traces")
 
 
 def test_constrained_calls_always_parse(run_dir):

@@ -201,9 +201,10 @@ def test_openai_backend_against_vllm_serve(hf_model, tmp_path):
     )
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        for _ in range(900):
+        deadline = time.monotonic() + 900  # only stops a server that never starts
+        while server.poll() is None and time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"{url}/models", timeout=1)
+                urllib.request.urlopen(f"{url}/models", timeout=5)
                 break
             except OSError:
                 time.sleep(0.2)
