@@ -173,9 +173,7 @@ def run(
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option(
-            "--resume", help="Only resume the run in --out; refuse to start a new one."
-        ),
+        typer.Option("--resume", help="Only resume the run in --out; refuse to start a new one."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
@@ -245,7 +243,7 @@ def run(
             cfg = build_config(stored.to_dict(), requested)
             store.update_config(cfg.to_dict())
             backend_obj = _make_backend(cfg, api_key)
-            _announce_resume(out_dir, cfg, store.progress())
+            _announce_resume(out_dir, cfg, store.totals())
         else:
             cfg = build_config({}, requested)
             seed_tasks = load_seed_tasks(cfg.seeds)
@@ -292,8 +290,9 @@ def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
     """Load the tools and their seeds, and run every seed call to record its output."""
     if not cfg.num_traces:
         return None
+    from selfgen.records import ToolCall, ToolSeed
     from selfgen.sandbox import ToolSandbox
-    from selfgen.stages.tool_traces import ToolCall, ToolSeed, ToolSeedError, load_tool_seeds
+    from selfgen.stages.tool_traces import ToolSeedError, load_tool_seeds
     from selfgen.tooling import ToolError, tool_specs, validate_arguments
 
     try:
@@ -351,12 +350,12 @@ def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) ->
     from rich.console import Console
 
     from selfgen.backends.base import BackendError
+    from selfgen.display import LoopDisplay
     from selfgen.loop import Loop
-    from selfgen.progress import LoopProgress
     from selfgen.stats import run_stats
 
     console = Console(stderr=True, quiet=quiet)
-    display = LoopProgress(console, store.progress(), cfg.num_tasks, enabled=not quiet)
+    display = LoopDisplay(console, store.totals(), cfg.num_tasks, enabled=not quiet)
     sandbox = None
     if cfg.num_traces:
         from selfgen.sandbox import ToolSandbox
@@ -384,7 +383,7 @@ def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) ->
     store.close()
     out_console = Console(quiet=quiet)
     out_console.print(f"[bold]stopped[/]: {result.stop_reason}", soft_wrap=True)
-    from selfgen.progress import print_stats
+    from selfgen.display import print_stats
 
     print_stats(out_console, stats)
     out_console.print(f"run store: {out_dir / 'selfgen.db'}", soft_wrap=True, highlight=False)
@@ -465,7 +464,7 @@ def stats(
         return
     from rich.console import Console
 
-    from selfgen.progress import print_stats
+    from selfgen.display import print_stats
 
     print_stats(Console(), figures)
 

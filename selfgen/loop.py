@@ -25,24 +25,15 @@ from selfgen.backends.base import Backend, Completion, Constraint, GenerationReq
 from selfgen.config import RunConfig
 from selfgen.filters.rouge import TOKENIZERS, RougeIndex
 from selfgen.filters.rules import RuleFilter
-from selfgen.records import Candidate, SeedTask
+from selfgen.records import Candidate, SeedTask, ToolCall, Trace
 from selfgen.stages import classify, instances, instructions
-from selfgen.store import GenerationRecord, Progress, RoundRecord, RunStore
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    number: int
-    candidates: int
-    kept: int
-    tokens: int
-    progress: Progress
+from selfgen.store import GenerationRecord, RoundRecord, RunStore, RunTotals
 
 
 @dataclass(frozen=True)
 class RunResult:
     stop_reason: str
-    progress: Progress
+    progress: RunTotals
 
 
 Callback = Callable[[str, dict], None]
@@ -121,7 +112,7 @@ class Loop:
                 self.trace_index.add(text)
             self.verified_requests = store.verified_requests()
 
-    def _should_stop(self, progress: Progress) -> str | None:
+    def _should_stop(self, progress: RunTotals) -> str | None:
         c = self.config
         if progress.kept >= c.num_tasks and progress.traces >= c.num_traces:
             if c.num_traces:
@@ -140,14 +131,14 @@ class Loop:
         return None
 
     def run(self) -> RunResult:
-        progress = self.store.progress()
+        progress = self.store.totals()
         while (reason := self._should_stop(progress)) is None:
             self.run_round(
                 progress.rounds + 1,
                 self.config.num_tasks - progress.kept,
                 self.config.num_traces - progress.traces,
             )
-            progress = self.store.progress()
+            progress = self.store.totals()
         return RunResult(reason, progress)
 
     def _queue(self) -> _Queue:
@@ -445,13 +436,13 @@ class Loop:
                 c.machine_instructions,
             )
             prompts.append((tt.render_request_prompt(c.language, specs, shown), len(shown) + 1))
-        traces: list[tt.Trace] = self._novel_items(
+        traces: list[Trace] = self._novel_items(
             rnd,
             "tool_requests",
             prompts,
             self.trace_index,
             rnd.traces,
-            lambda text, gen_index: tt.Trace(request=text, generation_index=gen_index),
+            lambda text, gen_index: Trace(request=text, generation_index=gen_index),
         )
 
         # The agent loop, one step for all active traces at a time: a call (constrained to
@@ -532,7 +523,7 @@ class Loop:
                 assert call is not None
                 result = self.sandbox.call(call.name, call.arguments)
                 t.calls.append(
-                    tt.ToolCall(
+                    ToolCall(
                         call.name,
                         call.arguments,
                         result.output if result.ok else None,

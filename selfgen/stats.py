@@ -23,7 +23,7 @@ SURPLUS = "target_reached"
 def run_stats(store: RunStore) -> dict[str, Any]:
     db = store.db
     config = store.config()
-    progress = store.progress()
+    totals = store.totals()
     rejected_by_stage = {stage: 0 for stage in STAGES}
     reasons: dict[str, dict[str, int]] = {}
     surplus = 0
@@ -37,7 +37,7 @@ def run_stats(store: RunStore) -> dict[str, Any]:
             continue
         rejected_by_stage[stage] = rejected_by_stage.get(stage, 0) + count
         reasons.setdefault(stage, {})[reason] = count
-    kept = progress.kept
+    kept = totals.kept
     instances = db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
     clf = db.execute(
         "SELECT COUNT(*) FROM candidates WHERE fate = 'kept' AND is_classification = 1"
@@ -50,28 +50,28 @@ def run_stats(store: RunStore) -> dict[str, Any]:
         )
     }
     gen_seconds = sum(s["seconds"] or 0.0 for s in per_stage.values())
-    completion = progress.completion_tokens
+    completion = totals.completion_tokens
     return {
         "target": config.get("num_tasks"),
-        "rounds": progress.rounds,
-        "candidates": progress.candidates,
+        "rounds": totals.rounds,
+        "candidates": totals.candidates,
         "kept": kept,
         "instances": instances,
         "classification_share": clf / kept if kept else 0.0,
-        "candidates_per_kept": (progress.candidates - surplus) / kept if kept else None,
+        "candidates_per_kept": (totals.candidates - surplus) / kept if kept else None,
         "funnel": {
-            "candidates": progress.candidates,
+            "candidates": totals.candidates,
             "rejected": rejected_by_stage,
             "surplus": surplus,
             "kept": kept,
         },
         "reasons": reasons,
         "tokens": {
-            "prompt": progress.prompt_tokens,
+            "prompt": totals.prompt_tokens,
             "completion": completion,
-            "total": progress.prompt_tokens + completion,
+            "total": totals.prompt_tokens + completion,
         },
-        "elapsed_s": progress.elapsed_s,
+        "elapsed_s": totals.elapsed_s,
         "completion_tokens_per_s": completion / gen_seconds if gen_seconds else None,
         "stages": per_stage,
         **distributions(db),

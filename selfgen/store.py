@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from selfgen.records import Candidate, Instance, SeedTask
+from selfgen.records import Candidate, Instance, SeedTask, ToolCall, ToolSeed, Trace
+from selfgen.tooling import ToolSpec
 
 DB_NAME = "selfgen.db"
 
@@ -230,7 +231,7 @@ class RoundRecord:
     elapsed_s: float
     generations: list[GenerationRecord] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
-    traces: list[Any] = field(default_factory=list)  # selfgen.stages.tool_traces.Trace
+    traces: list[Trace] = field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:
@@ -242,7 +243,9 @@ class RoundRecord:
 
 
 @dataclass(frozen=True)
-class Progress:
+class RunTotals:
+    """How far a run has come: sums over its committed rounds."""
+
     rounds: int
     kept: int
     traces: int
@@ -390,7 +393,7 @@ class RunStore:
         row = self.db.execute("SELECT rng_state FROM rounds ORDER BY id DESC LIMIT 1").fetchone()
         return _rng_from_json(row[0]) if row else None
 
-    def progress(self) -> Progress:
+    def totals(self) -> RunTotals:
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(num_kept), 0), COALESCE(SUM(num_traces), 0),"
             " COALESCE(SUM(num_candidates), 0), COALESCE(SUM(prompt_tokens), 0),"
@@ -401,7 +404,7 @@ class RunStore:
             if kept:
                 break
             streak += 1
-        return Progress(row[0], row[1], row[2], row[3], row[4], row[5], streak, row[6])
+        return RunTotals(row[0], row[1], row[2], row[3], row[4], row[5], streak, row[6])
 
     def commit_round(self, rnd: RoundRecord) -> None:
         """Write a whole round, or nothing of it."""
@@ -503,7 +506,7 @@ class RunStore:
                 ),
             )
 
-    def save_tools(self, specs: dict[str, Any], seeds: list[Any]) -> None:
+    def save_tools(self, specs: dict[str, ToolSpec], seeds: list[ToolSeed]) -> None:
         """Store the run's tool schemas and its tool seeds (with their executed outputs)."""
         with self.db:
             self.db.execute("BEGIN")
@@ -520,17 +523,13 @@ class RunStore:
             )
 
     def tool_specs(self) -> dict[str, Any]:
-        from selfgen.tooling import ToolSpec
-
         out = {}
         for name, spec in self.db.execute("SELECT name, spec FROM run_tools ORDER BY name"):
             fn = json.loads(spec)["function"]
             out[name] = ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters", {}))
         return out
 
-    def tool_seeds(self) -> list[Any]:
-        from selfgen.stages.tool_traces import ToolCall, ToolSeed
-
+    def tool_seeds(self) -> list[ToolSeed]:
         return [
             ToolSeed(
                 r["seed_id"],

@@ -219,8 +219,9 @@ def test_sigkill_at_random_moments_then_resume(reference_run, tmp_path, child_en
             start, now = time.monotonic(), rounds_in(out)
             wait_until(
                 proc,
-                lambda now=now, start=start, delay=delay: rounds_in(out) > now
-                or time.monotonic() - start > delay,
+                lambda now=now, start=start, delay=delay: (
+                    rounds_in(out) > now or time.monotonic() - start > delay
+                ),
             )
         if proc.poll() is not None:
             break  # it reached the target before the kill

@@ -12,31 +12,15 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfgen.prompts import load_prompt
+from selfgen.records import ToolCall, ToolSeed
 
 
 class ToolSeedError(ValueError):
     """A tool seed file that cannot be used; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: dict[str, Any]
-    output: str | None = None  # what the tool returned, once executed
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolSeed:
-    id: str
-    request: str
-    calls: tuple[ToolCall, ...]
-    answer: str
 
 
 def load_tool_seeds(path: str | Path) -> list[ToolSeed]:
@@ -218,63 +202,3 @@ def semantic_check(output: str, answer: str) -> str | None:
     out_words = {w for w in _WORD.findall(output.lower()) if len(w) > 3}
     ans_words = {w for w in _WORD.findall(answer.lower()) if len(w) > 3}
     return None if len(out_words & ans_words) >= 2 else "answer_ignores_tool_output"
-
-
-@dataclass
-class Trace:
-    """A trace on its way through the agent loop and verification."""
-
-    request: str
-    generation_index: int
-    stage: str = "generated"
-    fate: str = "pending"
-    reason: str | None = None
-    nearest: str | None = None
-    rouge_l: float | None = None
-    calls: list[ToolCall] = field(default_factory=list)
-    answer: str | None = None
-    checks: dict[str, tuple[bool, str | None]] = field(default_factory=dict)
-    step_generation_indexes: list[int] = field(default_factory=list)
-
-    def reject(self, stage: str, reason: str) -> None:
-        self.stage, self.fate, self.reason = stage, "rejected", reason
-
-    def check(self, stage: str, reason: str | None) -> bool:
-        """Record a verification stage; reject the trace at the first failing one."""
-        self.checks[stage] = (reason is None, reason)
-        if reason is not None:
-            self.reject(stage, reason)
-        return reason is None
-
-    def messages(self) -> list[dict[str, Any]]:
-        """The trace as OpenAI chat messages (assistant tool_calls, tool messages, answer)."""
-        out: list[dict[str, Any]] = [{"role": "user", "content": self.request}]
-        for i, call in enumerate(self.calls):
-            call_id = f"call_{i}"
-            out.append(
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": call_id,
-                            "type": "function",
-                            "function": {
-                                "name": call.name,
-                                "arguments": json.dumps(call.arguments),
-                            },
-                        }
-                    ],
-                }
-            )
-            out.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": call_id,
-                    "name": call.name,
-                    "content": call.output if call.output is not None else f"error: {call.error}",
-                }
-            )
-        if self.answer is not None:
-            out.append({"role": "assistant", "content": self.answer})
-        return out

@@ -37,7 +37,7 @@ from textual.widgets import (
     Tree,
 )
 
-from selfgen.progress import stats_tables
+from selfgen.display import stats_tables
 from selfgen.stats import run_stats
 from selfgen.store import RunStore
 from selfgen.tui.queries import KINDS, PAGE_SIZE, STATUSES, Detail, Filters, Inspector, Item

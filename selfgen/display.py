@@ -9,14 +9,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from selfgen.store import Progress as StoreProgress
+from selfgen.store import RunTotals
 
 
-class LoopProgress:
+class LoopDisplay:
     """A live display fed by the loop's events: kept/target, candidates, acceptance, tokens/s, ETA."""
 
     def __init__(
-        self, console: Console, start: StoreProgress, target: int, enabled: bool = True
+        self, console: Console, start: RunTotals, target: int, enabled: bool = True
     ) -> None:
         self.enabled = enabled
         self.kept = start.kept
@@ -24,7 +24,7 @@ class LoopProgress:
         self.target = target
         self.tokens = 0
         self.started = time.perf_counter()
-        self.progress = Progress(
+        self.bar = Progress(
             TextColumn("[bold]kept[/] {task.completed:.0f}/{task.total:.0f}"),
             BarColumn(),
             TextColumn("{task.fields[candidates]} candidates"),
@@ -36,7 +36,7 @@ class LoopProgress:
             console=console,
             disable=not enabled,
         )
-        self.task = self.progress.add_task(
+        self.task = self.bar.add_task(
             "run",
             total=target,
             completed=self.kept,
@@ -48,12 +48,12 @@ class LoopProgress:
     def _rate(self) -> str:
         return f"{self.kept / self.candidates:.0%}" if self.candidates else "-"
 
-    def __enter__(self) -> LoopProgress:
-        self.progress.__enter__()
+    def __enter__(self) -> LoopDisplay:
+        self.bar.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        self.bar.__exit__(*exc)
 
     def on_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "generated":
@@ -62,7 +62,7 @@ class LoopProgress:
             self.kept += data["kept"]
             self.candidates += data["candidates"]
         elapsed = time.perf_counter() - self.started
-        self.progress.update(
+        self.bar.update(
             self.task,
             completed=min(self.kept, self.target),
             candidates=self.candidates,
