@@ -122,7 +122,7 @@ def loop_run(backend: Backend, seeds_path: Path, n: int, seed: int, pipelined: b
         "busy": metered.busy_s(),
         "tokens": metered.completion_tokens,
         "requests": metered.requests,
-        "kept": result.progress.kept,
+        "kept": result.totals.kept,
     }
 
 

@@ -49,7 +49,7 @@ def test_reaches_the_exact_target_and_records_every_fate(tmp_path, scripted):
     cfg, store, backend, _ = start(tmp_path, scripted, model(), num_tasks=5)
     result = Loop(cfg, store, backend).run()
     assert result.stop_reason == "reached the target of 5 kept tasks"
-    assert result.progress.kept == 5
+    assert result.totals.kept == 5
     rows = store.db.execute("SELECT stage, fate, reason FROM candidates").fetchall()
     reasons = {(r["stage"], r["reason"]) for r in rows if r["fate"] == "rejected"}
     assert ("rules", "too_short") in reasons
@@ -74,7 +74,7 @@ def test_patience_stops_a_run_that_keeps_nothing(tmp_path, scripted):
     )
     result = Loop(cfg, store, backend).run()
     assert result.stop_reason == "no task kept in the last 3 rounds (--patience)"
-    assert result.progress.rounds == 3
+    assert result.totals.rounds == 3
     reasons = {r[0] for r in store.db.execute("SELECT reason FROM candidates")}
     assert "no_valid_instance:input_equals_output" in reasons
 
@@ -85,7 +85,7 @@ def test_round_and_token_budgets(tmp_path, scripted):
     cfg, store, backend, _ = start(tmp_path / "b", scripted, model(), num_tasks=100, token_budget=1)
     result = Loop(cfg, store, backend).run()
     assert result.stop_reason.startswith("spent the token budget")
-    assert result.progress.rounds == 1
+    assert result.totals.rounds == 1
 
 
 def test_failed_round_commit_leaves_nothing(tmp_path, scripted, monkeypatch):
@@ -139,7 +139,7 @@ def test_resume_continues_to_a_larger_target_without_duplicates(tmp_path, script
     store = RunStore.open(tmp_path / "run")
     cfg2 = build_config(store.config(), {"num_tasks": 6})
     result = Loop(cfg2, store, get_backend("scripted")).run()
-    assert result.progress.kept == 6
+    assert result.totals.kept == 6
     kept = store.kept_instructions()
     assert len(kept) == len(set(kept)) == 6
 

@@ -72,10 +72,10 @@ def test_output_first_prompt():
 
 
 def test_shared_prefix_is_the_few_shot_part():
-    from selfgen.loop import shared_prefix
+    from selfgen.stages import shared_prefix
 
     prompt = classify.render_prompt("en", [task(1)], "Instruction number 1.")
     # The demo repeats the instruction; the prefix ends before the task being asked about.
-    assert prompt[shared_prefix(prompt, "Instruction number 1.") :] == (
+    assert prompt[shared_prefix(prompt, "Task: Instruction number 1.") :] == (
         "Task: Instruction number 1.\nIs it classification?"
     )

@@ -1,4 +1,6 @@
-"""Step 4: does an instruction describe a classification task? A few-shot Yes/No question.
+"""Classification identification: does an instruction describe a classification task? A
+few-shot Yes/No question, answered greedily and constrained to the two answers where the
+backend can constrain.
 
 The demonstrations are seed tasks, which carry a human `is_classification` label, taken
 alternately from each class in seed-file order so that every candidate sees the same prompt.
@@ -9,8 +11,13 @@ with a Yes last it is right on 63% of them and classification tasks get generate
 
 from __future__ import annotations
 
+from selfgen.backends.base import Completion, Constraint, GenerationRequest, SamplingParams
+from selfgen.config import RunConfig
 from selfgen.prompts import load_prompt
-from selfgen.records import SeedTask
+from selfgen.records import Candidate, SeedTask, Stage
+from selfgen.stages import request_seed, shared_prefix
+
+UNPARSEABLE = "unparseable_answer"
 
 # The answer follows "Is it classification?" after a space.
 CHOICES = (" Yes", " No")
@@ -49,3 +56,38 @@ def parse_answer(text: str) -> bool | None:
     if first == "no":
         return False
     return None
+
+
+class ClassifyStage:
+    """Asks, for each novel candidate, whether it is a classification task."""
+
+    name = "classify"
+
+    def __init__(self, config: RunConfig, seeds: list[SeedTask]) -> None:
+        self.config = config
+        self.demos = pick_demos(seeds, config.classify_demos)
+
+    def request(self, candidate: Candidate, round_number: int, index: int) -> GenerationRequest:
+        c = self.config
+        prompt = render_prompt(c.language, self.demos, candidate.instruction)
+        return GenerationRequest(
+            prompt=prompt,
+            shared_prefix=shared_prefix(prompt, f"Task: {candidate.instruction}"),
+            # "Yes" or "No" is one token; three leave room for a leading space or a period.
+            params=SamplingParams(
+                temperature=0.0,
+                max_tokens=3,
+                seed=request_seed(c.seed, round_number, self.name, index),
+            ),
+            constraint=Constraint(choices=CHOICES) if c.constrain_classify else None,
+        )
+
+    def apply(self, candidate: Candidate, completion: Completion) -> bool:
+        """Record the answer on `candidate`; False (and rejected) when it is neither."""
+        verdict = parse_answer(completion.text)
+        if verdict is None:
+            candidate.reject(Stage.CLASSIFY, UNPARSEABLE)
+            return False
+        candidate.is_classification = verdict
+        candidate.stage = Stage.CLASSIFY
+        return True

@@ -1,4 +1,4 @@
-"""Step 5: write input/output instances for a task, and filter them.
+"""Instance generation: write input/output instances for a task, and filter them.
 
 Classification tasks are prompted output-first (the class label, then an input for it), so the
 model does not write inputs that all fall in one class; other tasks input-first. The
@@ -11,8 +11,14 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from selfgen.backends.base import Completion, GenerationRequest, SamplingParams
+from selfgen.config import RunConfig
 from selfgen.prompts import load_prompt
-from selfgen.records import Instance, SeedTask
+from selfgen.records import TARGET_REACHED, Candidate, Instance, SeedTask, Stage
+from selfgen.stages import request_seed, shared_prefix
+
+# The demonstrations of a round, by kind of task (classification or not).
+RoundDemos = dict[bool, list[SeedTask]]
 
 _EXAMPLE = re.compile(r"^[ \t]*Example[ \t]*\d+[ \t]*:?[ \t]*$", re.MULTILINE)
 _INPUT = re.compile(r"^[ \t]*Input[ \t]*:", re.MULTILINE)
@@ -161,3 +167,62 @@ def filter_instances(instances: list[Instance], demos: list[SeedTask]) -> Instan
         reasons = sorted({r for _, r in verdict.dropped})
         verdict.task_reason = "no_valid_instance" + (f":{','.join(reasons)}" if reasons else "")
     return verdict
+
+
+class InstanceStage:
+    """Writes and filters the instances of each classified candidate; decides kept or not."""
+
+    name = "instances"
+
+    def __init__(self, config: RunConfig, seeds: list[SeedTask]) -> None:
+        self.config = config
+        self.seeds = seeds
+
+    def round_demos(self, rng: random.Random) -> RoundDemos:
+        """The round's demonstrations for each kind of task, drawn once per round so that the
+        prompts of a round share them as a prefix."""
+        return {
+            clf: pick_demos(rng, self.seeds, clf, self.config.instance_demos)
+            for clf in (False, True)
+        }
+
+    def request(
+        self, candidate: Candidate, demos: RoundDemos, round_number: int, index: int
+    ) -> GenerationRequest:
+        c = self.config
+        clf = bool(candidate.is_classification)
+        prompt = render_prompt(c.language, demos[clf], candidate.instruction, clf)
+        return GenerationRequest(
+            prompt=prompt,
+            shared_prefix=shared_prefix(prompt, f"Task: {candidate.instruction}"),
+            params=SamplingParams(
+                temperature=c.instance_temperature,
+                top_p=1.0,
+                max_tokens=c.instance_max_tokens,
+                presence_penalty=c.instance_presence_penalty,
+                stop=stop_strings(c.max_instances),
+                seed=request_seed(c.seed, round_number, self.name, index),
+            ),
+        )
+
+    def apply(
+        self, candidate: Candidate, completion: Completion, demos: RoundDemos, *, room: bool
+    ) -> bool:
+        """Keep `candidate` with its valid instances, or reject it with the reason; True when
+        kept. Without `room` (the target is met) a valid task is rejected as surplus."""
+        clf = bool(candidate.is_classification)
+        parse = parse_output_first if clf else parse_input_first
+        verdict = filter_instances(
+            parse(completion.text, completion.finish_reason, self.config.max_instances),
+            demos[clf],
+        )
+        if verdict.task_reason:
+            candidate.reject(Stage.INSTANCES, verdict.task_reason)
+            return False
+        if not room:
+            # A surplus task stays in the store, marked, and is not exported.
+            candidate.reject(Stage.INSTANCES, TARGET_REACHED)
+            return False
+        candidate.instances = verdict.kept
+        candidate.keep(Stage.INSTANCES)
+        return True

@@ -1,12 +1,24 @@
-"""Step 1: prompt the model with a numbered list of instructions and parse its continuation."""
+"""Instruction generation: a numbered list of seed and machine instructions, continued by the
+model (Self-Instruct: 6 human + 2 machine instructions, the list going on to 16). Each item of
+the continuation becomes a `Candidate`, parsed, then judged by the rule and novelty filters.
+
+The numbered-list request and its parsing serve the tool requests stage too.
+"""
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from selfgen.backends.base import Completion, GenerationRequest, SamplingParams
+from selfgen.config import RunConfig
+from selfgen.filters.novelty import NoveltyFilter
 from selfgen.prompts import load_prompt
+from selfgen.records import Candidate, Record, SeedTask, Stage
+from selfgen.stages import request_seed
 
 _WS = re.compile(r"\s+")
 _NUMBERED = re.compile(r"^[ \t]*(\d+)[ \t]*[.)][ \t]*", re.MULTILINE)
@@ -82,3 +94,92 @@ def parse_continuation(
         last = items[-1]
         items[-1] = ParsedItem(last.number, last.text, "truncated")
     return items
+
+
+@dataclass(frozen=True)
+class ListPrompt:
+    """A numbered list for the model to continue; the prompt ends with `next_number`."""
+
+    text: str
+    next_number: int
+
+
+def list_request(config: RunConfig, prompt: ListPrompt, seed: int) -> GenerationRequest:
+    """The request continuing a numbered list, with the list sampling settings of the config."""
+    return GenerationRequest(
+        prompt=prompt.text,
+        params=SamplingParams(
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_tokens,
+            stop=stop_strings(config.list_length),
+            presence_penalty=config.presence_penalty,
+            frequency_penalty=config.frequency_penalty,
+            seed=seed,
+        ),
+    )
+
+
+R = TypeVar("R", bound=Record)
+
+
+def list_records(
+    completion: Completion,
+    prompt: ListPrompt,
+    *,
+    list_length: int,
+    make: Callable[[str], R],
+    novelty: NoveltyFilter,
+) -> list[R]:
+    """One record per item of the continuation (`make(text)`), in order, each judged: parse
+    failures are rejected at `parse`, the others by the rule and novelty filters. Survivors
+    are those still pending."""
+    records = []
+    for item in parse_continuation(
+        completion.text, prompt.next_number, completion.finish_reason, list_length
+    ):
+        record = make(item.text)
+        records.append(record)
+        if item.reason:
+            record.reject(Stage.PARSE, item.reason)
+        else:
+            novelty.judge(record)
+    return records
+
+
+class InstructionStage:
+    """New instructions from lists of seed and kept machine instructions."""
+
+    name = "instructions"
+
+    def __init__(self, config: RunConfig, seeds: list[SeedTask], novelty: NoveltyFilter) -> None:
+        self.config = config
+        self.seed_instructions = [s.instruction for s in seeds]
+        self.novelty = novelty
+
+    def prompts(self, rng: random.Random, kept: list[str]) -> list[ListPrompt]:
+        """The round's prompts; each draws its instructions from `rng`."""
+        c = self.config
+        out = []
+        for _ in range(c.prompts_per_round):
+            shown = choose_prompt_instructions(
+                rng, self.seed_instructions, kept, c.seed_instructions, c.machine_instructions
+            )
+            out.append(ListPrompt(render_prompt(c.language, shown), len(shown) + 1))
+        return out
+
+    def request(self, prompt: ListPrompt, round_number: int, index: int) -> GenerationRequest:
+        seed = request_seed(self.config.seed, round_number, self.name, index)
+        return list_request(self.config, prompt, seed)
+
+    def apply(
+        self, prompt: ListPrompt, completion: Completion, generation_index: int
+    ) -> list[Candidate]:
+        """The candidates of one continuation; the survivors are still pending."""
+        return list_records(
+            completion,
+            prompt,
+            list_length=self.config.list_length,
+            make=lambda text: Candidate(instruction=text, generation_index=generation_index),
+            novelty=self.novelty,
+        )
