@@ -175,7 +175,7 @@ def _given(config_class: type[Config], settings: Mapping[str, Any]) -> dict[str,
     return out
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _Sources:
     """Where a command's settings came from, to name a setting in an error as the user gave
     it: the flag, or the TOML file and the setting (a library error names only the setting)."""
@@ -245,7 +245,7 @@ def run(
     from selfgen.store import RunStore, StoreError
 
     flags = _given(RunConfig, settings)
-    sources = _Sources(RunConfig, flags, other_flags={"api_key": "--api-key"})
+    sources = _Sources(config_class=RunConfig, flags=flags, other_flags={"api_key": "--api-key"})
     try:
         if config:
             file_values = _read_settings(config, lambda p: load_toml(p, RunConfig, "run"))
@@ -803,7 +803,7 @@ def tune(
     from selfgen.tune.config import build_tune_config, load_tune_toml, resume_conflicts
 
     flags = _given(TuneConfig, settings)
-    sources = _Sources(TuneConfig, flags)
+    sources = _Sources(config_class=TuneConfig, flags=flags)
     try:
         require_extra()
     except TuneError as exc:

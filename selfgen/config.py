@@ -23,14 +23,10 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-from selfgen.filters.rules import BLACKLIST_EN, BLACKLIST_ZH, RuleConfig
+if TYPE_CHECKING:
+    from selfgen.filters.rules import RuleConfig
 
 
 class ConfigError(ValueError):
@@ -286,6 +282,9 @@ class RunConfig:
     )
 
     def rule_config(self) -> RuleConfig:
+        # Imported here: the command line reads this module to build its options.
+        from selfgen.filters.rules import BLACKLIST_EN, BLACKLIST_ZH, RuleConfig
+
         zh = self.language == "zh"
         return RuleConfig(
             min_words=self.min_words,
@@ -429,6 +428,11 @@ def load_toml(path: str | Path, config_class: type[Config], table: str) -> dict[
     """Read a TOML file of settings: top-level keys are fields of `config_class`, and so are
     the keys of an optional `[table]`. Unknown settings and values of the wrong type are
     errors naming the file and the setting. Text where a list is expected is a list of one."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

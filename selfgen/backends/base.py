@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 
@@ -228,12 +227,16 @@ def register_backend(name: str, factory: BackendFactory) -> None:
 
 
 def available_backends() -> list[str]:
+    from importlib.metadata import entry_points  # here: slow to import, and --help needs none
+
     names = set(_registry)
     names.update(ep.name for ep in entry_points(group="selfgen.backends"))
     return sorted(names)
 
 
 def _factory(name: str) -> BackendFactory:
+    from importlib.metadata import entry_points
+
     factory = _registry.get(name)
     if factory is None:
         for ep in entry_points(group="selfgen.backends"):

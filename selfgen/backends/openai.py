@@ -15,7 +15,6 @@ The API key is taken from the argument or OPENAI_API_KEY and is never logged or 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
@@ -23,7 +22,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from selfgen.backends.base import (
@@ -34,6 +33,9 @@ from selfgen.backends.base import (
     Constraint,
     GenerationRequest,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 FLAVOURS = ("auto", "llamacpp", "vllm", "openai", "none")
 MODES = ("auto", "completions", "chat")
@@ -329,6 +331,8 @@ class OpenAIBackend(Backend):
 
     def _start(self) -> tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore]:
         """The event loop thread, client and semaphore that every request shares (lazily)."""
+        import asyncio  # here, not at the top: the command line reads Options for its --help
+
         with self._lock:
             if self._session is None:
                 import openai
@@ -355,6 +359,8 @@ class OpenAIBackend(Backend):
 
     def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[Completion]]:
         """Queue requests on the shared event loop; at most `concurrency` are in flight."""
+        import asyncio
+
         loop, client, sem = self._start()
         return [asyncio.run_coroutine_threadsafe(self._one(client, sem, r), loop) for r in requests]
 
@@ -363,6 +369,8 @@ class OpenAIBackend(Backend):
 
     def shutdown(self) -> None:
         """Cancel queued and running requests, close the client and stop the event loop."""
+        import asyncio
+
         with self._lock:
             session, self._session = self._session, None
         if session is None:
