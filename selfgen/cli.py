@@ -6,14 +6,34 @@ that `selfgen --help` answers at once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import typing
+from collections.abc import Callable, Mapping
+from inspect import Parameter, Signature, signature
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from selfgen import __version__
+from selfgen.config import (
+    ConfigError,
+    RunConfig,
+    default_of,
+    fields_of,
+    flag_of,
+    setting_type,
+)
+from selfgen.tune.config import TuneConfig
+
+if TYPE_CHECKING:
+    from selfgen.backends.base import Backend, BackendError
+    from selfgen.config import Config
+    from selfgen.records import ToolSeed
+    from selfgen.store import RunStore, RunTotals
+    from selfgen.tooling import ToolSpec
 
 app = typer.Typer(
     name="selfgen",
@@ -48,6 +68,146 @@ def _root(
     """Grow instruction-tuning data from a few seed tasks with a language model."""
 
 
+# Options derived from configuration fields. A command decorated with `_with_settings(Cls)`
+# gets one option per field of Cls that has a flag, after its own parameters, with the field's
+# help and a "[default: ...]" made from the field's default; it receives their values in
+# `**settings`, None where the flag was not given (so that a TOML file or a stored run can
+# supply them). Typer reads a command's parameters from `inspect.signature`, which honours
+# `__signature__`.
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def _with_settings(config_class: type[Config]) -> Callable[[Command], Command]:
+    """Give a command one option per flagged setting of `config_class` (see above)."""
+
+    def add(command: Command) -> Command:
+        own = [
+            p
+            for p in signature(command, eval_str=True).parameters.values()
+            if p.kind is not Parameter.VAR_KEYWORD
+        ]
+        command.__signature__ = Signature(  # type: ignore[attr-defined]
+            [*own, *_setting_options(config_class)]
+        )
+        return command
+
+    return add
+
+
+def _setting_options(config_class: type[Config]) -> list[Parameter]:
+    params = []
+    for field in dataclasses.fields(config_class):
+        flag = flag_of(field)
+        if flag is None:
+            continue
+        help_text = field.metadata["help"]
+        shown = _shown_default(field)
+        if shown is not None:
+            help_text += f" [default: {shown}]"
+        option = typer.Option(
+            *[d for d in (field.metadata["short"], flag) if d], help=help_text, show_default=False
+        )
+        kind = _flag_type(config_class, field)
+        params.append(
+            Parameter(
+                field.name,
+                Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[kind | None, option],  # type: ignore[valid-type]
+            )
+        )
+    return params
+
+
+def _flag_type(config_class: type[Config], field: dataclasses.Field[Any]) -> Any:
+    """What a setting's flag takes: a path for a `path` setting, comma-separated text for a
+    list, else the setting's own type."""
+    kind = setting_type(config_class, field.name)
+    if field.metadata["path"]:
+        return Path
+    return str if typing.get_origin(kind) is list else kind
+
+
+def _shown_default(field: dataclasses.Field[Any]) -> str | None:
+    if field.metadata["default_text"] is not None:
+        return str(field.metadata["default_text"])
+    default = default_of(field)
+    if default is None and field.metadata["backend_option"]:
+        return _backend_default(field.name)
+    return None if default is None else _show(default)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _backend_default(option: str) -> str | None:
+    """The built-in backends' default for a backend option left unset: one value, or each
+    backend's."""
+    from selfgen.backends.llamacpp import LlamaCppBackend
+    from selfgen.backends.openai import OpenAIBackend
+    from selfgen.backends.vllm import VLLMBackend
+
+    defaults = {}
+    for backend in (LlamaCppBackend, OpenAIBackend, VLLMBackend):
+        for field in dataclasses.fields(backend.Options):
+            if field.name == option and field.default not in (None, dataclasses.MISSING):
+                defaults[backend.name] = _show(field.default)
+    if len(set(defaults.values())) == 1:
+        return next(iter(defaults.values()))
+    return ", ".join(f"{value} ({name})" for name, value in defaults.items()) or None
+
+
+def _given(config_class: type[Config], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings given as flags (the others are None), as the configuration holds them."""
+    out = {}
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif typing.get_origin(setting_type(config_class, name)) is list:
+            value = value.split(",")
+        out[name] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Sources:
+    """Where a command's settings came from, to name a setting in an error as the user gave
+    it: the flag, or the TOML file and the setting (a library error names only the setting)."""
+
+    config_class: type[Config]
+    flags: Mapping[str, Any]
+    file: Path | None = None
+    file_values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    other_flags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def where(self, name: str) -> str | None:
+        if name in self.other_flags:
+            return self.other_flags[name]
+        if name not in self.flags and name in self.file_values:
+            return f"{self.file}: setting '{name}'"
+        field = fields_of(self.config_class).get(name)
+        return flag_of(field) if field is not None else None
+
+    def message(self, exc: ConfigError | BackendError) -> str:
+        name = exc.field if isinstance(exc, ConfigError) else exc.option
+        if name is None or getattr(exc, "source", None) is not None:
+            return str(exc)
+        where = self.where(name)
+        return f"{where}: {exc.problem}" if where else str(exc)
+
+
+def _read_settings(path: Path, load: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    if not path.is_file():
+        fail(f"--config: no such file: {path}")
+    return load(path)
+
+
 def _default_out() -> Path:
     from datetime import datetime
 
@@ -55,174 +215,42 @@ def _default_out() -> Path:
 
 
 @app.command()
+@_with_settings(RunConfig)
 def run(
-    seeds: Annotated[
-        Path | None, typer.Option(help="Seed tasks, JSONL in the Self-Instruct format.")
-    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
             help="Run folder. An existing run is resumed/extended. [default: outputs/run-<time>]"
         ),
     ] = None,
-    num_tasks: Annotated[
-        int | None,
-        typer.Option("-n", "--num-tasks", help="Stop at this many kept tasks. [default: 100]"),
-    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="A run.toml with any RunConfig setting.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Run seed. [default: 0]")] = None,
-    backend: Annotated[str | None, typer.Option(help="Backend name. [default: llamacpp]")] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model for the backend (a .gguf for llamacpp). [default: bundled SmolLM2-135M]"
-        ),
-    ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp.")] = None,
-    n_ctx: Annotated[
-        int | None, typer.Option("--ctx", help="Context size. [default: 4096]")
-    ] = None,
-    language: Annotated[str | None, typer.Option(help="en or zh. [default: en]")] = None,
-    max_rounds: Annotated[int | None, typer.Option(help="Stop after this many rounds.")] = None,
-    token_budget: Annotated[
-        int | None, typer.Option(help="Stop after this many tokens in all.")
-    ] = None,
-    patience: Annotated[
-        int | None,
-        typer.Option(help="Stop after this many rounds in a row keep nothing. [default: 20]"),
-    ] = None,
-    prompts_per_round: Annotated[
-        int | None, typer.Option(help="Instruction-generation prompts per round. [default: 4]")
-    ] = None,
-    seed_instructions: Annotated[
-        int | None, typer.Option(help="Human seed instructions per prompt. [default: 6]")
-    ] = None,
-    machine_instructions: Annotated[
-        int | None, typer.Option(help="Machine instructions per prompt. [default: 2]")
-    ] = None,
-    rouge_threshold: Annotated[
-        float | None,
-        typer.Option(help="Reject when ROUGE-L F against the pool exceeds this. [default: 0.7]"),
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="Instruction sampling temperature. [default: 0.7]")
-    ] = None,
-    top_p: Annotated[
-        float | None, typer.Option(help="Instruction sampling top-p. [default: 0.5]")
-    ] = None,
-    min_words: Annotated[
-        int | None, typer.Option(help="Fewest words in an instruction. [default: 4]")
-    ] = None,
-    max_words: Annotated[
-        int | None, typer.Option(help="Most words in an instruction. [default: 150]")
-    ] = None,
-    language_check: Annotated[
-        str | None, typer.Option(help="ascii_start, cjk or none. [default: by --language]")
-    ] = None,
-    tools: Annotated[
-        Path | None, typer.Option(help="Folder of langchain-core tool modules (e.g. tools/).")
-    ] = None,
-    tool_seeds: Annotated[
-        Path | None,
-        typer.Option(help="Worked tool-use examples. [default: seeds/tool_seed_tasks.jsonl]"),
-    ] = None,
-    num_traces: Annotated[
-        int | None, typer.Option(help="Also stop only when this many traces are verified.")
-    ] = None,
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
-    ] = None,
-    api_model: Annotated[
-        str | None, typer.Option(help="Model name on the server. [default: the first listed]")
-    ] = None,
     api_key: Annotated[
         str | None, typer.Option(help="API key (or OPENAI_API_KEY); never stored.")
-    ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="Requests in flight to a server. [default: 8]")
-    ] = None,
-    server_flavour: Annotated[
-        str | None,
-        typer.Option(help="How the server takes constraints: auto, llamacpp, vllm, openai, none."),
-    ] = None,
-    api_mode: Annotated[
-        str | None, typer.Option(help="auto, completions or chat. [default: auto]")
-    ] = None,
-    tensor_parallel_size: Annotated[
-        int | None, typer.Option(help="vllm: GPUs per model (tensor parallel). [default: 1]")
-    ] = None,
-    gpu_memory_utilization: Annotated[
-        float | None, typer.Option(help="vllm: share of GPU memory to use. [default: 0.9]")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="vllm: auto, bfloat16, float16 or float32. [default: auto]")
-    ] = None,
-    engine: Annotated[
-        str | None,
-        typer.Option(help="local, or ray: generation on Ray workers. [default: local]"),
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster (auto, HOST:6379). [default: start a local Ray]"),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="Ray workers, each with its own backend. [default: as many as fit]"),
     ] = None,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Only resume the run in --out; refuse to start a new one."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    **settings: Any,
 ) -> None:
     """Run the Self-Instruct loop until N tasks are kept (or a budget is spent).
 
     The first line says whether it starts a new run or resumes the one in --out."""
-    from selfgen.config import ConfigError, RunConfig, build_config, conflicts, load_toml
+    from selfgen.backends.base import BackendError
+    from selfgen.config import build_config, conflicts, load_toml
     from selfgen.seeds import SeedFileError, load_seed_tasks
     from selfgen.store import RunStore, StoreError
 
-    flags: dict[str, Any] = {
-        "seeds": str(seeds) if seeds else None,
-        "num_tasks": num_tasks,
-        "seed": seed,
-        "backend": backend,
-        "model": model,
-        "n_threads": threads,
-        "n_ctx": n_ctx,
-        "language": language,
-        "max_rounds": max_rounds,
-        "token_budget": token_budget,
-        "patience": patience,
-        "prompts_per_round": prompts_per_round,
-        "seed_instructions": seed_instructions,
-        "machine_instructions": machine_instructions,
-        "rouge_threshold": rouge_threshold,
-        "temperature": temperature,
-        "top_p": top_p,
-        "min_words": min_words,
-        "max_words": max_words,
-        "language_check": language_check,
-        "tools": str(tools) if tools else None,
-        "tool_seeds": str(tool_seeds) if tool_seeds else None,
-        "num_traces": num_traces,
-        "base_url": base_url,
-        "api_model": api_model,
-        "concurrency": concurrency,
-        "server_flavour": server_flavour,
-        "api_mode": api_mode,
-        "tensor_parallel_size": tensor_parallel_size,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "dtype": dtype,
-        "engine": engine,
-        "ray_address": ray_address,
-        "workers": workers,
-    }
+    flags = _given(RunConfig, settings)
+    sources = _Sources(config_class=RunConfig, flags=flags, other_flags={"api_key": "--api-key"})
     try:
-        file_values = load_toml(config) if config else {}
-        requested = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+        if config:
+            file_values = _read_settings(config, lambda p: load_toml(p, RunConfig, "run"))
+            sources = dataclasses.replace(sources, file=config, file_values=file_values)
+        requested = {**sources.file_values, **flags}
         out_dir = out or _default_out()
         if resume and not RunStore.exists(out_dir):
             fail(
@@ -233,7 +261,7 @@ def run(
             )
         if RunStore.exists(out_dir):
             store = RunStore.open(out_dir)
-            stored = RunConfig(**store.config())
+            stored = _stored_config(store.config())
             bad = conflicts(stored, requested)
             if bad:
                 fail(
@@ -241,15 +269,17 @@ def run(
                     "Use another --out for a new run."
                 )
             cfg = build_config(stored.to_dict(), requested)
+            options = _backend_options(cfg, api_key)
             store.update_config(cfg.to_dict())
-            backend_obj = _make_backend(cfg, api_key)
+            backend_obj = _make_backend(cfg, options, sources)
             _announce_resume(out_dir, cfg, store.totals())
         else:
             cfg = build_config({}, requested)
+            options = _backend_options(cfg, api_key)
             seed_tasks = load_seed_tasks(cfg.seeds)
             tool_setup = _prepare_tools(cfg)
             # The backend is loaded before the run folder is made: a bad --model leaves nothing.
-            backend_obj = _make_backend(cfg, api_key)
+            backend_obj = _make_backend(cfg, options, sources)
             _announce_new(out_dir, cfg, len(seed_tasks))
             store = RunStore.create(
                 out_dir, cfg.to_dict(), seed_tasks, backend_obj.describe(), __version__
@@ -258,14 +288,40 @@ def run(
                 store.save_tools(*tool_setup)
         if cfg.num_traces and not store.tool_specs():
             store.save_tools(*_prepare_tools(cfg))
-    except (SeedFileError, ConfigError) as exc:
+    except (ConfigError, BackendError) as exc:
+        fail(sources.message(exc))
+    except SeedFileError as exc:
         fail(str(exc))
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
-    _run_loop(cfg, store, backend_obj, out_dir, quiet)
+    _run_loop(cfg=cfg, store=store, backend=backend_obj, out_dir=out_dir, quiet=quiet)
 
 
-def _announce_new(out_dir: Path, cfg: Any, num_seeds: int) -> None:
+def _stored_config(values: dict[str, Any]) -> RunConfig:
+    """A stored run's configuration.
+
+    Runs stored before backend options defaulted to None (the backend's own default) hold
+    every backend's defaults; those their backend does not take are dropped, so that they are
+    neither handed to it nor refused."""
+    from selfgen.backends.base import BackendError, options_class
+
+    try:
+        takes = options_class(values.get("backend", "llamacpp"))
+    except BackendError:
+        takes = None  # not installed here: building the backend will say so
+    if takes is not None:
+        names = {f.name for f in dataclasses.fields(takes)}
+        fields = fields_of(RunConfig)
+        values = {
+            name: None
+            if name in fields and fields[name].metadata["backend_option"] and name not in names
+            else value
+            for name, value in values.items()
+        }
+    return RunConfig(**values)
+
+
+def _announce_new(out_dir: Path, cfg: RunConfig, num_seeds: int) -> None:
     """The first line of a new run: where it goes, from what, and how far."""
     target = f"{cfg.num_tasks} kept tasks"
     if cfg.num_traces:
@@ -276,7 +332,7 @@ def _announce_new(out_dir: Path, cfg: Any, num_seeds: int) -> None:
     )
 
 
-def _announce_resume(out_dir: Path, cfg: Any, progress: Any) -> None:
+def _announce_resume(out_dir: Path, cfg: RunConfig, progress: RunTotals) -> None:
     """The first line of a resumed run: what is done so far, against the target."""
     done = f"{progress.kept} of {cfg.num_tasks} tasks kept"
     if cfg.num_traces:
@@ -286,7 +342,7 @@ def _announce_resume(out_dir: Path, cfg: Any, progress: Any) -> None:
     )
 
 
-def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
+def _prepare_tools(cfg: RunConfig) -> tuple[dict[str, ToolSpec], list[ToolSeed]] | None:
     """Load the tools and their seeds, and run every seed call to record its output."""
     if not cfg.num_traces:
         return None
@@ -295,6 +351,7 @@ def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
     from selfgen.stages.tool_traces import ToolSeedError, load_tool_seeds
     from selfgen.tooling import ToolError, tool_specs, validate_arguments
 
+    assert cfg.tools is not None, "validate() requires tools with num_traces"
     try:
         specs = tool_specs(cfg.tools)
         seeds = load_tool_seeds(cfg.tool_seeds)
@@ -318,35 +375,35 @@ def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
     return specs, executed
 
 
-def _make_backend(cfg: Any, api_key: str | None = None) -> Any:
+def _backend_options(cfg: RunConfig, api_key: str | None) -> dict[str, Any]:
+    """The options the backend gets: the backend options that are set (the others keep the
+    backend's defaults) and the API key when one is given; checked at once, before anything
+    is loaded, so that an option the backend does not take is refused (a usage error)."""
+    from selfgen.backends.base import check_options
+
+    options = cfg.backend_options()
+    if api_key is not None:
+        options["api_key"] = api_key
+    check_options(cfg.backend, options)
+    return options
+
+
+def _make_backend(cfg: RunConfig, options: Mapping[str, Any], sources: _Sources) -> Backend:
     from selfgen.backends.base import BackendError, get_backend
 
-    options = dict(
-        model=cfg.model,
-        n_ctx=cfg.n_ctx,
-        n_threads=cfg.n_threads,
-        seed=cfg.seed,
-        base_url=cfg.base_url,
-        api_model=cfg.api_model,
-        api_key=api_key,
-        concurrency=cfg.concurrency,
-        server_flavour=cfg.server_flavour,
-        api_mode=cfg.api_mode,
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        dtype=cfg.dtype,
-    )
     try:
         if cfg.engine == "ray":
             from selfgen.engines.ray import RayBackend
 
             return RayBackend(cfg.backend, options, workers=cfg.workers, address=cfg.ray_address)
-        return get_backend(cfg.backend, **options)
+        return get_backend(cfg.backend, options)
     except BackendError as exc:
-        fail(str(exc), RUN_ERROR)
+        fail(sources.message(exc), RUN_ERROR)
 
 
-def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) -> None:
+def _run_loop(
+    *, cfg: RunConfig, store: RunStore, backend: Backend, out_dir: Path, quiet: bool
+) -> None:
     from rich.console import Console
 
     from selfgen.backends.base import BackendError
@@ -360,6 +417,7 @@ def _run_loop(cfg: Any, store: Any, backend: Any, out_dir: Path, quiet: bool) ->
     if cfg.num_traces:
         from selfgen.sandbox import ToolSandbox
 
+        assert cfg.tools is not None, "validate() requires tools with num_traces"
         sandbox = ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb)
     try:
         with display:
@@ -724,54 +782,12 @@ def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) 
 
 
 @app.command()
+@_with_settings(TuneConfig)
 def tune(
     data: Annotated[Path, typer.Argument(help="Training data: an openai-format export (JSONL).")],
     out: Annotated[Path, typer.Option(help="Folder for the adapter, checkpoints and record.")],
-    base_model: Annotated[
-        str | None,
-        typer.Option(help="A model folder, a .gguf file or 'bundled'. [default: bundled]"),
-    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="A tune.toml with any tuning setting.")
-    ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Passes over the data. [default: 3]")] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps; wins over --epochs.")
-    ] = None,
-    learning_rate: Annotated[
-        float | None, typer.Option(help="Peak learning rate. [default: 2e-4]")
-    ] = None,
-    lora_r: Annotated[int | None, typer.Option(help="LoRA rank. [default: 16]")] = None,
-    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha. [default: 32]")] = None,
-    lora_dropout: Annotated[
-        float | None, typer.Option(help="LoRA dropout. [default: 0.05]")
-    ] = None,
-    target_modules: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated module names, or all-linear. [default: all-linear]"),
-    ] = None,
-    max_length: Annotated[
-        int | None, typer.Option(help="Tokens per example; longer ones are cut. [default: 1024]")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per step. [default: 4]")] = None,
-    grad_accum: Annotated[
-        int | None, typer.Option(help="Gradient accumulation steps. [default: 1]")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed. [default: 0]")] = None,
-    valid_split: Annotated[
-        float | None, typer.Option(help="Fraction of rows held out for a validation loss.")
-    ] = None,
-    valid_file: Annotated[
-        Path | None, typer.Option(help="A validation file instead (e.g. export --split).")
-    ] = None,
-    save_steps: Annotated[
-        int | None, typer.Option(help="Checkpoint (and validate) every N steps. [default: 100]")
-    ] = None,
-    logging_steps: Annotated[
-        int | None, typer.Option(help="Report the loss every N steps. [default: 10]")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads for torch. [default: all cores]")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Go on from the last checkpoint in --out.")
@@ -780,30 +796,14 @@ def tune(
         bool, typer.Option("--merge", help="Also write the merged model to OUT/merged.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    **settings: Any,
 ) -> None:
     """Fine-tune a LoRA adapter on exported data (TRL SFTTrainer; loss on assistant turns)."""
     from selfgen.tune import TuneError, quiet_libraries, require_extra
     from selfgen.tune.config import build_tune_config, load_tune_toml, resume_conflicts
 
-    flags: dict[str, Any] = {
-        "base_model": base_model,
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "learning_rate": learning_rate,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout,
-        "target_modules": target_modules.split(",") if target_modules else None,
-        "max_length": max_length,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "seed": seed,
-        "valid_split": valid_split,
-        "valid_file": str(valid_file) if valid_file else None,
-        "save_steps": save_steps,
-        "logging_steps": logging_steps,
-        "threads": threads,
-    }
+    flags = _given(TuneConfig, settings)
+    sources = _Sources(config_class=TuneConfig, flags=flags)
     try:
         require_extra()
     except TuneError as exc:
@@ -811,7 +811,10 @@ def tune(
     from selfgen.tune.train import prepare, stored_config
 
     try:
-        requested = {**(load_tune_toml(config) if config else {}), **flags}
+        if config:
+            file_values = _read_settings(config, load_tune_toml)
+            sources = dataclasses.replace(sources, file=config, file_values=file_values)
+        requested = {**sources.file_values, **flags}
         if resume:
             stored = stored_config(out)
             bad = resume_conflicts(stored, requested)
@@ -830,6 +833,8 @@ def tune(
             err=True,
         )
         record = job.train(resume=resume, merge=merge, quiet=quiet)
+    except ConfigError as exc:
+        fail(sources.message(exc))
     except TuneError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

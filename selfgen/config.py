@@ -1,103 +1,290 @@
 """Run configuration: defaults (the paper's values), then a TOML file, then flags.
 
+Every setting is declared once, as a field of :class:`RunConfig` made with :func:`setting`: its
+default, its help, its flag (or none: a TOML-only setting), whether it may change when a run is
+resumed and whether it is a backend option. The command line derives its options, their help
+and the defaults it shows from these fields, as TRL's ``HfArgumentParser`` does from
+``metadata={"help": ...}``.
+
 A run stores its configuration. Resuming a run reuses it; a setting that shapes the data may
-not change on resume (see :data:`RESUMABLE`), while the stopping limits and machine settings may.
+not change on resume, while the stopping limits and machine settings (``resumable``) may.
+
+The TOML loader (:func:`load_toml`), the layered builder (:func:`build`) and the resume check
+(:func:`changed_settings`) take the configuration class, so `selfgen tune` uses them too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-from selfgen.filters.rules import BLACKLIST_EN, BLACKLIST_ZH, RuleConfig
+if TYPE_CHECKING:
+    from selfgen.filters.rules import RuleConfig
 
 
 class ConfigError(ValueError):
-    """A configuration the user must fix; the message names the file or the flag."""
+    """A configuration the user must fix.
+
+    The error speaks of the value: `field` names the setting and `source` the file it was read
+    from, when known. The command line names the flag instead when the value came from one.
+    """
+
+    def __init__(
+        self, problem: str, *, field: str | None = None, source: str | Path | None = None
+    ) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.field = field
+        self.source = source
+
+    def __str__(self) -> str:
+        parts = [str(self.source)] if self.source is not None else []
+        if self.field is not None:
+            parts.append(f"setting '{self.field}'")
+        return ": ".join([*parts, self.problem])
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    flag: str | None = None,
+    short: str | None = None,
+    toml_only: bool = False,
+    default_text: str | None = None,
+    path: bool = False,
+    resumable: bool = False,
+    backend_option: bool = False,
+) -> Any:
+    """A configuration field: a dataclasses.field whose metadata says how it is set.
+
+    `flag` defaults to the name with dashes (`num_tasks`: `--num-tasks`); `short` adds a
+    one-letter form; `toml_only` gives the setting no flag. `default_text` is shown in the
+    help instead of the default (for a None that means something). A `path` flag takes a path,
+    stored as text. A `resumable` setting may change when a run is resumed. A `backend_option`
+    is handed to the backend under the same name, when it is set (not None).
+    """
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "short": short,
+        "toml_only": toml_only,
+        "default_text": default_text,
+        "path": path,
+        "resumable": resumable,
+        "backend_option": backend_option,
+    }
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def flag_of(field: dataclasses.Field[Any]) -> str | None:
+    """The long flag of a setting (`--num-tasks`), or None for a TOML-only one."""
+    if field.metadata.get("toml_only", True):
+        return None
+    return field.metadata["flag"] or "--" + field.name.replace("_", "-")
+
+
+def default_of(field: dataclasses.Field[Any]) -> Any:
+    """A field's default value (a fresh one where it has a factory)."""
+    if field.default_factory is not MISSING:
+        return field.default_factory()
+    return None if field.default is MISSING else field.default
 
 
 @dataclass
 class RunConfig:
     # Where and with what.
-    seeds: str = "seeds/seed_tasks.jsonl"
-    language: str = "en"
-    backend: str = "llamacpp"
-    model: str | None = None
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    seed: int = 0
-    # OpenAI-compatible servers (the API key is never part of the configuration).
-    base_url: str | None = None
-    api_model: str | None = None
-    concurrency: int = 8
-    server_flavour: str = "auto"
-    api_mode: str = "auto"
+    seeds: str = setting(
+        "seeds/seed_tasks.jsonl", path=True, help="Seed tasks, JSONL in the Self-Instruct format."
+    )
+    language: str = setting("en", help="en or zh.")
+    backend: str = setting("llamacpp", help="Backend name (see `selfgen backends`).")
+    # Backend options: None leaves the backend's own default (see `selfgen backends`).
+    model: str | None = setting(
+        None,
+        backend_option=True,
+        default_text="bundled SmolLM2-135M",
+        help="Model for the backend (a .gguf for llamacpp, a Hugging Face id or folder for vllm).",
+    )
+    n_ctx: int | None = setting(
+        None, flag="--ctx", backend_option=True, resumable=True, help="Context size."
+    )
+    n_threads: int | None = setting(
+        None,
+        flag="--threads",
+        backend_option=True,
+        resumable=True,
+        default_text="all cores",
+        help="CPU threads for llama.cpp.",
+    )
+    seed: int = setting(0, backend_option=True, help="Run seed.")
+    # OpenAI-compatible servers (the API key is never part of the configuration). Where
+    # requests run never changes an answer: each carries its own seed (and a server moved to
+    # another address serves the same model).
+    base_url: str | None = setting(
+        None,
+        backend_option=True,
+        resumable=True,
+        help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.",
+    )
+    api_model: str | None = setting(
+        None,
+        backend_option=True,
+        default_text="the first listed",
+        help="Model name on the server.",
+    )
+    concurrency: int | None = setting(
+        None, backend_option=True, resumable=True, help="Requests in flight to a server."
+    )
+    server_flavour: str | None = setting(
+        None,
+        backend_option=True,
+        help="How the server takes constraints: auto, llamacpp, vllm, openai, none.",
+    )
+    api_mode: str | None = setting(None, backend_option=True, help="auto, completions or chat.")
     # The in-process vllm backend: --model is a Hugging Face id or folder, --ctx its max length.
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    dtype: str = "auto"
+    tensor_parallel_size: int | None = setting(
+        None,
+        backend_option=True,
+        resumable=True,
+        help="vllm: GPUs per model (tensor parallel).",
+    )
+    gpu_memory_utilization: float | None = setting(
+        None, backend_option=True, resumable=True, help="vllm: share of GPU memory to use."
+    )
+    dtype: str | None = setting(
+        None, backend_option=True, help="vllm: auto, bfloat16, float16 or float32."
+    )
     # Where generation runs: this process, or workers on a Ray cluster (each with the backend).
-    engine: str = "local"
-    ray_address: str | None = None  # None starts a local Ray instance
-    workers: int | None = None  # None: as many as the cluster has room for
+    engine: str = setting("local", resumable=True, help="local, or ray: generation on Ray workers.")
+    ray_address: str | None = setting(
+        None,
+        resumable=True,
+        default_text="start a local Ray",
+        help="Ray cluster (auto, HOST:6379).",
+    )
+    workers: int | None = setting(
+        None,
+        resumable=True,
+        default_text="as many as fit",
+        help="Ray workers, each with its own backend.",
+    )
 
     # Stopping: -n counts kept tasks (tasks with at least one instance).
-    num_tasks: int = 100
-    max_rounds: int | None = None
-    token_budget: int | None = None
-    patience: int = 20
+    num_tasks: int = setting(100, short="-n", resumable=True, help="Stop at this many kept tasks.")
+    max_rounds: int | None = setting(None, resumable=True, help="Stop after this many rounds.")
+    token_budget: int | None = setting(
+        None, resumable=True, help="Stop after this many tokens in all."
+    )
+    patience: int = setting(
+        20, resumable=True, help="Stop after this many rounds in a row keep nothing."
+    )
 
     # Instruction generation (Self-Instruct: 6 human + 2 machine instructions, list of 16).
-    prompts_per_round: int = 4
-    seed_instructions: int = 6
-    machine_instructions: int = 2
-    list_length: int = 16
-    temperature: float = 0.7
-    top_p: float = 0.5
-    max_tokens: int = 1024
-    presence_penalty: float = 2.0
-    frequency_penalty: float = 0.0
+    prompts_per_round: int = setting(4, help="Instruction-generation prompts per round.")
+    seed_instructions: int = setting(6, help="Human seed instructions per prompt.")
+    machine_instructions: int = setting(2, help="Machine instructions per prompt.")
+    list_length: int = setting(
+        16, toml_only=True, help="Length of the numbered task list a prompt asks to continue."
+    )
+    temperature: float = setting(0.7, help="Instruction sampling temperature.")
+    top_p: float = setting(0.5, help="Instruction sampling top-p.")
+    max_tokens: int = setting(
+        1024, toml_only=True, help="Most tokens of an instruction-generation answer."
+    )
+    presence_penalty: float = setting(
+        2.0, toml_only=True, help="Presence penalty of instruction sampling."
+    )
+    frequency_penalty: float = setting(
+        0.0, toml_only=True, help="Frequency penalty of instruction sampling."
+    )
 
     # Filters.
-    rouge_threshold: float = 0.7
-    tokenizer: str | None = None  # "rouge" or "cjk"; None picks by language
-    min_words: int = 4
-    max_words: int = 150
-    blacklist: list[str] | None = None  # None picks by language
-    banned_prefixes: list[str] = field(default_factory=lambda: ["Write a program"])
-    language_check: str | None = None  # "ascii_start", "cjk" or "none"; None picks by language
+    rouge_threshold: float = setting(
+        0.7, help="Reject when ROUGE-L F against the pool exceeds this."
+    )
+    tokenizer: str | None = setting(
+        None, toml_only=True, default_text="by language", help="ROUGE-L tokens: rouge or cjk."
+    )
+    min_words: int = setting(4, help="Fewest words in an instruction.")
+    max_words: int = setting(150, help="Most words in an instruction.")
+    blacklist: list[str] | None = setting(
+        None,
+        toml_only=True,
+        default_text="by language",
+        help="Words that reject an instruction that contains one.",
+    )
+    banned_prefixes: list[str] = setting(
+        default_factory=lambda: ["Write a program"],
+        toml_only=True,
+        help="Beginnings that reject an instruction.",
+    )
+    language_check: str | None = setting(
+        None, default_text="by --language", help="ascii_start, cjk or none."
+    )
 
     # Classification identification and instance generation (greedy, as in the paper).
-    classify_demos: int = 12
-    constrain_classify: bool = True
-    instance_demos: int = 3
-    max_instances: int = 5
-    instance_temperature: float = 0.0
-    instance_max_tokens: int = 350
-    instance_presence_penalty: float = 1.5
+    classify_demos: int = setting(
+        12, toml_only=True, help="Seed tasks shown when asking whether a task is classification."
+    )
+    constrain_classify: bool = setting(
+        True, toml_only=True, help="Constrain the classification answer to its choices."
+    )
+    instance_demos: int = setting(
+        3, toml_only=True, help="Seed tasks shown when asking for a task's instances."
+    )
+    max_instances: int = setting(5, toml_only=True, help="Most instances kept per task.")
+    instance_temperature: float = setting(
+        0.0, toml_only=True, help="Instance sampling temperature."
+    )
+    instance_max_tokens: int = setting(
+        350, toml_only=True, help="Most tokens of an instance-generation answer."
+    )
+    instance_presence_penalty: float = setting(
+        1.5, toml_only=True, help="Presence penalty of instance sampling."
+    )
 
     # Tool-use traces (off unless --tools and --num-traces are given).
-    tools: str | None = None
-    tool_seeds: str = "seeds/tool_seed_tasks.jsonl"
-    num_traces: int = 0
-    trace_prompts_per_round: int = 2
-    trace_demos: int = 4
-    max_tool_steps: int = 3
-    constrain_calls: bool = True
-    call_max_tokens: int = 160
-    answer_max_tokens: int = 100
-    tool_timeout_s: float = 5.0
-    tool_memory_mb: int = 512
+    tools: str | None = setting(
+        None, path=True, help="Folder of langchain-core tool modules (e.g. tools/)."
+    )
+    tool_seeds: str = setting(
+        "seeds/tool_seed_tasks.jsonl", path=True, help="Worked tool-use examples."
+    )
+    num_traces: int = setting(
+        0, resumable=True, help="Also stop only when this many traces are verified."
+    )
+    trace_prompts_per_round: int = setting(
+        2, toml_only=True, help="Tool-request generation prompts per round."
+    )
+    trace_demos: int = setting(4, toml_only=True, help="Worked tool-use examples shown per trace.")
+    max_tool_steps: int = setting(3, toml_only=True, help="Most tool calls in a trace.")
+    constrain_calls: bool = setting(
+        True, toml_only=True, help="Constrain tool calls to the tools' argument schemas."
+    )
+    call_max_tokens: int = setting(160, toml_only=True, help="Most tokens of a tool call.")
+    answer_max_tokens: int = setting(
+        100, toml_only=True, help="Most tokens of a trace's final answer."
+    )
+    tool_timeout_s: float = setting(
+        5.0, toml_only=True, resumable=True, help="Seconds before a tool call is killed."
+    )
+    tool_memory_mb: int = setting(
+        512, toml_only=True, resumable=True, help="Memory a tool call may allocate, MiB."
+    )
 
     def rule_config(self) -> RuleConfig:
+        # Imported here: the command line reads this module to build its options.
+        from selfgen.filters.rules import BLACKLIST_EN, BLACKLIST_ZH, RuleConfig
+
         zh = self.language == "zh"
         return RuleConfig(
             min_words=self.min_words,
@@ -117,22 +304,30 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def backend_options(self) -> dict[str, Any]:
+        """The backend options that are set: the others are left to the backend's defaults."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata["backend_option"] and getattr(self, f.name) is not None
+        }
+
     def validate(self) -> None:
-        def need(cond: bool, flag: str, what: str) -> None:
+        def need(cond: bool, field: str, problem: str) -> None:
             if not cond:
-                raise ConfigError(f"--{flag.replace('_', '-')}: {what}")
+                raise ConfigError(problem, field=field)
 
         need(self.language in ("en", "zh"), "language", "must be 'en' or 'zh'")
         need(self.engine in ("local", "ray"), "engine", "must be 'local' or 'ray'")
-        need(
-            self.workers is None or (isinstance(self.workers, int) and self.workers >= 1),
-            "workers",
-            "must be a whole number, at least 1",
-        )
+        need(self.workers is None or self.workers >= 1, "workers", "must be at least 1")
         need(self.num_tasks >= 1, "num_tasks", "must be at least 1")
-        need(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be at least 1")
         need(
-            0 < self.gpu_memory_utilization <= 1,
+            self.tensor_parallel_size is None or self.tensor_parallel_size >= 1,
+            "tensor_parallel_size",
+            "must be at least 1",
+        )
+        need(
+            self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
             "gpu_memory_utilization",
             "must be above 0 and at most 1",
         )
@@ -155,83 +350,150 @@ class RunConfig:
         need(self.patience >= 1, "patience", "must be at least 1")
         need(self.max_instances >= 1, "max_instances", "must be at least 1")
         need(self.num_traces >= 0, "num_traces", "must be 0 or more")
-        need(self.num_traces == 0 or self.tools is not None, "num_traces", "needs --tools DIR")
+        need(
+            self.num_traces == 0 or self.tools is not None,
+            "num_traces",
+            "needs a folder of tools (the tools setting)",
+        )
         need(self.max_tool_steps >= 1, "max_tool_steps", "must be at least 1")
         need(
             self.num_traces == 0 or self.language == "en",
             "num_traces",
-            "tool-use traces have English prompts only; use --language en",
+            "tool-use traces have English prompts only (language 'en')",
         )
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+class Config(Protocol):
+    """A configuration dataclass made of :func:`setting` fields, with a `validate` method."""
+
+    __dataclass_fields__: typing.ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def validate(self) -> None: ...
+
+
+C = TypeVar("C", bound=Config)
+
+
+def fields_of(config_class: type[Config]) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(config_class)}
+
+
+FIELDS = fields_of(RunConfig)
 
 # Settings that may differ when a run is resumed: when to stop, and how to run the machine.
-RESUMABLE = {
-    "num_tasks",
-    "num_traces",
-    "max_rounds",
-    "token_budget",
-    "patience",
-    "n_threads",
-    "n_ctx",
-    "tool_timeout_s",
-    "tool_memory_mb",
-    "tensor_parallel_size",
-    "gpu_memory_utilization",
-    "concurrency",
-    # Where requests run never changes an answer: each carries its own seed (and a server moved
-    # to another address serves the same model).
-    "base_url",
-    "engine",
-    "ray_address",
-    "workers",
-}
+RESUMABLE = {name for name, f in FIELDS.items() if f.metadata["resumable"]}
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a run.toml: top-level keys are RunConfig fields; an optional [run] table too."""
+@functools.cache
+def _types(config_class: type[Config]) -> dict[str, Any]:
+    """Each setting's type with None taken out (`int | None` is int), and whether it may be
+    None."""
+    out = {}
+    for name, hint in typing.get_type_hints(config_class).items():
+        optional = False
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(hint))
+            hint = args[0] if len(args) == 1 else Any
+        out[name] = (hint, optional)
+    return out
+
+
+def setting_type(config_class: type[Config], name: str) -> Any:
+    """The type of a setting's values, None left out: `int | None` gives int."""
+    return _types(config_class)[name][0]
+
+
+def type_problem(config_class: type[Config], name: str, value: Any) -> str | None:
+    """What is wrong with `value`'s type for the setting `name` (None when it fits)."""
+    hint, optional = _types(config_class)[name]
+    if value is None:
+        return None if optional else "must be set"
+    if hint is bool and not isinstance(value, bool):
+        return "must be true or false"
+    if hint is int and (not isinstance(value, int) or isinstance(value, bool)):
+        return "must be a whole number"
+    if hint is float and (not isinstance(value, int | float) or isinstance(value, bool)):
+        return "must be a number"
+    if hint is str and not isinstance(value, str):
+        return "must be text"
+    if typing.get_origin(hint) is list and not (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        return "must be a list of strings"
+    return None
+
+
+def load_toml(path: str | Path, config_class: type[Config], table: str) -> dict[str, Any]:
+    """Read a TOML file of settings: top-level keys are fields of `config_class`, and so are
+    the keys of an optional `[table]`. Unknown settings and values of the wrong type are
+    errors naming the file and the setting. Text where a list is expected is a list of one."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"--config: no such file: {path}") from None
+        raise ConfigError("no such file", source=path) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-    if isinstance(data.get("run"), dict):
-        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
-    unknown = sorted(set(data) - set(FIELDS))
+        raise ConfigError(f"invalid TOML ({exc})", source=path) from None
+    if isinstance(data.get(table), dict):
+        data = {**{k: v for k, v in data.items() if k != table}, **data[table]}
+    unknown = sorted(set(data) - set(fields_of(config_class)))
     if unknown:
-        raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}", source=path)
+    for name, value in data.items():
+        if isinstance(value, str) and typing.get_origin(setting_type(config_class, name)) is list:
+            data[name] = value = [value]
+        if problem := type_problem(config_class, name, value):
+            raise ConfigError(problem, field=name, source=path)
     return data
 
 
-def build_config(base: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
-    """Defaults, then `base`, then the non-None `overrides`; validated."""
-    values = {**base, **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        config = RunConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(f"invalid configuration ({exc})") from None
+def build(config_class: type[C], *layers: Mapping[str, Any]) -> C:
+    """The defaults, then each layer's non-None values in order; type-checked and validated."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update({k: v for k, v in layer.items() if v is not None})
+    fields = fields_of(config_class)
     for name, value in values.items():
-        default = FIELDS[name].default
-        if default is not None and default is not dataclasses.MISSING and value is not None:
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ConfigError(f"setting '{name}' must be true or false")
-            if isinstance(default, int | float) and not isinstance(value, int | float):
-                raise ConfigError(f"setting '{name}' must be a number")
+        if name not in fields:
+            raise ConfigError("unknown setting", field=name)
+        if problem := type_problem(config_class, name, value):
+            raise ConfigError(problem, field=name)
+    config = config_class(**values)
     config.validate()
     return config
 
 
-def conflicts(stored: RunConfig, requested: dict[str, Any]) -> list[str]:
-    """Settings in `requested` (non-None) that differ from a stored run's and may not."""
-    out = []
-    for name, value in requested.items():
-        if value is None or name in RESUMABLE:
-            continue
-        if getattr(stored, name) != value:
-            out.append(
-                f"--{name.replace('_', '-')} {value!r} (this run has {getattr(stored, name)!r})"
-            )
-    return out
+def changed_settings(
+    config_class: type[Config], stored: Mapping[str, Any], requested: Mapping[str, Any]
+) -> list[str]:
+    """The settings in `requested` (non-None) that differ from `stored` and may not change
+    when a run is resumed."""
+    fields = fields_of(config_class)
+    return [
+        name
+        for name, value in requested.items()
+        if value is not None
+        and not fields[name].metadata["resumable"]
+        and stored.get(name) != value
+    ]
+
+
+def build_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> RunConfig:
+    """Defaults, then `base`, then the non-None `overrides`; validated."""
+    return build(RunConfig, base, overrides)
+
+
+def conflicts(stored: RunConfig, requested: Mapping[str, Any]) -> list[str]:
+    """Settings in `requested` (non-None) that differ from a stored run's and may not, each
+    as `--flag value (this run has value)`."""
+    values = stored.to_dict()
+    return [
+        f"{flag_of(FIELDS[name]) or name} {requested[name]!r} (this run has {values[name]!r})"
+        for name in changed_settings(RunConfig, values, requested)
+    ]

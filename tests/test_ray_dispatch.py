@@ -67,6 +67,7 @@ def register_echo() -> None:
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    register_echo()  # the driver checks a backend's options before it starts the workers
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -183,7 +184,7 @@ def test_workers_that_do_not_start_in_time_are_one_message():
     from selfgen.engines.ray import RayBackend
 
     with pytest.raises(
-        BackendError, match=r"--workers: 1 echo worker\(s\) did not start within 1 s"
+        BackendError, match=r"option 'workers': 1 echo worker\(s\) did not start within 1 s"
     ):
         RayBackend("echo", {"load_s": 60}, workers=1, start_timeout_s=1)
 
@@ -200,7 +201,7 @@ def test_a_replacement_that_does_not_start_stops_the_run(tmp_path):
 def test_more_workers_than_the_cluster_holds_is_refused():
     from selfgen.engines.ray import RayBackend
 
-    with pytest.raises(BackendError, match=r"--workers: 3 echo worker\(s\) need 1 CPU each"):
+    with pytest.raises(BackendError, match=r"option 'workers': 3 echo worker\(s\) need 1 CPU each"):
         RayBackend("echo", {}, workers=3)
 
 

@@ -458,9 +458,9 @@ def test_settings_come_from_defaults_then_file_then_flags(tmp_path):
     toml.write_text("lora_rank = 8\n", encoding="utf-8")
     with pytest.raises(TuneError, match=rf"{toml}: unknown setting\(s\): lora_rank"):
         load_tune_toml(toml)
-    with pytest.raises(TuneError, match="--valid-split: must be in"):
+    with pytest.raises(TuneError, match="setting 'valid_split': must be in"):
         build_tune_config({"valid_split": 1.5})
-    with pytest.raises(TuneError, match="setting 'max_steps' must be a number"):
+    with pytest.raises(TuneError, match="setting 'max_steps': must be a whole number"):
         build_tune_config({"max_steps": "ten"})
     stored = build_tune_config({}).to_dict()
     assert resume_conflicts(stored, {"max_steps": 50, "threads": 1}) == []

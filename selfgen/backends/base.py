@@ -12,15 +12,38 @@ import abc
 import json
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from importlib.metadata import entry_points
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 
 class BackendError(RuntimeError):
-    """A backend that cannot start or cannot answer; the message is meant for the user."""
+    """A backend that cannot start or cannot answer; the message is meant for the user.
+
+    `option` names the backend option whose value is at fault, if one is; the message then
+    speaks of that value, and the command line names the flag the user gave it with.
+    """
+
+    def __init__(self, problem: str, *, option: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.option = option
+
+    def __str__(self) -> str:
+        return self.problem if self.option is None else f"option '{self.option}': {self.problem}"
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The options every backend takes; a backend's own `Options` dataclass extends these.
+
+    A backend class (or factory) with an `Options` attribute is built with one `Options`
+    object, and an option its `Options` does not declare is refused by :func:`get_backend`.
+    A factory without one is called with the options as keyword arguments, unchecked.
+    """
+
+    seed: int = 0  # for requests that carry none
 
 
 @dataclass(frozen=True)
@@ -204,13 +227,16 @@ def register_backend(name: str, factory: BackendFactory) -> None:
 
 
 def available_backends() -> list[str]:
+    from importlib.metadata import entry_points  # here: slow to import, and --help needs none
+
     names = set(_registry)
     names.update(ep.name for ep in entry_points(group="selfgen.backends"))
     return sorted(names)
 
 
-def get_backend(name: str, **options: Any) -> Backend:
-    """Build the backend registered as `name` with its options."""
+def _factory(name: str) -> BackendFactory:
+    from importlib.metadata import entry_points
+
     factory = _registry.get(name)
     if factory is None:
         for ep in entry_points(group="selfgen.backends"):
@@ -220,4 +246,50 @@ def get_backend(name: str, **options: Any) -> Backend:
     if factory is None:
         known = ", ".join(available_backends()) or "none"
         raise BackendError(f"unknown backend '{name}' (known: {known})")
-    return factory(**options)
+    return factory
+
+
+def options_class(name: str) -> type[BackendOptions] | None:
+    """The `Options` dataclass of the backend registered as `name`, or None for a plain
+    factory that takes any keyword arguments."""
+    return _options_class(_factory(name))
+
+
+def _options_class(factory: BackendFactory) -> type[BackendOptions] | None:
+    options = getattr(factory, "Options", None)
+    return options if isinstance(options, type) and is_dataclass(options) else None
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> BackendOptions | None:
+    """The backend `name`'s `Options` made from `options` (None for a plain factory).
+
+    An option the backend does not declare is refused with a BackendError that names the
+    backend and the option (its `option` attribute holds the name). Nothing is loaded, so this
+    can run before anything costly starts.
+    """
+    return _check(name, _factory(name), options)
+
+
+def _check(name: str, factory: BackendFactory, options: Mapping[str, Any]) -> BackendOptions | None:
+    cls = _options_class(factory)
+    if cls is None:
+        return None
+    known = {f.name for f in fields(cls)}
+    for option in options:
+        if option not in known:
+            raise BackendError(
+                f"not taken by the {name} backend (it takes {', '.join(sorted(known))})",
+                option=option,
+            )
+    return cls(**options)
+
+
+def get_backend(name: str, options: Mapping[str, Any] | None = None, /, **more: Any) -> Backend:
+    """Build the backend registered as `name` with `options` (a mapping, keywords, or both).
+
+    An option the backend does not take is refused (see :func:`check_options`).
+    """
+    values = {**(options or {}), **more}
+    factory = _factory(name)
+    checked = _check(name, factory, values)
+    return factory(**values) if checked is None else factory(checked)

@@ -12,12 +12,14 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selfgen.backends.base import (
     Backend,
     BackendError,
+    BackendOptions,
     Completion,
     Constraint,
     GenerationRequest,
@@ -58,40 +60,41 @@ class LlamaCppBackend(Backend):
 
     name = "llamacpp"
 
-    def __init__(
-        self,
-        model: str | os.PathLike[str] | None = None,
-        n_ctx: int = 2048,
-        n_threads: int | None = None,
-        seed: int = 0,
-        n_gpu_layers: int = 0,
-        **_: Any,
-    ) -> None:
+    @dataclass(frozen=True)
+    class Options(BackendOptions):
+        model: str | os.PathLike[str] | None = None  # a .gguf file; None: the bundled model
+        n_ctx: int = 4096
+        n_threads: int | None = None  # None: all cores
+        n_gpu_layers: int = 0
+
+    def __init__(self, options: Options | None = None) -> None:
+        options = options or self.Options()
         try:
             from llama_cpp import Llama
         except ImportError as exc:  # pragma: no cover - the package is a core dependency
             raise BackendError(f"llama-cpp-python is not installed ({exc})") from None
-        path = Path(model) if model else bundled_model_path()
+        path = Path(options.model) if options.model else bundled_model_path()
         if not path.is_file():
-            raise BackendError(f"--model: no such GGUF file: {path}")
+            raise BackendError(f"no such GGUF file: {path}", option="model")
         self.model_path = path
-        self.n_ctx = n_ctx
-        self.seed = seed
+        self.n_ctx = options.n_ctx
+        self.seed = options.seed
+        threads = options.n_threads or os.cpu_count()
         try:
             self._llm = Llama(
                 model_path=str(path),
-                n_ctx=n_ctx,
+                n_ctx=options.n_ctx,
                 # llama-cpp-python defaults to half the cores; generation here is CPU-bound.
-                n_threads=n_threads or os.cpu_count(),
+                n_threads=threads,
                 # Prompt evaluation otherwise takes every core whatever n_threads says, so two
                 # one-thread workers on two cores would run four threads.
-                n_threads_batch=n_threads or os.cpu_count(),
-                n_gpu_layers=n_gpu_layers,
-                seed=seed,
+                n_threads_batch=threads,
+                n_gpu_layers=options.n_gpu_layers,
+                seed=options.seed,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
-            raise BackendError(f"--model: llama.cpp cannot load {path} ({exc})") from None
+            raise BackendError(f"llama.cpp cannot load {path} ({exc})", option="model") from None
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_path.name, "n_ctx": self.n_ctx}

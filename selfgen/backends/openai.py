@@ -15,23 +15,27 @@ The API key is taken from the argument or OPENAI_API_KEY and is never logged or 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from selfgen.backends.base import (
     Backend,
     BackendError,
+    BackendOptions,
     Completion,
     Constraint,
     GenerationRequest,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 FLAVOURS = ("auto", "llamacpp", "vllm", "openai", "none")
 MODES = ("auto", "completions", "chat")
@@ -135,36 +139,45 @@ def unwrap(flavour: str, text: str, constraint: Constraint | None, chat: bool) -
 class OpenAIBackend(Backend):
     name = "openai"
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_model: str | None = None,
-        api_key: str | None = None,
-        concurrency: int = 8,
-        server_flavour: str = "auto",
-        api_mode: str = "auto",
-        timeout_s: float = 300.0,
-        max_retries: int = 5,
-        seed: int = 0,
-        **_: Any,
-    ) -> None:
+    @dataclass(frozen=True)
+    class Options(BackendOptions):
+        base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI's
+        api_model: str | None = None  # None: the first model the server lists
+        api_key: str | None = field(default=None, repr=False)  # None: OPENAI_API_KEY
+        concurrency: int = 8
+        server_flavour: str = "auto"
+        api_mode: str = "auto"
+        timeout_s: float = 300.0
+        max_retries: int = 5
+
+    def __init__(self, options: Options | None = None) -> None:
         import openai
 
+        options = options or self.Options()
+        server_flavour, api_mode = options.server_flavour, options.api_mode
         if server_flavour not in FLAVOURS:
-            raise BackendError(f"--server-flavour: '{server_flavour}' is not one of {FLAVOURS}")
+            raise BackendError(
+                f"'{server_flavour}' is not one of {', '.join(FLAVOURS)}", option="server_flavour"
+            )
         if api_mode not in MODES:
-            raise BackendError(f"--api-mode: '{api_mode}' is not one of {MODES}")
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        key = api_key or os.environ.get("OPENAI_API_KEY")
+            raise BackendError(f"'{api_mode}' is not one of {', '.join(MODES)}", option="api_mode")
+        self.base_url = (
+            options.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        )
+        key = options.api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if not _is_local(self.base_url):
-                raise BackendError("--api-key: no API key (pass --api-key or set OPENAI_API_KEY)")
+                raise BackendError(
+                    f"no API key for {self.base_url} (give one, or set OPENAI_API_KEY)",
+                    option="api_key",
+                )
             key = "no-key"  # local servers accept any non-empty key
         self._key = key
-        self.concurrency = max(1, concurrency)
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.seed = seed
+        self.concurrency = max(1, options.concurrency)
+        self.timeout_s = options.timeout_s
+        self.max_retries = options.max_retries
+        self.seed = options.seed
+        api_model = options.api_model
         client = openai.OpenAI(
             base_url=self.base_url, api_key=key, timeout=30.0, max_retries=self.max_retries
         )
@@ -172,7 +185,7 @@ class OpenAIBackend(Backend):
             models = client.models.list().data
         except openai.APIConnectionError:
             raise BackendError(
-                f"--base-url: cannot reach an OpenAI-compatible server at {self.base_url}"
+                f"cannot reach an OpenAI-compatible server at {self.base_url}", option="base_url"
             ) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise BackendError(_refused(self.base_url, exc)) from None
@@ -180,15 +193,16 @@ class OpenAIBackend(Backend):
             # Some servers have no /models; the model can still be named with --api-model.
             if api_model is None:
                 raise BackendError(
-                    f"--base-url: {self.base_url} answered {exc.status_code} to /models; "
-                    "name the model with --api-model"
+                    f"{self.base_url} answered {exc.status_code} to /models; "
+                    "name the model with --api-model",
+                    option="base_url",
                 ) from None
             models = []
         finally:
             client.close()
         if api_model is None:
             if not models:
-                raise BackendError(f"--api-model: {self.base_url} lists no model; name one")
+                raise BackendError(f"{self.base_url} lists no model; name one", option="api_model")
             api_model = models[0].id
         self.model = api_model
         owner = next((getattr(m, "owned_by", "") for m in models if m.id == api_model), "")
@@ -317,6 +331,8 @@ class OpenAIBackend(Backend):
 
     def _start(self) -> tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore]:
         """The event loop thread, client and semaphore that every request shares (lazily)."""
+        import asyncio  # here, not at the top: the command line reads Options for its --help
+
         with self._lock:
             if self._session is None:
                 import openai
@@ -343,6 +359,8 @@ class OpenAIBackend(Backend):
 
     def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[Completion]]:
         """Queue requests on the shared event loop; at most `concurrency` are in flight."""
+        import asyncio
+
         loop, client, sem = self._start()
         return [asyncio.run_coroutine_threadsafe(self._one(client, sem, r), loop) for r in requests]
 
@@ -351,6 +369,8 @@ class OpenAIBackend(Backend):
 
     def shutdown(self) -> None:
         """Cancel queued and running requests, close the client and stop the event loop."""
+        import asyncio
+
         with self._lock:
             session, self._session = self._session, None
         if session is None:

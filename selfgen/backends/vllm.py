@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from selfgen.backends.base import (
     Backend,
     BackendError,
+    BackendOptions,
     Completion,
     GenerationRequest,
     parse_hermes_tool_calls,
@@ -64,36 +66,38 @@ class VLLMBackend(Backend):
     name = "vllm"
     batches_natively = True
 
-    def __init__(
-        self,
-        model: str | None = None,
-        n_ctx: int | None = None,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
-        dtype: str = "auto",
-        seed: int = 0,
-        **_: Any,
-    ) -> None:
-        if not model:
-            raise BackendError("--model: the vllm backend needs a Hugging Face model id or folder")
+    @dataclass(frozen=True)
+    class Options(BackendOptions):
+        model: str | None = None  # a Hugging Face model id or folder (required)
+        n_ctx: int | None = 4096  # the longest sequence; None: the model's own limit
+        tensor_parallel_size: int = 1
+        gpu_memory_utilization: float = 0.9
+        dtype: str = "auto"
+
+    def __init__(self, options: Options | None = None) -> None:
+        options = options or self.Options()
+        if not options.model:
+            raise BackendError(
+                "the vllm backend needs a Hugging Face model id or folder", option="model"
+            )
         try:
             from vllm import LLM
         except ImportError as exc:
             raise BackendError(
                 f"the vllm backend needs vLLM: pip install 'selfgen[vllm]' ({exc})"
             ) from None
-        self.model = str(model)
-        self.seed = seed
+        self.model = str(options.model)
+        self.seed = options.seed
         self.options = {
-            "tensor_parallel_size": tensor_parallel_size,
-            "gpu_memory_utilization": gpu_memory_utilization,
-            "max_model_len": n_ctx,
-            "dtype": dtype,
+            "tensor_parallel_size": options.tensor_parallel_size,
+            "gpu_memory_utilization": options.gpu_memory_utilization,
+            "max_model_len": options.n_ctx,
+            "dtype": options.dtype,
         }
         try:
-            self._llm = LLM(model=self.model, seed=seed, **self.options)
+            self._llm = LLM(model=self.model, seed=self.seed, **self.options)
         except Exception as exc:  # vLLM raises many kinds; the user needs the message
-            raise BackendError(f"--model: vLLM cannot load {self.model} ({exc})") from None
+            raise BackendError(f"vLLM cannot load {self.model} ({exc})", option="model") from None
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, **self.options}

@@ -38,12 +38,19 @@ import queue
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfgen.backends.base import Backend, BackendError, Completion, GenerationRequest, get_backend
+from selfgen.backends.base import (
+    Backend,
+    BackendError,
+    Completion,
+    GenerationRequest,
+    check_options,
+    get_backend,
+)
 
 # Answers are a few kilobytes; Ray's default object store (30% of memory) is sized for data
 # pipelines. Applies only to a Ray instance this process starts.
@@ -53,7 +60,7 @@ OBJECT_STORE_BYTES = 128 * 1024**2
 START_TIMEOUT_S = 900.0
 
 
-def worker_resources(backend: str, options: dict[str, Any]) -> dict[str, float]:
+def worker_resources(backend: str, options: Mapping[str, Any]) -> dict[str, float]:
     """What one worker reserves on the cluster: its GPUs for vLLM, its threads for llama.cpp."""
     if backend == "vllm":
         # Ray makes exactly these GPUs visible to the worker; vLLM shards the model over them.
@@ -75,15 +82,16 @@ class GenerationWorker:
 
     def __init__(self, backend: str, options: dict[str, Any]) -> None:
         self.backend: Backend | None = None
-        self.error: str | None = None
+        self.error: tuple[str, str | None] | None = None
         try:
-            self.backend = get_backend(backend, **options)
+            self.backend = get_backend(backend, options)
         except BackendError as exc:
             # Reported by ready(): raised here, it would reach the driver as "the actor died".
-            self.error = str(exc)
+            self.error = (exc.problem, exc.option)
 
-    def ready(self) -> tuple[str | None, dict[str, Any], bool]:
-        """(the error that stopped the backend, its description, whether it batches)."""
+    def ready(self) -> tuple[tuple[str, str | None] | None, dict[str, Any], bool]:
+        """(the error that stopped the backend, as its problem and option; its description;
+        whether it batches)."""
         backend = self.backend
         if backend is None:
             return self.error, {}, False
@@ -111,9 +119,12 @@ class _Worker:
 class RayBackend(Backend):
     """Runs `backend` (a backend name, with its `options`) on `workers` Ray actors.
 
-    `address` is a Ray cluster ("auto", "HOST:6379", "ray://HOST:10001"); None starts a local
-    Ray instance, stopped again by :meth:`close`. `workers=None` starts as many as the cluster
-    has room for. After `max_replacements` dead workers the run stops with an error.
+    The options are checked here, as :func:`get_backend` checks them, before Ray starts. An
+    error about a setting of the engine itself names it in `option` (`workers`,
+    `ray_address`, `engine`). `address` is a Ray cluster ("auto", "HOST:6379",
+    "ray://HOST:10001"); None starts a local Ray instance, stopped again by :meth:`close`.
+    `workers=None` starts as many as the cluster has room for. After `max_replacements` dead
+    workers the run stops with an error.
     """
 
     name = "ray"
@@ -121,13 +132,15 @@ class RayBackend(Backend):
     def __init__(
         self,
         backend: str,
-        options: dict[str, Any],
+        options: Mapping[str, Any],
+        *,
         workers: int | None = None,
         address: str | None = None,
         max_replacements: int | None = None,
         notify: Callable[[str], None] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
+        check_options(backend, options)
         self.inner = backend
         self.options = dict(options)
         if backend == "llamacpp":
@@ -166,8 +179,9 @@ class RayBackend(Backend):
             need = " and ".join(f"{v:g} {k}" for k, v in self.resources.items())
             have = " and ".join(f"{total.get(k, 0):g} {k}" for k in self.resources)
             raise BackendError(
-                f"--workers: {max(count, 1)} {self.inner} worker(s) need {need} each,"
-                f" and the Ray cluster has {have}"
+                f"{max(count, 1)} {self.inner} worker(s) need {need} each,"
+                f" and the Ray cluster has {have}",
+                option="workers",
             )
         return count
 
@@ -184,13 +198,14 @@ class RayBackend(Backend):
             ) from None
         except self._ray.exceptions.GetTimeoutError:
             raise BackendError(
-                f"--workers: {count} {self.inner} worker(s) did not start within"
+                f"{count} {self.inner} worker(s) did not start within"
                 f" {self.start_timeout_s:g} s; the cluster may have no free"
-                f" {' and '.join(self.resources)} for them (see `ray status`)"
+                f" {' and '.join(self.resources)} for them (see `ray status`)",
+                option="workers",
             ) from None
         for worker, (error, _, _) in zip(self._workers, answers, strict=True):
             if error:
-                raise BackendError(f"{error} (on a Ray worker)")
+                raise _on_a_worker(error)
             worker.ready = True
         _, self.info, self.batches = answers[0]
 
@@ -282,7 +297,7 @@ class RayBackend(Backend):
             self._replace(worker, exc, [])
             return
         if error:
-            raise BackendError(f"{error} (on a Ray worker)")
+            raise _on_a_worker(error)
         worker.ready = True
 
     def _replace(self, worker: _Worker, exc: Exception, items: list[Item]) -> None:
@@ -345,11 +360,18 @@ class RayBackend(Backend):
         super().close()
 
 
+def _on_a_worker(error: tuple[str, str | None]) -> BackendError:
+    problem, option = error
+    return BackendError(f"{problem} (on a Ray worker)", option=option)
+
+
 def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise BackendError("--engine ray needs Ray: pip install 'selfgen[ray]'") from None
+        raise BackendError(
+            "the ray engine needs Ray: pip install 'selfgen[ray]'", option="engine"
+        ) from None
     return ray
 
 
@@ -367,8 +389,13 @@ def _connect(ray: Any, address: str | None) -> bool:
     try:
         ray.init(**options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        flag = f"--ray-address {address}" if address else "--engine ray"
-        raise BackendError(f"{flag}: cannot start Ray ({_first_line(exc)})") from None
+        if address is None:
+            raise BackendError(
+                f"cannot start a local Ray ({_first_line(exc)})", option="engine"
+            ) from None
+        raise BackendError(
+            f"cannot join Ray at {address} ({_first_line(exc)})", option="ray_address"
+        ) from None
     return True
 
 
