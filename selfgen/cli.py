@@ -292,7 +292,7 @@ def _prepare_tools(cfg: Any) -> tuple[dict, list] | None:
         return None
     from selfgen.records import ToolCall, ToolSeed
     from selfgen.sandbox import ToolSandbox
-    from selfgen.stages.tool_traces import ToolSeedError, load_tool_seeds
+    from selfgen.seeds import ToolSeedError, load_tool_seeds
     from selfgen.tooling import ToolError, tool_specs, validate_arguments
 
     try:
