@@ -428,8 +428,17 @@ def export(
         fail(str(exc), RUN_ERROR)
     try:
         counts = export_run(
-            store, format, out, include_seeds, split, split_seed, include_failed, only_curated
+            store,
+            format,
+            out,
+            include_seeds=include_seeds,
+            split=split,
+            split_seed=split_seed,
+            include_failed=include_failed,
+            only_curated=only_curated,
         )
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
     except OSError as exc:
         fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
     finally:
@@ -444,9 +453,6 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Print a run's funnel, rejection reasons and counts."""
-    import sqlite3
-
-    from selfgen.stats import run_stats
     from selfgen.store import RunStore, StoreError
 
     try:
@@ -454,9 +460,9 @@ def stats(
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     try:
-        figures = run_stats(store)
-    except sqlite3.DatabaseError as exc:  # opened, then found broken (e.g. truncated)
-        fail(f"{store.path}: cannot read the run store ({exc})", RUN_ERROR)
+        figures = store.figures()
+    except StoreError as exc:  # opened, then found broken (e.g. truncated)
+        fail(str(exc), RUN_ERROR)
     finally:
         store.close()
     if as_json:
@@ -699,23 +705,20 @@ def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) 
         fail(f"{run_dir}: this run has no tools")
     calls = same = 0
     differ = []
-    with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
-        for trace_id, raw in store.db.execute(
-            "SELECT id, messages FROM traces WHERE stage NOT IN ('parse', 'rules', 'rouge')"
-        ):
-            messages = json.loads(raw)
-            recorded = {m["tool_call_id"]: m["content"] for m in messages if m["role"] == "tool"}
-            for m in messages:
-                for call in m.get("tool_calls") or []:
-                    fn = call["function"]
-                    result = sandbox.call(fn["name"], json.loads(fn["arguments"]))
-                    fresh = result.output if result.ok else f"error: {result.error}"
-                    calls += 1
-                    if fresh == recorded.get(call["id"]):
-                        same += 1
-                    else:
-                        differ.append((trace_id, fn["name"], recorded.get(call["id"]), fresh))
-    store.close()
+    try:
+        with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
+            for call in store.replayable_calls():
+                result = sandbox.call(call.name, call.arguments)
+                fresh = result.output if result.ok else f"error: {result.error}"
+                calls += 1
+                if fresh == call.recorded:
+                    same += 1
+                else:
+                    differ.append((call.trace_id, call.name, call.recorded, fresh))
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    finally:
+        store.close()
     for trace_id, tool_name, old, new in differ:
         typer.echo(f"trace {trace_id}: {tool_name} gave {new!r}, recorded {old!r}")
     typer.echo(f"replayed {calls} tool calls: {same} reproduced, {len(differ)} differ")

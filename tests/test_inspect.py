@@ -17,8 +17,8 @@ from selfgen.backends.base import register_backend
 from selfgen.export import export_run
 from selfgen.stats import run_stats
 from selfgen.store import DB_NAME, RoundRecord, RunStore, m001_initial, m002_tool_traces
+from selfgen.store.browse import PAGE_SIZE, SORTS, Filters, Inspector
 from selfgen.tui.app import DetailScreen, FilterScreen, InspectApp, ItemTable, StatsScreen
-from selfgen.tui.queries import PAGE_SIZE, SORTS, Filters, Inspector
 
 SIZE = (130, 36)
 
@@ -81,8 +81,11 @@ def test_counts_and_filters(store):
 @pytest.mark.parametrize("descending", [False, True])
 def test_pages_cover_every_item_once_in_order(store, sort, descending):
     q = Inspector(store)
-    whole = q.page(Filters(), sort, descending, 0, 100)
-    paged = [i for start in range(0, 20, 6) for i in q.page(Filters(), sort, descending, start, 6)]
+    view = {"sort": sort, "descending": descending}
+    whole = q.page(Filters(), **view, offset=0, limit=100)
+    paged = [
+        i for start in range(0, 20, 6) for i in q.page(Filters(), **view, offset=start, limit=6)
+    ]
     assert paged == whole
     assert len({(i.kind, i.id) for i in paged}) == 20
     if sort == "score":
