@@ -28,6 +28,11 @@ def type_name(value: object) -> str:
     return names.get(type(value), "number" if isinstance(value, int | float) else "value")
 
 
+def line_of(where: str) -> int:
+    """The line number of a ``file:line`` that :func:`read_jsonl` yielded."""
+    return int(where.rpartition(":")[2])
+
+
 def parse_json_line(line: str) -> Any:
     """One JSON value, or ValueError with the reason and column (without the place)."""
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfgen.io import DataFileError, read_jsonl, type_name
+from selfgen.io import DataFileError, line_of, read_jsonl, type_name
 from selfgen.records import Instance, SeedTask, ToolCall, ToolSeed
 
 
@@ -109,6 +109,5 @@ def load_tool_seeds(path: str | Path) -> list[ToolSeed]:
 def _unique(seed_id: str, where: str, first: dict[str, str], error: type[DataFileError]) -> None:
     """Refuse an id seen before (the run store keys seeds by id); `first` maps id to where."""
     if seed_id in first:
-        line = first[seed_id].rpartition(":")[2]
-        raise error(f"{where}: duplicate id '{seed_id}' (first on line {line})")
+        raise error(f"{where}: duplicate id '{seed_id}' (first on line {line_of(first[seed_id])})")
     first[seed_id] = where
