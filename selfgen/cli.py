@@ -500,6 +500,15 @@ def inspect(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) -> Non
         fail(f"{store.path}: {tui.error}", RUN_ERROR)
 
 
+# The flag of each parameter of selfgen.dedupe.dedupe that a DedupeError can name.
+DEDUPE_FLAGS = {
+    "field_path": "--field",
+    "threshold": "--threshold",
+    "fmt": "--format",
+    "tokenizer": "--tokenizer",
+}
+
+
 @app.command()
 def dedupe(
     input: Annotated[
@@ -564,20 +573,21 @@ def dedupe(
             summary = run_dedupe(
                 input,
                 out,
-                field,
-                threshold,
-                against,
-                rejected,
-                format,
-                tokenizer,
-                strict,
+                field_path=field,
+                threshold=threshold,
+                against=against,
+                rejected=rejected,
+                fmt=format,
+                tokenizer=tokenizer,
+                strict=strict,
                 on_progress=lambda n: progress.advance(task, n),
                 on_malformed=lambda message: err.print(
                     f"skipped {message}", markup=False, highlight=False, soft_wrap=True
                 ),
             )
     except DedupeError as exc:
-        fail(str(exc))
+        flag = DEDUPE_FLAGS.get(exc.param or "")
+        fail(f"{flag}: {exc.problem}" if flag else str(exc))
     except UnicodeDecodeError as exc:
         fail(f"{input}: not UTF-8 text ({exc.reason} at byte {exc.start})")
     seconds = time.perf_counter() - started
