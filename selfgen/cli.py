@@ -886,8 +886,16 @@ def eval_(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Score answers with ROUGE-L against the reference outputs, per category and overall."""
-    from selfgen.tune import TuneError, quiet_libraries, require_extra, write_json_atomic
+    from selfgen.tune import (
+        TuneDataError,
+        TuneError,
+        quiet_libraries,
+        require_extra,
+        write_json_atomic,
+    )
 
+    if compare and adapter is None:
+        fail("--compare: needs --adapter (the tuned model to compare with the base)")
     for name, value in (
         ("--limit", limit),
         ("--max-new-tokens", max_new_tokens),
@@ -914,15 +922,17 @@ def eval_(
         try:
             results = evaluate(
                 tasks,
-                model,
-                adapter,
-                compare,
-                limit,
-                max_new_tokens,
-                batch_size,
+                model_spec=model,
+                adapter=adapter,
+                compare=compare,
+                limit=limit,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 threads=threads,
             )
+        except TuneDataError as exc:  # the only data file eval reads is the task file
+            fail(f"--tasks: {exc}")
         except TuneError as exc:
             fail(str(exc))
     if out is not None:
