@@ -68,7 +68,7 @@ def read_jsonl(
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise error(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start + 1})") from None
             if lineno == 1:
