@@ -494,3 +494,19 @@ def test_a_store_from_before_curation_is_migrated(tmp_path):
     ]
     assert Inspector(store).count(Filters(status="curated-accepted")) == 0
     store.close()
+
+
+def test_replay_of_the_stored_tool_calls(run_dir, store, child_env):
+    calls = list(store.replayable_calls())
+    # The four traces that reached a tool; the calculator's call is replayed with its output.
+    assert {c.trace_id for c in calls} <= {1, 2, 3, 4}
+    assert any(c.name == "calculator" and c.recorded == "583" for c in calls)
+    proc = subprocess.run(
+        [*selfgen_cmd(), "traces", "replay", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert f"replayed {len(calls)} tool calls" in proc.stdout, proc.stderr
