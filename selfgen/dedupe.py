@@ -31,16 +31,18 @@ class DedupeError(ValueError):
         self.param = param
 
 
+# A step into a parsed row: a key, a list index, or a (key, value) selector.
+Step = str | int | tuple[str, str]
 _STEP = re.compile(r"([^.\[\]]+)|\[([^\]=]+)=([^\]]*)\]|\[(\d+)\]")
 
 
-def parse_field_path(path: str) -> list[Any]:
+def parse_field_path(path: str) -> list[Step]:
     """``messages[role=user].content`` -> ["messages", ("role", "user"), "content"].
 
     Steps are keys, list indexes (``messages.0`` or ``messages[0]``) or selectors
     (``[key=value]``: the first element of a list whose `key` equals `value`).
     """
-    steps: list[Any] = []
+    steps: list[Step] = []
     pos = 0
     text = path.strip()
     while pos < len(text):
@@ -63,7 +65,7 @@ def parse_field_path(path: str) -> list[Any]:
     return steps
 
 
-def extract(obj: Any, steps: list[Any]) -> str:
+def extract(obj: Any, steps: list[Step]) -> str:
     """Follow `steps` into a parsed JSON row; raise KeyError with a reason when they fail."""
     cur = obj
     for step in steps:

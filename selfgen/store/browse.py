@@ -161,13 +161,14 @@ class Inspector:
         self.store = store
         self.db: sqlite3.Connection = store.db
 
-    def _where(self, kind: str, filters: Filters) -> tuple[str, list[Any]] | None:
+    def _where(self, kind: str, filters: Filters) -> tuple[str, list[str | int]] | None:
         """The WHERE clause selecting the items of `kind` that match, or None if none can."""
         if filters.kind not in (None, kind):
             return None
         if kind == "trace" and filters.classification is not None:
             return None  # a trace is not a task and has no classification
-        where, args = ["1"], []
+        where: list[str] = ["1"]
+        args: list[str | int] = []
         if filters.status is not None:
             where.append(f"{_status(kind)} = ?")
             args.append(filters.status)

@@ -22,10 +22,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selfgen.io import read_jsonl
 from selfgen.tune import TuneDataError, TuneError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -147,7 +150,7 @@ def split_rows(
     )
 
 
-def template_renders_tools(tokenizer: Any) -> bool:
+def template_renders_tools(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer's chat template shows tool schemas, calls and results."""
     sentinels = ("schema_f3a1", "call_b7c2", "argument_9d4e", "result_5e6f")
     tools = [{"type": "function", "function": {"name": sentinels[0], "parameters": {}}}]
@@ -221,7 +224,10 @@ def fallback_messages(example: ChatExample) -> list[dict[str, Any]]:
 
 
 def tokenize_example(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, where: str
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    where: str,
 ) -> dict[str, list[int]]:
     """Token ids of the whole conversation, and labels that keep only the assistant turns."""
     full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)

@@ -40,6 +40,7 @@ from selfgen.tune.models import (
 )
 
 if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Progress = Callable[[int, int], None]  # (answers done, answers in all)
@@ -88,7 +89,7 @@ def _task_items(task: dict[str, Any], where: str) -> list[EvalItem]:
 
 
 @lru_cache(maxsize=1)
-def _scorer() -> Any:
+def _scorer() -> RougeScorer:
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
