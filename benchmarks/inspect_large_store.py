@@ -44,8 +44,8 @@ def _all_rows_app(store):
     from textual.app import App
     from textual.widgets import DataTable
 
+    from selfgen.store.browse import KINDS, _columns, _item
     from selfgen.tui.app import COLUMNS, _cells
-    from selfgen.tui.queries import KINDS, _columns, _item
 
     class AllRows(App):
         def compose(self):

@@ -91,7 +91,9 @@ def main() -> None:
                 "settings": scorer.settings(),
                 "model": model,
                 "tasks": len(wins),
-                "unscored": sum(g is None or p is None for g, p in zip(good_scores, poor_scores)),
+                "unscored": sum(
+                    g is None or p is None for g, p in zip(good_scores, poor_scores, strict=True)
+                ),
                 "pairwise_accuracy": sum(wins) / len(wins),
                 "ci95": [low, high],
                 "seconds_per_item": seconds,

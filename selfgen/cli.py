@@ -348,7 +348,7 @@ def _prepare_tools(cfg: RunConfig) -> tuple[dict[str, ToolSpec], list[ToolSeed]]
         return None
     from selfgen.records import ToolCall, ToolSeed
     from selfgen.sandbox import ToolSandbox
-    from selfgen.stages.tool_traces import ToolSeedError, load_tool_seeds
+    from selfgen.seeds import ToolSeedError, load_tool_seeds
     from selfgen.tooling import ToolError, tool_specs, validate_arguments
 
     assert cfg.tools is not None, "validate() requires tools with num_traces"
@@ -486,8 +486,17 @@ def export(
         fail(str(exc), RUN_ERROR)
     try:
         counts = export_run(
-            store, format, out, include_seeds, split, split_seed, include_failed, only_curated
+            store,
+            format,
+            out,
+            include_seeds=include_seeds,
+            split=split,
+            split_seed=split_seed,
+            include_failed=include_failed,
+            only_curated=only_curated,
         )
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
     except OSError as exc:
         fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
     finally:
@@ -502,9 +511,6 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Print a run's funnel, rejection reasons and counts."""
-    import sqlite3
-
-    from selfgen.stats import run_stats
     from selfgen.store import RunStore, StoreError
 
     try:
@@ -512,9 +518,9 @@ def stats(
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     try:
-        figures = run_stats(store)
-    except sqlite3.DatabaseError as exc:  # opened, then found broken (e.g. truncated)
-        fail(f"{store.path}: cannot read the run store ({exc})", RUN_ERROR)
+        figures = store.figures()
+    except StoreError as exc:  # opened, then found broken (e.g. truncated)
+        fail(str(exc), RUN_ERROR)
     finally:
         store.close()
     if as_json:
@@ -550,6 +556,15 @@ def inspect(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) -> Non
         store.close()
     if tui.error:
         fail(f"{store.path}: {tui.error}", RUN_ERROR)
+
+
+# The flag of each parameter of selfgen.dedupe.dedupe that a DedupeError can name.
+DEDUPE_FLAGS = {
+    "field_path": "--field",
+    "threshold": "--threshold",
+    "fmt": "--format",
+    "tokenizer": "--tokenizer",
+}
 
 
 @app.command()
@@ -616,20 +631,21 @@ def dedupe(
             summary = run_dedupe(
                 input,
                 out,
-                field,
-                threshold,
-                against,
-                rejected,
-                format,
-                tokenizer,
-                strict,
+                field_path=field,
+                threshold=threshold,
+                against=against,
+                rejected=rejected,
+                fmt=format,
+                tokenizer=tokenizer,
+                strict=strict,
                 on_progress=lambda n: progress.advance(task, n),
                 on_malformed=lambda message: err.print(
                     f"skipped {message}", markup=False, highlight=False, soft_wrap=True
                 ),
             )
     except DedupeError as exc:
-        fail(str(exc))
+        flag = DEDUPE_FLAGS.get(exc.param or "")
+        fail(f"{flag}: {exc.problem}" if flag else str(exc))
     except UnicodeDecodeError as exc:
         fail(f"{input}: not UTF-8 text ({exc.reason} at byte {exc.start})")
     seconds = time.perf_counter() - started
@@ -757,23 +773,20 @@ def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) 
         fail(f"{run_dir}: this run has no tools")
     calls = same = 0
     differ = []
-    with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
-        for trace_id, raw in store.db.execute(
-            "SELECT id, messages FROM traces WHERE stage NOT IN ('parse', 'rules', 'rouge')"
-        ):
-            messages = json.loads(raw)
-            recorded = {m["tool_call_id"]: m["content"] for m in messages if m["role"] == "tool"}
-            for m in messages:
-                for call in m.get("tool_calls") or []:
-                    fn = call["function"]
-                    result = sandbox.call(fn["name"], json.loads(fn["arguments"]))
-                    fresh = result.output if result.ok else f"error: {result.error}"
-                    calls += 1
-                    if fresh == recorded.get(call["id"]):
-                        same += 1
-                    else:
-                        differ.append((trace_id, fn["name"], recorded.get(call["id"]), fresh))
-    store.close()
+    try:
+        with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
+            for call in store.replayable_calls():
+                result = sandbox.call(call.name, call.arguments)
+                fresh = result.output if result.ok else f"error: {result.error}"
+                calls += 1
+                if fresh == call.recorded:
+                    same += 1
+                else:
+                    differ.append((call.trace_id, call.name, call.recorded, fresh))
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    finally:
+        store.close()
     for trace_id, tool_name, old, new in differ:
         typer.echo(f"trace {trace_id}: {tool_name} gave {new!r}, recorded {old!r}")
     typer.echo(f"replayed {calls} tool calls: {same} reproduced, {len(differ)} differ")
@@ -878,8 +891,16 @@ def eval_(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Score answers with ROUGE-L against the reference outputs, per category and overall."""
-    from selfgen.tune import TuneError, quiet_libraries, require_extra, write_json_atomic
+    from selfgen.tune import (
+        TuneDataError,
+        TuneError,
+        quiet_libraries,
+        require_extra,
+        write_json_atomic,
+    )
 
+    if compare and adapter is None:
+        fail("--compare: needs --adapter (the tuned model to compare with the base)")
     for name, value in (
         ("--limit", limit),
         ("--max-new-tokens", max_new_tokens),
@@ -906,15 +927,17 @@ def eval_(
         try:
             results = evaluate(
                 tasks,
-                model,
-                adapter,
-                compare,
-                limit,
-                max_new_tokens,
-                batch_size,
+                model_spec=model,
+                adapter=adapter,
+                compare=compare,
+                limit=limit,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 threads=threads,
             )
+        except TuneDataError as exc:  # the only data file eval reads is the task file
+            fail(f"--tasks: {exc}")
         except TuneError as exc:
             fail(str(exc))
     if out is not None:

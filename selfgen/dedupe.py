@@ -10,31 +10,39 @@ end, so an interrupted or failed run leaves no partial output.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from selfgen.filters.rouge import TOKENIZERS, RougeIndex
+from selfgen.io import atomic_write, parse_json_line
 
 
 class DedupeError(ValueError):
-    """Bad input or options; the message names the file and line, or the flag."""
+    """Bad input or options. The message names the file and line, or, with `param` set, the
+    parameter of :func:`dedupe` whose value is wrong (the CLI names its flag instead)."""
+
+    def __init__(self, problem: str, *, param: str | None = None) -> None:
+        super().__init__(f"{param}: {problem}" if param else problem)
+        self.problem = problem
+        self.param = param
 
 
+# A step into a parsed row: a key, a list index, or a (key, value) selector.
+Step = str | int | tuple[str, str]
 _STEP = re.compile(r"([^.\[\]]+)|\[([^\]=]+)=([^\]]*)\]|\[(\d+)\]")
 
 
-def parse_field_path(path: str) -> list[Any]:
+def parse_field_path(path: str) -> list[Step]:
     """``messages[role=user].content`` -> ["messages", ("role", "user"), "content"].
 
     Steps are keys, list indexes (``messages.0`` or ``messages[0]``) or selectors
     (``[key=value]``: the first element of a list whose `key` equals `value`).
     """
-    steps: list[Any] = []
+    steps: list[Step] = []
     pos = 0
     text = path.strip()
     while pos < len(text):
@@ -43,7 +51,7 @@ def parse_field_path(path: str) -> list[Any]:
             continue
         m = _STEP.match(text, pos)
         if not m:
-            raise DedupeError(f"--field: cannot read '{path}' at position {pos + 1}")
+            raise DedupeError(f"cannot read '{path}' at position {pos + 1}", param="field_path")
         key, sel_key, sel_value, index = m.groups()
         if key is not None:
             steps.append(int(key) if key.isdigit() else key)
@@ -53,11 +61,11 @@ def parse_field_path(path: str) -> list[Any]:
             steps.append((sel_key, sel_value))
         pos = m.end()
     if not steps:
-        raise DedupeError("--field: empty field path")
+        raise DedupeError("empty field path", param="field_path")
     return steps
 
 
-def extract(obj: Any, steps: list[Any]) -> str:
+def extract(obj: Any, steps: list[Step]) -> str:
     """Follow `steps` into a parsed JSON row; raise KeyError with a reason when they fail."""
     cur = obj
     for step in steps:
@@ -85,7 +93,7 @@ def extract(obj: Any, steps: list[Any]) -> str:
 def detect_format(path: Path, fmt: str) -> str:
     if fmt != "auto":
         if fmt not in ("jsonl", "text"):
-            raise DedupeError(f"--format: '{fmt}' is not one of auto, jsonl, text")
+            raise DedupeError(f"'{fmt}' is not one of auto, jsonl, text", param="fmt")
         return fmt
     return "jsonl" if path.suffix.lower() in (".jsonl", ".json", ".ndjson") else "text"
 
@@ -111,9 +119,9 @@ def read_rows(path: Path, fmt: str, field_path: str) -> Iterator[Row]:
                 yield Row(lineno, raw, body)
                 continue
             try:
-                obj = json.loads(body)
-            except json.JSONDecodeError as exc:
-                yield Row(lineno, raw, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                obj = parse_json_line(body)
+            except ValueError as exc:
+                yield Row(lineno, raw, None, str(exc))
                 continue
             try:
                 yield Row(lineno, raw, extract(obj, steps), obj=obj)
@@ -131,30 +139,10 @@ class DedupeSummary:
     malformed_lines: list[str] = field(default_factory=list)
 
 
-class _AtomicWriter:
-    """A text file written under a temporary name and renamed into place by `commit`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="")
-
-    def write(self, text: str) -> None:
-        self.file.write(text)
-
-    def commit(self) -> None:
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        Path(self.tmp).unlink(missing_ok=True)
-
-
 def dedupe(
     inputs: Path,
     out: Path,
+    *,
     field_path: str = "instruction",
     threshold: float = 0.7,
     against: list[Path] | None = None,
@@ -167,9 +155,9 @@ def dedupe(
 ) -> DedupeSummary:
     """Greedy de-duplication of `inputs` into `out`; see the module docstring."""
     if not 0.0 <= threshold <= 1.0:
-        raise DedupeError("--threshold: must be in [0, 1]")
+        raise DedupeError("must be in [0, 1]", param="threshold")
     if tokenizer not in TOKENIZERS:
-        raise DedupeError(f"--tokenizer: '{tokenizer}' is not one of {', '.join(TOKENIZERS)}")
+        raise DedupeError(f"'{tokenizer}' is not one of {', '.join(TOKENIZERS)}", param="tokenizer")
     for path in [inputs, *(against or [])]:
         if not path.is_file():
             raise DedupeError(f"{path}: no such file")
@@ -204,9 +192,11 @@ def dedupe(
             origin.append((str(path), row.line))
             summary.against += 1
 
-    kept_out = _AtomicWriter(out)
-    rejected_out = _AtomicWriter(rejected) if rejected else None
-    try:
+    # Both outputs are renamed into place only when every row was read; a failure (or --strict)
+    # removes both temporary files.
+    with ExitStack() as outputs:
+        kept_out: IO[str] = outputs.enter_context(atomic_write(out))
+        rejected_out = outputs.enter_context(atomic_write(rejected)) if rejected else None
         for row in read_rows(inputs, detect_format(inputs, fmt), field_path):
             summary.read += 1
             if on_progress:
@@ -252,12 +242,4 @@ def dedupe(
                     )
                     + "\n"
                 )
-    except BaseException:
-        kept_out.discard()
-        if rejected_out:
-            rejected_out.discard()
-        raise
-    kept_out.commit()
-    if rejected_out:
-        rejected_out.commit()
     return summary

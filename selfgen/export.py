@@ -8,16 +8,15 @@ so a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from selfgen.records import Instance
+from selfgen.io import write_jsonl_atomic
+from selfgen.records import Fate, Instance
 from selfgen.store import RunStore
 
 FORMATS = ("alpaca", "openai", "sharegpt")
@@ -55,14 +54,14 @@ def to_row(fmt: str, instruction: str, inst: Instance) -> dict[str, Any]:
 
 
 def collect_tasks(
-    store: RunStore, include_seeds: bool, only_curated: bool = False
+    store: RunStore, *, include_seeds: bool = False, only_curated: bool = False
 ) -> list[ExportTask]:
     tasks = []
     if include_seeds:
         tasks += [ExportTask(s.instruction, list(s.instances), "seed") for s in store.seeds()]
     tasks += [
         ExportTask(row["instruction"], inst, "machine")
-        for row, inst in store.kept_tasks(only_curated)
+        for row, inst in store.kept_tasks(only_curated=only_curated)
     ]
     return tasks
 
@@ -88,7 +87,7 @@ def rows(fmt: str, tasks: Iterable[ExportTask]) -> Iterator[dict[str, Any]]:
 
 
 def trace_rows(
-    fmt: str, store: RunStore, include_failed: bool = False, only_curated: bool = False
+    fmt: str, store: RunStore, *, include_failed: bool = False, only_curated: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Tool-use traces as chat rows with their tools. Alpaca has no place for tool calls, so
     traces are not exported in that format. Only verified traces, unless `include_failed`:
@@ -97,26 +96,16 @@ def trace_rows(
     if fmt == "alpaca":
         return
     specs = [spec.openai() for spec in store.tool_specs().values()]
-    where = "" if include_failed else " AND fate = 'kept'"
-    curated = "= 'accepted'" if only_curated else "IS NOT 'rejected'"
-    rows = store.db.execute(
-        "SELECT messages, fate, stage, reason FROM traces LEFT JOIN curation k"
-        " ON k.kind = 'trace' AND k.item_id = traces.id"
-        " WHERE stage NOT IN ('parse', 'rules', 'rouge')"
-        " AND NOT (fate = 'rejected' AND reason = 'target_reached')"
-        f" AND k.decision {curated}" + where + " ORDER BY traces.id"
-    )
-    for raw, fate, stage, reason in rows:
-        messages = json.loads(raw)
+    for trace in store.trace_rows(include_failed=include_failed, only_curated=only_curated):
         if fmt == "openai":
-            row: dict[str, Any] = {"messages": messages, "tools": specs}
+            row: dict[str, Any] = {"messages": trace.messages, "tools": specs}
         else:
             row = {
-                "conversations": sharegpt_turns(messages),
+                "conversations": sharegpt_turns(trace.messages),
                 "tools": json.dumps([s["function"] for s in specs], ensure_ascii=False),
             }
-        if fate != "kept":
-            row["selfgen"] = {"verified": False, "stage": stage, "reason": reason}
+        if trace.fate != Fate.KEPT:
+            row["selfgen"] = {"verified": False, "stage": trace.stage, "reason": trace.reason}
         yield row
 
 
@@ -138,25 +127,6 @@ def sharegpt_turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     return turns
 
 
-def write_jsonl_atomic(path: Path, items: Iterable[dict[str, Any]]) -> int:
-    """Write rows to `path` through a temporary file in the same folder; return the count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for item in items:
-                f.write(json.dumps(item, ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
-
-
 def validation_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.valid{out.suffix or '.jsonl'}")
 
@@ -165,6 +135,7 @@ def export_run(
     store: RunStore,
     fmt: str,
     out: Path,
+    *,
     include_seeds: bool = False,
     split: float | None = None,
     split_seed: int = 0,
@@ -176,8 +147,8 @@ def export_run(
     by hand in `selfgen inspect` are left out; `only_curated` keeps only those accepted by hand."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-    tasks = collect_tasks(store, include_seeds, only_curated)
-    traces = trace_rows(fmt, store, include_failed, only_curated)
+    tasks = collect_tasks(store, include_seeds=include_seeds, only_curated=only_curated)
+    traces = trace_rows(fmt, store, include_failed=include_failed, only_curated=only_curated)
     if split is None:
         return {str(out): write_jsonl_atomic(out, chain(rows(fmt, tasks), traces))}
     train, valid = split_tasks(tasks, split, split_seed)

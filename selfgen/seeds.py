@@ -1,23 +1,31 @@
-"""Reading seed task files in the Self-Instruct format.
+"""Reading the human-written seeds: seed tasks in the Self-Instruct format, and tool seeds.
 
-One JSON object per line: ``id``, ``name``, ``instruction``, ``instances`` (a list of
-``{"input", "output"}``) and ``is_classification``. The original 175-task Self-Instruct file
-loads unchanged. Any defect stops with a :class:`SeedFileError` naming ``file:line``.
+A seed task file holds one JSON object a line: ``id``, ``name``, ``instruction``,
+``instances`` (a list of ``{"input", "output"}``) and ``is_classification``. The original
+175-task Self-Instruct file loads unchanged. A tool seed file holds ``{"id", "request",
+"calls": [{"name", "arguments"}], "answer"}`` lines. Both are read by selfgen.io's JSONL
+reader; any defect stops with a :class:`SeedFileError` or :class:`ToolSeedError` naming
+``file:line``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
-from selfgen.records import Instance, SeedTask
+from selfgen.io import DataFileError, line_of, read_jsonl, type_name
+from selfgen.records import Instance, SeedTask, ToolCall, ToolSeed
 
 
-class SeedFileError(ValueError):
+class SeedFileError(DataFileError):
     """A seed file that cannot be used; the message names the file and line."""
 
 
-_FIELDS: dict[str, type | tuple[type, ...]] = {
+class ToolSeedError(DataFileError):
+    """A tool seed file that cannot be used; the message names the file and line."""
+
+
+_FIELDS: dict[str, type] = {
     "id": str,
     "name": str,
     "instruction": str,
@@ -26,27 +34,15 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _type_name(value: object) -> str:
-    return {str: "string", list: "list", bool: "boolean", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def parse_seed_line(raw: str, where: str) -> SeedTask:
-    """Parse one seed line; `where` is ``file:line`` for error messages."""
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SeedFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise SeedFileError(f"{where}: expected a JSON object, got {_type_name(obj)}")
+def parse_seed_task(obj: dict[str, Any], where: str) -> SeedTask:
+    """Check one seed task read from a file; `where` is ``file:line`` for error messages."""
     for key, expected in _FIELDS.items():
         if key not in obj:
             raise SeedFileError(f"{where}: missing field '{key}'")
         if not isinstance(obj[key], expected):
-            want = _type_name(expected())  # type: ignore[operator]
             raise SeedFileError(
-                f"{where}: field '{key}' must be a {want}, got {_type_name(obj[key])}"
+                f"{where}: field '{key}' must be a {type_name(expected())}, "
+                f"got {type_name(obj[key])}"
             )
     if not obj["instruction"].strip():
         raise SeedFileError(f"{where}: field 'instruction' is empty")
@@ -71,25 +67,47 @@ def parse_seed_line(raw: str, where: str) -> SeedTask:
 
 def load_seed_tasks(path: str | Path) -> list[SeedTask]:
     """Load every task of a seed file, or raise :class:`SeedFileError`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SeedFileError(f"{path}: no such seed file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SeedFileError(f"{path}: cannot read seed file ({exc})") from None
     tasks: list[SeedTask] = []
-    seen: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        task = parse_seed_line(raw, f"{path}:{lineno}")
-        if task.id in seen:
-            raise SeedFileError(
-                f"{path}:{lineno}: duplicate id '{task.id}' (first on line {seen[task.id]})"
-            )
-        seen[task.id] = lineno
+    first: dict[str, str] = {}
+    for where, obj in read_jsonl(path, what="seed file", holds="tasks", error=SeedFileError):
+        task = parse_seed_task(obj, where)
+        _unique(task.id, where, first, SeedFileError)
         tasks.append(task)
-    if not tasks:
-        raise SeedFileError(f"{path}:1: the seed file holds no tasks")
     return tasks
+
+
+def parse_tool_seed(obj: dict[str, Any], where: str) -> ToolSeed:
+    """Check one tool seed read from a file; its calls are not run here."""
+    for key, kind in (("id", str), ("request", str), ("calls", list), ("answer", str)):
+        if not isinstance(obj.get(key), kind):
+            raise ToolSeedError(f"{where}: field '{key}' is missing or not a {type_name(kind())}")
+    calls = []
+    for i, call in enumerate(obj["calls"]):
+        if not (
+            isinstance(call, dict)
+            and isinstance(call.get("name"), str)
+            and isinstance(call.get("arguments"), dict)
+        ):
+            raise ToolSeedError(f"{where}: calls[{i}] needs a 'name' and an 'arguments' object")
+        calls.append(ToolCall(call["name"], call["arguments"]))
+    return ToolSeed(obj["id"], obj["request"].strip(), tuple(calls), obj["answer"])
+
+
+def load_tool_seeds(path: str | Path) -> list[ToolSeed]:
+    """Load every example of a tool seed file, or raise :class:`ToolSeedError`."""
+    seeds: list[ToolSeed] = []
+    first: dict[str, str] = {}
+    for where, obj in read_jsonl(
+        path, what="tool seed file", holds="examples", error=ToolSeedError
+    ):
+        seed = parse_tool_seed(obj, where)
+        _unique(seed.id, where, first, ToolSeedError)
+        seeds.append(seed)
+    return seeds
+
+
+def _unique(seed_id: str, where: str, first: dict[str, str], error: type[DataFileError]) -> None:
+    """Refuse an id seen before (the run store keys seeds by id); `first` maps id to where."""
+    if seed_id in first:
+        raise error(f"{where}: duplicate id '{seed_id}' (first on line {line_of(first[seed_id])})")
+    first[seed_id] = where

@@ -19,9 +19,8 @@ from selfgen.backends.base import get_backend
 from selfgen.config import build_config
 from selfgen.loop import Loop
 from selfgen.sandbox import ToolSandbox
-from selfgen.seeds import load_seed_tasks
+from selfgen.seeds import load_seed_tasks, load_tool_seeds
 from selfgen.stages import request_seed
-from selfgen.stages.tool_traces import load_tool_seeds
 from selfgen.store import RunStore
 from selfgen.tooling import tool_specs
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from conftest import ROOT, selfgen_cmd, shared_file
 
-from selfgen.dedupe import DedupeError, extract, parse_field_path
+from selfgen.dedupe import DedupeError, dedupe, extract, parse_field_path
 from selfgen.filters.rouge import RougeIndex, rouge_l_f, rouge_tokenize
 
 
@@ -131,3 +131,16 @@ def test_decisions_equal_a_plain_reference_on_the_shared_corpus():
             assert nearest is None
             index.add(line)
             kept_tokens.append(tokens)
+
+
+def test_a_bad_option_is_named_by_its_flag(tmp_path, child_env):
+    src = tmp_path / "in.txt"
+    src.write_text("one line\n")
+    with pytest.raises(DedupeError) as err:
+        dedupe(src, tmp_path / "out.txt", threshold=1.5)
+    assert (err.value.param, str(err.value)) == ("threshold", "threshold: must be in [0, 1]")
+    proc = run([str(src), "--out", str(tmp_path / "out.txt"), "--threshold", "1.5"], child_env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --threshold: must be in [0, 1]"
+    proc = run([str(src), "--out", str(tmp_path / "out.txt"), "--field", "a..["], child_env)
+    assert proc.stderr.strip() == "error: --field: cannot read 'a..[' at position 4"

@@ -17,8 +17,8 @@ from selfgen.backends.base import register_backend
 from selfgen.export import export_run
 from selfgen.stats import run_stats
 from selfgen.store import DB_NAME, RoundRecord, RunStore, m001_initial, m002_tool_traces
+from selfgen.store.browse import PAGE_SIZE, SORTS, Filters, Inspector
 from selfgen.tui.app import DetailScreen, FilterScreen, InspectApp, ItemTable, StatsScreen
-from selfgen.tui.queries import PAGE_SIZE, SORTS, Filters, Inspector
 
 SIZE = (130, 36)
 
@@ -81,8 +81,11 @@ def test_counts_and_filters(store):
 @pytest.mark.parametrize("descending", [False, True])
 def test_pages_cover_every_item_once_in_order(store, sort, descending):
     q = Inspector(store)
-    whole = q.page(Filters(), sort, descending, 0, 100)
-    paged = [i for start in range(0, 20, 6) for i in q.page(Filters(), sort, descending, start, 6)]
+    view = {"sort": sort, "descending": descending}
+    whole = q.page(Filters(), **view, offset=0, limit=100)
+    paged = [
+        i for start in range(0, 20, 6) for i in q.page(Filters(), **view, offset=start, limit=6)
+    ]
     assert paged == whole
     assert len({(i.kind, i.id) for i in paged}) == 20
     if sort == "score":
@@ -491,3 +494,19 @@ def test_a_store_from_before_curation_is_migrated(tmp_path):
     ]
     assert Inspector(store).count(Filters(status="curated-accepted")) == 0
     store.close()
+
+
+def test_replay_of_the_stored_tool_calls(run_dir, store, child_env):
+    calls = list(store.replayable_calls())
+    # The four traces that reached a tool; the calculator's call is replayed with its output.
+    assert {c.trace_id for c in calls} <= {1, 2, 3, 4}
+    assert any(c.name == "calculator" and c.recorded == "583" for c in calls)
+    proc = subprocess.run(
+        [*selfgen_cmd(), "traces", "replay", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert f"replayed {len(calls)} tool calls" in proc.stdout, proc.stderr

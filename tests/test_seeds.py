@@ -6,7 +6,7 @@ import pytest
 from conftest import ROOT, SEEDS, selfgen_cmd, shared_file
 
 from selfgen.filters.rules import RuleConfig, RuleFilter
-from selfgen.seeds import SeedFileError, load_seed_tasks
+from selfgen.seeds import SeedFileError, ToolSeedError, load_seed_tasks, load_tool_seeds
 
 
 def test_project_seed_file_meets_the_brief():
@@ -111,3 +111,29 @@ def test_missing_seed_file(tmp_path, child_env):
     assert proc.returncode == 2
     assert "nope.jsonl: no such seed file" in proc.stderr
     assert not out.exists()
+
+
+TOOL_SEED = {
+    "id": "s1",
+    "request": "What is 2 + 2?",
+    "calls": [{"name": "calculator", "arguments": {"expression": "2 + 2"}}],
+    "answer": "4",
+}
+
+
+@pytest.mark.parametrize(
+    "lines,message",
+    [
+        ([json.dumps(TOOL_SEED), json.dumps(TOOL_SEED)], ":2: duplicate id 's1' (first on line 1)"),
+        (['{"id": '], ":1: not valid JSON"),
+        ([json.dumps({**TOOL_SEED, "calls": {}})], ":1: field 'calls' is missing or not a list"),
+        ([json.dumps({**TOOL_SEED, "calls": [{"name": "x"}]})], ":1: calls[0] needs a 'name'"),
+        (["", " "], ":1: the tool seed file holds no examples"),
+    ],
+)
+def test_bad_tool_seed_file_is_one_clear_error(tmp_path, lines, message):
+    path = tmp_path / "tool_seeds.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ToolSeedError) as err:
+        load_tool_seeds(path)
+    assert str(err.value).startswith(f"{path}{message}")

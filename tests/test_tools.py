@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, selfgen_cmd
 
 from selfgen.sandbox import ToolSandbox
-from selfgen.stages.tool_traces import load_tool_seeds
+from selfgen.seeds import load_tool_seeds
 from selfgen.tooling import ToolError, load_tool_objects, tool_specs, validate_arguments
 
 TOOLS = ROOT / "tools"

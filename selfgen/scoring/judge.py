@@ -85,7 +85,9 @@ class JudgeScorer(Scorer):
             value = sum((k + 1) * p for k, p in enumerate(probs))
             mass = sum(math.exp(lp) for lp in logps)  # how much the judge meant to give a digit
             out.append(
-                Score(value, {"probabilities": [round(p, 4) for p in probs], "mass": round(mass, 4)})
+                Score(
+                    value, {"probabilities": [round(p, 4) for p in probs], "mass": round(mass, 4)}
+                )
             )
         return out
 
@@ -102,7 +104,9 @@ class JudgeScorer(Scorer):
         for comp in self.backend.generate(requests):
             digit = comp.text.strip()[:1]
             if comp.finish_reason == "error" or digit not in DIGITS:
-                out.append(Score(None, {"error": comp.extra.get("error") or f"answer {comp.text!r}"}))
+                out.append(
+                    Score(None, {"error": comp.extra.get("error") or f"answer {comp.text!r}"})
+                )
             else:
                 out.append(Score(float(digit), {"answer": digit}))
         return out

@@ -3,7 +3,7 @@
 Screens: the item table (one page of the store at a time, with filters, search and sorting),
 an item's detail (instances, nearest neighbour, raw generations, trace messages and checks),
 the run's statistics (the same figures as `selfgen stats`) and the keys. Every read goes
-through selfgen.tui.queries. Marks made by hand are written to the store at once, each in a
+through the store's Inspector (selfgen.store.browse). Marks made by hand are written to the store at once, each in a
 short transaction, so the inspector can stay open on a run that is still being written: it
 reloads the page whenever another process commits to the store.
 """
@@ -38,9 +38,8 @@ from textual.widgets import (
 )
 
 from selfgen.display import stats_tables
-from selfgen.stats import run_stats
 from selfgen.store import RunStore
-from selfgen.tui.queries import KINDS, PAGE_SIZE, STATUSES, Detail, Filters, Inspector, Item
+from selfgen.store.browse import KINDS, PAGE_SIZE, STATUSES, Detail, Filters, Inspector, Item
 
 STATUS_STYLE = {
     "kept": "green",
@@ -210,7 +209,9 @@ class TableScreen(Screen):
         self.total = self.inspector.count(self.filters)
         if self.start >= self.total:
             self.start = max(0, (self.total - 1) // PAGE_SIZE * PAGE_SIZE)
-        self.items = self.inspector.page(self.filters, self.sort, self.descending, self.start)
+        self.items = self.inspector.page(
+            self.filters, sort=self.sort, descending=self.descending, offset=self.start
+        )
         table = self.query_one(ItemTable)
         row = table.cursor_row if keep_cursor else (cursor or 0)
         table.clear()
@@ -598,7 +599,7 @@ class InspectApp(App[None]):
 
     def __init__(self, store: RunStore, run_name: str) -> None:
         super().__init__()
-        self.inspector = Inspector(store)
+        self.inspector = store.inspector()
         self.sub_title = run_name
         self.error: str | None = None
 
@@ -619,7 +620,7 @@ class InspectApp(App[None]):
     def action_stats(self) -> None:
         if not isinstance(self.screen, StatsScreen):
             # Read here, under the guard, so a store that breaks shows one message.
-            self.push_screen(StatsScreen(run_stats(self.inspector.store)))
+            self.push_screen(StatsScreen(self.inspector.figures()))
 
     def action_keys(self) -> None:
         if not isinstance(self.screen, KeysScreen):

@@ -10,12 +10,11 @@ inside the functions that need them, so ``import selfgen.tune`` stays light.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import tempfile
 import warnings
-from pathlib import Path
-from typing import Any
+
+from selfgen.io import DataFileError
+from selfgen.io import write_json_atomic as write_json_atomic
 
 # Import names of the `tune` extra, and the distribution that provides each.
 EXTRA_MODULES = {
@@ -33,6 +32,10 @@ class TuneError(ValueError):
     """A problem the user must fix (data file, model, adapter, flag); the message says where."""
 
 
+class TuneDataError(TuneError, DataFileError):
+    """A training or task file that cannot be used; the message names the file and line."""
+
+
 def missing_extra() -> list[str]:
     """The packages of the `tune` extra that are not installed."""
     return [
@@ -48,19 +51,6 @@ def require_extra() -> None:
             f"tuning needs {', '.join(missing)}: pip install 'selfgen[tune]' "
             "(on a CPU-only machine install torch's CPU build first, e.g. pip install torch==2.13.0)"
         )
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as JSON through a temporary file, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def quiet_libraries() -> None:

@@ -22,9 +22,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from selfgen.tune import TuneError
+from selfgen.io import read_jsonl
+from selfgen.tune import TuneDataError, TuneError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -55,49 +59,33 @@ class ChatFile:
 
 def load_chat_file(path: str | Path) -> ChatFile:
     """Read and check every row of an `openai`-format JSONL file, or raise :class:`TuneError`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TuneError(f"{path}: no such data file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TuneError(f"{path}: cannot read data file ({exc})") from None
     examples, unverified = [], 0
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{lineno}"
-        row = _parse_row(raw, where)
+    for where, row in read_jsonl(path, what="data file", holds="usable rows", error=TuneDataError):
+        _check_row(row, where)
         if row.get("selfgen", {}).get("verified") is False:
             unverified += 1
             continue
         examples.append(ChatExample(row["messages"], row.get("tools"), where))
     if not examples:
-        raise TuneError(f"{path}:1: the data file holds no usable rows")
+        raise TuneDataError(f"{path}:1: the data file holds no usable rows")
     return ChatFile(examples, unverified)
 
 
-def _parse_row(raw: str, where: str) -> dict[str, Any]:
-    try:
-        row = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise TuneError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(row, dict):
-        raise TuneError(f"{where}: expected a JSON object with 'messages'")
+def _check_row(row: dict[str, Any], where: str) -> None:
     if "messages" not in row:
         hint = ""
         if "instruction" in row or "conversations" in row:
             hint = " (this looks like the alpaca or sharegpt format: export with --format openai)"
-        raise TuneError(f"{where}: missing field 'messages'{hint}")
+        raise TuneDataError(f"{where}: missing field 'messages'{hint}")
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
-        raise TuneError(f"{where}: 'messages' must be a non-empty list")
+        raise TuneDataError(f"{where}: 'messages' must be a non-empty list")
     for i, message in enumerate(messages):
         _check_message(message, f"{where}: messages[{i}]")
     if not any(m["role"] == "assistant" for m in messages):
-        raise TuneError(f"{where}: no assistant message to learn from")
+        raise TuneDataError(f"{where}: no assistant message to learn from")
     if messages[0]["role"] not in ("system", "user"):
-        raise TuneError(f"{where}: the conversation must start with a system or user message")
+        raise TuneDataError(f"{where}: the conversation must start with a system or user message")
     tools = row.get("tools")
     if tools is not None:
         if not isinstance(tools, list) or not all(
@@ -106,32 +94,31 @@ def _parse_row(raw: str, where: str) -> dict[str, Any]:
             and t["function"].get("name")
             for t in tools
         ):
-            raise TuneError(
+            raise TuneDataError(
                 f"{where}: 'tools' must be a list of {{'type': 'function', 'function': ...}}"
             )
-    return row
 
 
 def _check_message(message: Any, where: str) -> None:
     if not isinstance(message, dict):
-        raise TuneError(f"{where}: must be an object with 'role' and 'content'")
+        raise TuneDataError(f"{where}: must be an object with 'role' and 'content'")
     role = message.get("role")
     if role not in ROLES:
-        raise TuneError(f"{where}: role must be one of {', '.join(ROLES)}, got {role!r}")
+        raise TuneDataError(f"{where}: role must be one of {', '.join(ROLES)}, got {role!r}")
     content = message.get("content")
     calls = message.get("tool_calls")
     if calls is not None:
         if role != "assistant" or not isinstance(calls, list) or not calls:
-            raise TuneError(
+            raise TuneDataError(
                 f"{where}: 'tool_calls' must be a non-empty list on an assistant message"
             )
         for j, call in enumerate(calls):
             fn = call.get("function") if isinstance(call, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise TuneError(f"{where}: tool_calls[{j}] needs function.name")
+                raise TuneDataError(f"{where}: tool_calls[{j}] needs function.name")
             _arguments(fn.get("arguments"), f"{where}: tool_calls[{j}]")
     if not isinstance(content, str) and not (content is None and calls):
-        raise TuneError(f"{where}: 'content' must be a string")
+        raise TuneDataError(f"{where}: 'content' must be a string")
 
 
 def _arguments(value: Any, where: str) -> dict[str, Any]:
@@ -140,9 +127,9 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise TuneError(f"{where}: function.arguments is not valid JSON") from None
+            raise TuneDataError(f"{where}: function.arguments is not valid JSON") from None
     if not isinstance(value, dict):
-        raise TuneError(f"{where}: function.arguments must be a JSON object")
+        raise TuneDataError(f"{where}: function.arguments must be a JSON object")
     return value
 
 
@@ -163,7 +150,7 @@ def split_rows(
     )
 
 
-def template_renders_tools(tokenizer: Any) -> bool:
+def template_renders_tools(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer's chat template shows tool schemas, calls and results."""
     sentinels = ("schema_f3a1", "call_b7c2", "argument_9d4e", "result_5e6f")
     tools = [{"type": "function", "function": {"name": sentinels[0], "parameters": {}}}]
@@ -237,7 +224,10 @@ def fallback_messages(example: ChatExample) -> list[dict[str, Any]]:
 
 
 def tokenize_example(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, where: str
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    where: str,
 ) -> dict[str, list[int]]:
     """Token ids of the whole conversation, and labels that keep only the assistant turns."""
     full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)

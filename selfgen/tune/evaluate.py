@@ -21,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selfgen.export import user_message
-from selfgen.tune import TuneError
+from selfgen.io import line_of, read_jsonl
+from selfgen.tune import TuneDataError, TuneError
 from selfgen.tune.models import (
     ModelSource,
     attach_adapter,
@@ -37,6 +38,10 @@ from selfgen.tune.models import (
     resolve_model,
     use_threads,
 )
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Progress = Callable[[int, int], None]  # (answers done, answers in all)
 
@@ -51,43 +56,25 @@ class EvalItem:
 
 
 def load_eval_items(path: str | Path, limit: int | None = None) -> list[EvalItem]:
-    """The instances of the first `limit` tasks of a task file, or a :class:`TuneError`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TuneError(f"--tasks: no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TuneError(f"--tasks: cannot read {path} ({exc})") from None
+    """The instances of the first `limit` tasks of a task file, or a :class:`TuneDataError`."""
     items: list[EvalItem] = []
-    tasks = 0
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        if limit is not None and tasks >= limit:
+    tasks = read_jsonl(path, what="task file", holds="tasks", error=TuneDataError)
+    for number, (where, task) in enumerate(tasks):
+        if limit is not None and number >= limit:
             break
-        items += _task_items(raw, f"{path}:{lineno}", lineno)
-        tasks += 1
-    if not items:
-        raise TuneError(f"{path}:1: the task file holds no tasks")
+        items += _task_items(task, where)
     return items
 
 
-def _task_items(raw: str, where: str, lineno: int) -> list[EvalItem]:
-    try:
-        task = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise TuneError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(task, dict):
-        raise TuneError(f"{where}: expected a JSON object with 'instruction' and 'instances'")
+def _task_items(task: dict[str, Any], where: str) -> list[EvalItem]:
     instruction = task.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
-        raise TuneError(f"{where}: 'instruction' must be a non-empty string")
+        raise TuneDataError(f"{where}: 'instruction' must be a non-empty string")
     instances = task.get("instances")
     if not isinstance(instances, list) or not instances:
-        raise TuneError(f"{where}: 'instances' must be a non-empty list")
+        raise TuneDataError(f"{where}: 'instances' must be a non-empty list")
     category = task.get("motivation_app") or task.get("category") or "all"
-    task_id = str(task.get("id", f"line_{lineno}"))
+    task_id = str(task.get("id", f"line_{line_of(where)}"))
     items = []
     for i, inst in enumerate(instances):
         if not (
@@ -95,14 +82,14 @@ def _task_items(raw: str, where: str, lineno: int) -> list[EvalItem]:
             and isinstance(inst.get("input"), str)
             and isinstance(inst.get("output"), str)
         ):
-            raise TuneError(f"{where}: instances[{i}] must have string 'input' and 'output'")
+            raise TuneDataError(f"{where}: instances[{i}] must have string 'input' and 'output'")
         prompt = user_message(instruction.strip(), inst["input"])
         items.append(EvalItem(task_id, str(category), i, prompt, inst["output"]))
     return items
 
 
 @lru_cache(maxsize=1)
-def _scorer() -> Any:
+def _scorer() -> RougeScorer:
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -128,7 +115,8 @@ def summarize(items: list[EvalItem], scores: list[float]) -> dict[str, Any]:
 
 def evaluate(
     tasks: Path,
-    model_spec: str | None,
+    *,
+    model_spec: str | None = None,
     adapter: Path | None = None,
     compare: bool = False,
     limit: int | None = None,
@@ -137,9 +125,11 @@ def evaluate(
     progress: Progress | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Generate and score answers; with `compare`, for the base model and the adapted one."""
+    """Generate and score answers; with `compare`, for the base model and the adapted one.
+
+    `model_spec` None means the base model the adapter was tuned from (else the bundled one)."""
     if compare and adapter is None:
-        raise TuneError("--compare: needs --adapter (the tuned model to compare with the base)")
+        raise TuneError("compare needs an adapter (the tuned model to compare with the base)")
     items = load_eval_items(tasks, limit)
     if model_spec is None:
         record = read_record(adapter) if adapter else {}
@@ -163,11 +153,21 @@ def evaluate(
             # the embeddings are not found there, from the model loaded on the CPU).
             actual = fingerprint_files(source) or fingerprint(load_model(source))
             check_adapter_base(adapter, actual, model_spec)
-        answers = _generate_vllm(source, adapter, prompts, runs, max_new_tokens)
+        answers = _generate_vllm(
+            source, adapter, prompts=prompts, runs=runs, max_new_tokens=max_new_tokens
+        )
         generator = "vllm"
     else:
         answers = _generate_transformers(
-            source, tokenizer, adapter, prompts, runs, max_new_tokens, batch_size, progress, total
+            source,
+            tokenizer,
+            adapter,
+            prompts=prompts,
+            runs=runs,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            total=total,
         )
         generator = "transformers"
     results: dict[str, Any] = {
@@ -199,8 +199,9 @@ def evaluate(
 
 def _generate_transformers(
     source: ModelSource,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     adapter: Path | None,
+    *,
     prompts: list[str],
     runs: list[str],
     max_new_tokens: int,
@@ -223,7 +224,9 @@ def _generate_transformers(
         with model.disable_adapter() if run == "base" and adapter else nullcontext():
             for start in range(0, len(prompts), batch_size):
                 batch = prompts[start : start + batch_size]
-                answers[run] += generate_batch(model, tokenizer, batch, max_new_tokens)
+                answers[run] += generate_batch(
+                    model, tokenizer, batch, max_new_tokens=max_new_tokens
+                )
                 done += len(batch)
                 if progress:
                     progress(done, total)
@@ -231,7 +234,11 @@ def _generate_transformers(
 
 
 def generate_batch(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
 ) -> list[str]:
     """Greedy answers to chat-formatted prompts, padded on the left as decoder-only models need."""
     import torch
@@ -265,6 +272,7 @@ def _vllm_usable(source: ModelSource) -> bool:
 def _generate_vllm(
     source: ModelSource,
     adapter: Path | None,
+    *,
     prompts: list[str],
     runs: list[str],
     max_new_tokens: int,

@@ -6,7 +6,7 @@ store costs the inspector a page of rows in memory, whatever the user does. The 
 item (instances, nearest neighbour, raw generations, trace messages) are read when it is opened.
 
 Nothing here imports Textual, so the queries are tested on their own and the TUI only shows
-what they return.
+what they return. SQLite errors propagate: the TUI decides what a broken or locked store means.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from selfgen.store import RunStore
+from selfgen.store import sql
+from selfgen.store.figures import run_figures
+
+if TYPE_CHECKING:
+    from selfgen.store.run_store import RunStore
 
 KINDS = ("task", "trace")
 STATUSES = ("kept", "rejected", "surplus", "curated-accepted", "curated-rejected")
@@ -32,8 +36,8 @@ def _status(kind: str) -> str:
     return (
         f"CASE WHEN x.id IN ({curated} = 'accepted') THEN 'curated-accepted'"
         f" WHEN x.id IN ({curated} = 'rejected') THEN 'curated-rejected'"
-        " WHEN x.fate = 'kept' THEN 'kept'"
-        " WHEN x.reason = 'target_reached' THEN 'surplus' ELSE 'rejected' END"
+        f" WHEN {sql.KEPT} THEN 'kept'"
+        f" WHEN {sql.SURPLUS} THEN 'surplus' ELSE 'rejected' END"
     )
 
 
@@ -157,13 +161,14 @@ class Inspector:
         self.store = store
         self.db: sqlite3.Connection = store.db
 
-    def _where(self, kind: str, filters: Filters) -> tuple[str, list[Any]] | None:
+    def _where(self, kind: str, filters: Filters) -> tuple[str, list[str | int]] | None:
         """The WHERE clause selecting the items of `kind` that match, or None if none can."""
         if filters.kind not in (None, kind):
             return None
         if kind == "trace" and filters.classification is not None:
             return None  # a trace is not a task and has no classification
-        where, args = ["1"], []
+        where: list[str] = ["1"]
+        args: list[str | int] = []
         if filters.status is not None:
             where.append(f"{_status(kind)} = ?")
             args.append(filters.status)
@@ -192,6 +197,7 @@ class Inspector:
     def page(
         self,
         filters: Filters,
+        *,
         sort: str = "round",
         descending: bool = False,
         offset: int = 0,
@@ -283,10 +289,14 @@ class Inspector:
 
     def curate(self, item: Item, decision: str | None, note: str | None = None) -> Item:
         """Record a decision by hand (None forgets it) and return the item as it now is."""
-        self.store.curate(item.kind, item.id, decision, note)
+        self.store.curate(item.kind, item.id, decision, note=note)
         updated = self.item(item.kind, item.id)
         assert updated is not None
         return updated
+
+    def figures(self) -> dict[str, Any]:
+        """The figures of `selfgen stats`, for the statistics view."""
+        return run_figures(self.store)
 
     def data_version(self) -> int:
         """Changes whenever another connection (a running loop) commits to the store."""

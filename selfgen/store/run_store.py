@@ -3,8 +3,8 @@
 It holds the run's configuration, its seed tasks, and for every round the generation calls,
 the candidates with their fate, the kept instances and the RNG state. A round is written in one
 transaction, so a run killed at any instant resumes from its last whole round with nothing
-lost and nothing doubled. Schema changes are numbered migrations, applied in order and
-recorded in `schema_migrations`.
+lost and nothing doubled. Every read and write of the database is a method here (or of the
+figures and the inspector's browser, which it hands out), so no other module writes SQL.
 """
 
 from __future__ import annotations
@@ -12,195 +12,21 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from selfgen.records import Candidate, Instance, SeedTask, ToolCall, ToolSeed, Trace
+from selfgen.records import Candidate, Fate, Instance, SeedTask, ToolCall, ToolSeed, Trace
+from selfgen.store import sql
+from selfgen.store.browse import Inspector
+from selfgen.store.figures import run_figures
+from selfgen.store.schema import StoreError, migrate, now
 from selfgen.tooling import ToolSpec
 
 DB_NAME = "selfgen.db"
-
-
-class StoreError(RuntimeError):
-    """A store that is missing, corrupt or locked; the message is meant for the user."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    # One statement at a time: executescript() would COMMIT the migration's transaction first.
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-def m001_initial(db: sqlite3.Connection) -> None:
-    _run_script(
-        db,
-        """
-        CREATE TABLE run (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            created_at TEXT NOT NULL,
-            selfgen_version TEXT NOT NULL,
-            config TEXT NOT NULL,
-            backend TEXT NOT NULL
-        );
-        CREATE TABLE seed_tasks (
-            id INTEGER PRIMARY KEY,
-            seed_id TEXT NOT NULL UNIQUE,
-            name TEXT NOT NULL,
-            instruction TEXT NOT NULL,
-            is_classification INTEGER NOT NULL,
-            instances TEXT NOT NULL
-        );
-        CREATE TABLE rounds (
-            id INTEGER PRIMARY KEY,
-            started_at TEXT NOT NULL,
-            finished_at TEXT NOT NULL,
-            rng_state TEXT NOT NULL,
-            num_candidates INTEGER NOT NULL,
-            num_kept INTEGER NOT NULL,
-            prompt_tokens INTEGER NOT NULL,
-            completion_tokens INTEGER NOT NULL,
-            elapsed_s REAL NOT NULL
-        );
-        CREATE TABLE generations (
-            id INTEGER PRIMARY KEY,
-            round_id INTEGER NOT NULL REFERENCES rounds(id),
-            stage TEXT NOT NULL,
-            prompt TEXT,
-            messages TEXT,
-            params TEXT NOT NULL,
-            constraint_spec TEXT,
-            response TEXT NOT NULL,
-            finish_reason TEXT NOT NULL,
-            prompt_tokens INTEGER NOT NULL,
-            completion_tokens INTEGER NOT NULL,
-            latency_s REAL NOT NULL
-        );
-        CREATE INDEX generations_round ON generations(round_id);
-        CREATE TABLE candidates (
-            id INTEGER PRIMARY KEY,
-            round_id INTEGER NOT NULL REFERENCES rounds(id),
-            generation_id INTEGER NOT NULL REFERENCES generations(id),
-            instruction TEXT NOT NULL,
-            stage TEXT NOT NULL,
-            fate TEXT NOT NULL CHECK (fate IN ('kept', 'rejected')),
-            reason TEXT,
-            nearest TEXT,
-            rouge_l REAL,
-            is_classification INTEGER,
-            classify_generation_id INTEGER REFERENCES generations(id),
-            instance_generation_id INTEGER REFERENCES generations(id)
-        );
-        CREATE INDEX candidates_round ON candidates(round_id);
-        CREATE INDEX candidates_fate ON candidates(fate, stage, reason);
-        CREATE TABLE instances (
-            id INTEGER PRIMARY KEY,
-            candidate_id INTEGER NOT NULL REFERENCES candidates(id),
-            position INTEGER NOT NULL,
-            input TEXT NOT NULL,
-            output TEXT NOT NULL,
-            UNIQUE (candidate_id, position)
-        );
-        """,
-    )
-
-
-def m002_tool_traces(db: sqlite3.Connection) -> None:
-    _run_script(
-        db,
-        """
-        ALTER TABLE rounds ADD COLUMN num_traces INTEGER NOT NULL DEFAULT 0;
-        CREATE TABLE run_tools (
-            name TEXT PRIMARY KEY,
-            spec TEXT NOT NULL
-        );
-        CREATE TABLE tool_seeds (
-            id INTEGER PRIMARY KEY,
-            seed_id TEXT NOT NULL UNIQUE,
-            request TEXT NOT NULL,
-            calls TEXT NOT NULL,
-            answer TEXT NOT NULL
-        );
-        CREATE TABLE traces (
-            id INTEGER PRIMARY KEY,
-            round_id INTEGER NOT NULL REFERENCES rounds(id),
-            generation_id INTEGER NOT NULL REFERENCES generations(id),
-            request TEXT NOT NULL,
-            stage TEXT NOT NULL,
-            fate TEXT NOT NULL CHECK (fate IN ('kept', 'rejected')),
-            reason TEXT,
-            nearest TEXT,
-            rouge_l REAL,
-            messages TEXT NOT NULL,
-            checks TEXT NOT NULL,
-            step_generation_ids TEXT NOT NULL
-        );
-        CREATE INDEX traces_round ON traces(round_id);
-        CREATE INDEX traces_fate ON traces(fate, stage, reason);
-        """,
-    )
-
-
-def m003_curation(db: sqlite3.Connection) -> None:
-    # Hand curation from `selfgen inspect`: one decision per item (task or trace), replaced when
-    # the person changes their mind. The indexes serve the inspector's sorted, paged queries.
-    _run_script(
-        db,
-        """
-        CREATE TABLE curation (
-            kind TEXT NOT NULL CHECK (kind IN ('task', 'trace')),
-            item_id INTEGER NOT NULL,
-            decision TEXT NOT NULL CHECK (decision IN ('accepted', 'rejected')),
-            note TEXT,
-            decided_at TEXT NOT NULL,
-            PRIMARY KEY (kind, item_id)
-        );
-        CREATE INDEX candidates_rouge ON candidates(rouge_l);
-        CREATE INDEX traces_rouge ON traces(rouge_l);
-        """,
-    )
-
-
-def m004_generation_errors(db: sqlite3.Connection) -> None:
-    # Why a generation call failed (the server refused it, or answered something that is not an
-    # answer); NULL for calls that produced text.
-    _run_script(db, "ALTER TABLE generations ADD COLUMN error TEXT;")
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    m001_initial,
-    m002_tool_traces,
-    m003_curation,
-    m004_generation_errors,
-]
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """Apply the migrations this database has not seen, each in its own transaction."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations "
-        "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
-    done = {row[0] for row in db.execute("SELECT id FROM schema_migrations")}
-    if done and max(done) > len(MIGRATIONS):
-        raise StoreError("this run was written by a newer selfgen; upgrade selfgen to open it")
-    for number, step in enumerate(MIGRATIONS, start=1):
-        if number in done:
-            continue
-        with db:
-            db.execute("BEGIN")
-            step(db)
-            db.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, ?)", (number, step.__name__, _now())
-            )
+_FATES = (Fate.KEPT, Fate.REJECTED)
 
 
 @dataclass
@@ -227,7 +53,7 @@ class RoundRecord:
 
     number: int
     started_at: str
-    rng_state: Any
+    rng_state: tuple[Any, ...]  # random.Random.getstate()
     elapsed_s: float
     generations: list[GenerationRecord] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
@@ -256,7 +82,7 @@ class RunTotals:
     elapsed_s: float
 
 
-def _rng_to_json(state: Any) -> str:
+def _rng_to_json(state: tuple[Any, ...]) -> str:
     return json.dumps(state, default=list)
 
 
@@ -305,7 +131,7 @@ class RunStore:
                 db.execute("BEGIN")
                 db.execute(
                     "INSERT INTO run VALUES (1, ?, ?, ?, ?)",
-                    (_now(), version, json.dumps(config), json.dumps(backend)),
+                    (now(), version, json.dumps(config), json.dumps(backend)),
                 )
                 db.executemany(
                     "INSERT INTO seed_tasks (seed_id, name, instruction, is_classification,"
@@ -380,13 +206,12 @@ class RunStore:
     def novelty_pool(self) -> list[str]:
         """Machine instructions that passed the ROUGE-L filter, in the order they passed it."""
         rows = self.db.execute(
-            "SELECT instruction FROM candidates WHERE stage NOT IN ('parse', 'rules', 'rouge')"
-            " ORDER BY id"
+            f"SELECT instruction FROM candidates WHERE {sql.PASSED_NOVELTY} ORDER BY id"
         )
         return [r[0] for r in rows]
 
     def kept_instructions(self) -> list[str]:
-        rows = self.db.execute("SELECT instruction FROM candidates WHERE fate = 'kept' ORDER BY id")
+        rows = self.db.execute(f"SELECT instruction FROM candidates WHERE {sql.KEPT} ORDER BY id")
         return [r[0] for r in rows]
 
     def last_rng_state(self) -> tuple[Any, ...] | None:
@@ -418,14 +243,14 @@ class RunStore:
                 (
                     rnd.number,
                     rnd.started_at,
-                    _now(),
+                    now(),
                     _rng_to_json(rnd.rng_state),
                     len(rnd.candidates),
-                    sum(c.fate == "kept" for c in rnd.candidates),
+                    sum(c.fate == Fate.KEPT for c in rnd.candidates),
                     rnd.prompt_tokens,
                     rnd.completion_tokens,
                     rnd.elapsed_s,
-                    sum(t.fate == "kept" for t in rnd.traces),
+                    sum(t.fate == Fate.KEPT for t in rnd.traces),
                 ),
             )
             gen_ids = []
@@ -456,7 +281,7 @@ class RunStore:
 
             self._insert_traces(rnd, gen_ids)
             for c in rnd.candidates:
-                if c.fate not in ("kept", "rejected"):
+                if c.fate not in _FATES:
                     raise ValueError(f"candidate {c.instruction!r} has no fate")
                 cur = db.execute(
                     "INSERT INTO candidates (round_id, generation_id, instruction, stage, fate,"
@@ -476,7 +301,7 @@ class RunStore:
                         gen_id(c.instance_generation_index),
                     ),
                 )
-                if c.fate == "kept":
+                if c.fate == Fate.KEPT:
                     db.executemany(
                         "INSERT INTO instances (candidate_id, position, input, output)"
                         " VALUES (?, ?, ?, ?)",
@@ -485,7 +310,7 @@ class RunStore:
 
     def _insert_traces(self, rnd: RoundRecord, gen_ids: list[int]) -> None:
         for t in rnd.traces:
-            if t.fate not in ("kept", "rejected"):
+            if t.fate not in _FATES:
                 raise ValueError(f"trace {t.request!r} has no fate")
             self.db.execute(
                 "INSERT INTO traces (round_id, generation_id, request, stage, fate, reason,"
@@ -522,7 +347,7 @@ class RunStore:
                 ],
             )
 
-    def tool_specs(self) -> dict[str, Any]:
+    def tool_specs(self) -> dict[str, ToolSpec]:
         out = {}
         for name, spec in self.db.execute("SELECT name, spec FROM run_tools ORDER BY name"):
             fn = json.loads(spec)["function"]
@@ -542,17 +367,15 @@ class RunStore:
 
     def trace_pool(self) -> list[str]:
         """Requests that passed the ROUGE-L filter, in order."""
-        rows = self.db.execute(
-            "SELECT request FROM traces WHERE stage NOT IN ('parse', 'rules', 'rouge') ORDER BY id"
-        )
+        rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id")
         return [r[0] for r in rows]
 
     def verified_requests(self) -> list[str]:
-        rows = self.db.execute("SELECT request FROM traces WHERE fate = 'kept' ORDER BY id")
+        rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.KEPT} ORDER BY id")
         return [r[0] for r in rows]
 
     def curate(
-        self, kind: str, item_id: int, decision: str | None, note: str | None = None
+        self, kind: str, item_id: int, decision: str | None, *, note: str | None = None
     ) -> None:
         """Record a person's decision on a task or trace (`accepted`, `rejected`, or None to
         forget it). One short transaction: a run may be writing the store at the same time."""
@@ -567,24 +390,108 @@ class RunStore:
                     "INSERT INTO curation VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, item_id)"
                     " DO UPDATE SET decision = excluded.decision, note = excluded.note,"
                     " decided_at = excluded.decided_at",
-                    (kind, item_id, decision, note or None, _now()),
+                    (kind, item_id, decision, note or None, now()),
                 )
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A store that breaks while open (truncated, a table dropped, locked for longer than
+        the timeout) raises :class:`StoreError` naming the file, not an SQLite error."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot read the run store ({exc})") from None
+
     def kept_tasks(
-        self, only_curated: bool = False
+        self, *, only_curated: bool = False
     ) -> Iterator[tuple[sqlite3.Row, list[Instance]]]:
         """Kept candidates in order, each with its instances. Tasks rejected by hand are left
         out; with `only_curated`, so is every task not accepted by hand."""
-        wanted = "= 'accepted'" if only_curated else "IS NOT 'rejected'"
-        for row in self.db.execute(
-            "SELECT c.* FROM candidates c LEFT JOIN curation k ON k.kind = 'task'"
-            f" AND k.item_id = c.id WHERE c.fate = 'kept' AND k.decision {wanted} ORDER BY c.id"
-        ):
-            instances = [
-                Instance(input=r["input"], output=r["output"])
-                for r in self.db.execute(
-                    "SELECT input, output FROM instances WHERE candidate_id = ? ORDER BY position",
-                    (row["id"],),
+        with self._reading():
+            for row in self.db.execute(
+                "SELECT c.* FROM candidates c LEFT JOIN curation k"
+                " ON k.kind = 'task' AND k.item_id = c.id"
+                f" WHERE {sql.KEPT} AND {sql.curation_wanted(only_curated)} ORDER BY c.id"
+            ):
+                instances = [
+                    Instance(input=r["input"], output=r["output"])
+                    for r in self.db.execute(
+                        "SELECT input, output FROM instances WHERE candidate_id = ?"
+                        " ORDER BY position",
+                        (row["id"],),
+                    )
+                ]
+                yield row, instances
+
+    def trace_rows(
+        self, *, include_failed: bool = False, only_curated: bool = False
+    ) -> Iterator[StoredTrace]:
+        """Traces that reached a tool, in order: the verified ones, and with `include_failed`
+        those that failed a check. Never a surplus trace nor one rejected by hand; with
+        `only_curated`, only those accepted by hand."""
+        failed = "" if include_failed else f" AND {sql.KEPT}"
+        with self._reading():
+            for row in self.db.execute(
+                "SELECT traces.id, messages, fate, stage, reason FROM traces LEFT JOIN curation k"
+                " ON k.kind = 'trace' AND k.item_id = traces.id"
+                f" WHERE {sql.PASSED_NOVELTY} AND NOT {sql.SURPLUS}"
+                f" AND {sql.curation_wanted(only_curated)}{failed} ORDER BY traces.id"
+            ):
+                yield StoredTrace(
+                    id=row["id"],
+                    messages=json.loads(row["messages"]),
+                    fate=Fate(row["fate"]),
+                    stage=row["stage"],
+                    reason=row["reason"],
                 )
-            ]
-            yield row, instances
+
+    def replayable_calls(self) -> Iterator[RecordedCall]:
+        """Every tool call of every trace that reached a tool, with the output recorded for it
+        (an error recorded as ``error: ...``), in the order they were made."""
+        with self._reading():
+            for trace_id, raw in self.db.execute(
+                f"SELECT id, messages FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id"
+            ):
+                messages = json.loads(raw)
+                recorded = {
+                    m["tool_call_id"]: m["content"] for m in messages if m["role"] == "tool"
+                }
+                for m in messages:
+                    for call in m.get("tool_calls") or []:
+                        fn = call["function"]
+                        yield RecordedCall(
+                            trace_id=trace_id,
+                            name=fn["name"],
+                            arguments=json.loads(fn["arguments"]),
+                            recorded=recorded.get(call["id"]),
+                        )
+
+    def figures(self) -> dict[str, Any]:
+        """The run's figures (see selfgen.store.figures), or :class:`StoreError`."""
+        with self._reading():
+            return run_figures(self)
+
+    def inspector(self) -> Inspector:
+        """Paged, filtered reads of the run's items for `selfgen inspect`."""
+        return Inspector(self)
+
+
+@dataclass(frozen=True)
+class StoredTrace:
+    """A trace as the store holds it: OpenAI chat messages and the loop's verdict."""
+
+    id: int
+    messages: list[dict[str, Any]]
+    fate: Fate
+    stage: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One tool call of a stored trace and the output recorded for it (None if none was)."""
+
+    trace_id: int
+    name: str
+    arguments: dict[str, Any]
+    recorded: str | None

@@ -1,0 +1,166 @@
+"""Figures about a run, computed from its store: the funnel, reasons, tokens and speed, and
+what the kept data looks like (scores, lengths, leading verbs, tool pass rates, curation).
+
+Everything is an SQL aggregate, so the figures of a 100,000-candidate run cost one pass over
+the store and no Python list of its rows. `selfgen stats` and the statistics view of
+`selfgen inspect` both show this dictionary (through `RunStore.figures`).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from selfgen.records import TARGET_REACHED, TASK_STAGES, TRACE_CHECKS, Fate
+from selfgen.store import sql
+
+if TYPE_CHECKING:
+    from selfgen.store.run_store import RunStore
+
+
+def run_figures(store: RunStore) -> dict[str, Any]:
+    """The figures of `store`; SQLite errors of a broken store propagate."""
+    db = store.db
+    config = store.config()
+    totals = store.totals()
+    # The funnel is reported in the order tasks pass the stages.
+    rejected_by_stage = {str(stage): 0 for stage in TASK_STAGES}
+    reasons: dict[str, dict[str, int]] = {}
+    surplus = 0
+    for row in db.execute(
+        f"SELECT stage, reason, COUNT(*) FROM candidates WHERE fate = '{Fate.REJECTED}'"
+        " GROUP BY stage, reason ORDER BY stage, COUNT(*) DESC"
+    ):
+        stage, reason, count = row[0], row[1] or "", row[2]
+        if reason == TARGET_REACHED:
+            surplus += count  # passed every filter after the target was met: not a rejection
+            continue
+        rejected_by_stage[stage] = rejected_by_stage.get(stage, 0) + count
+        reasons.setdefault(stage, {})[reason] = count
+    kept = totals.kept
+    instances = db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    clf = db.execute(
+        f"SELECT COUNT(*) FROM candidates WHERE {sql.KEPT} AND is_classification = 1"
+    ).fetchone()[0]
+    per_stage = {
+        r[0]: {"calls": r[1], "prompt_tokens": r[2], "completion_tokens": r[3], "seconds": r[4]}
+        for r in db.execute(
+            "SELECT stage, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(latency_s)"
+            " FROM generations GROUP BY stage"
+        )
+    }
+    gen_seconds = sum(s["seconds"] or 0.0 for s in per_stage.values())
+    completion = totals.completion_tokens
+    return {
+        "target": config.get("num_tasks"),
+        "rounds": totals.rounds,
+        "candidates": totals.candidates,
+        "kept": kept,
+        "instances": instances,
+        "classification_share": clf / kept if kept else 0.0,
+        "candidates_per_kept": (totals.candidates - surplus) / kept if kept else None,
+        "funnel": {
+            "candidates": totals.candidates,
+            "rejected": rejected_by_stage,
+            "surplus": surplus,
+            "kept": kept,
+        },
+        "reasons": reasons,
+        "tokens": {
+            "prompt": totals.prompt_tokens,
+            "completion": completion,
+            "total": totals.prompt_tokens + completion,
+        },
+        "elapsed_s": totals.elapsed_s,
+        "completion_tokens_per_s": completion / gen_seconds if gen_seconds else None,
+        "stages": per_stage,
+        **distributions(db),
+    }
+
+
+# Word-count buckets of kept instructions (the paper keeps 3 < words <= 150).
+WORD_BUCKETS = ((1, 5), (6, 10), (11, 15), (16, 20), (21, 30), (31, 50), (51, None))
+TOP_VERBS = 10
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _leading_word(text: str) -> str:
+    match = _WORD.search(text.lower())
+    return match.group(0) if match else ""
+
+
+def distributions(db: sqlite3.Connection) -> dict[str, Any]:
+    """Histograms and shares of the run, each one SQL aggregate."""
+    db.create_function("selfgen_words", 1, _words, deterministic=True)
+    db.create_function("selfgen_leading_word", 1, _leading_word, deterministic=True)
+    # ROUGE-L of every candidate that reached the novelty filter, in tenths (1.0 goes in the last).
+    scores = dict(
+        db.execute(
+            "SELECT MIN(CAST(rouge_l * 10 AS INTEGER), 9) AS b, COUNT(*) FROM candidates"
+            " WHERE rouge_l IS NOT NULL GROUP BY b"
+        ).fetchall()
+    )
+    lengths = db.execute(
+        f"SELECT selfgen_words(instruction) AS w, COUNT(*) FROM candidates WHERE {sql.KEPT}"
+        " GROUP BY w"
+    ).fetchall()
+    verbs = db.execute(
+        "SELECT selfgen_leading_word(instruction) AS v, COUNT(*) FROM candidates"
+        f" WHERE {sql.KEPT} GROUP BY v ORDER BY COUNT(*) DESC, v LIMIT ?",
+        (TOP_VERBS,),
+    ).fetchall()
+    clf = dict(
+        db.execute(
+            f"SELECT is_classification, COUNT(*) FROM candidates WHERE {sql.KEPT}"
+            " GROUP BY is_classification"
+        ).fetchall()
+    )
+    curation = {"accepted": 0, "rejected": 0}
+    curation.update(db.execute("SELECT decision, COUNT(*) FROM curation GROUP BY decision"))
+    return {
+        "rouge_histogram": [
+            {"from": b / 10, "to": (b + 1) / 10, "count": scores.get(b, 0)} for b in range(10)
+        ],
+        "instruction_words": [
+            {
+                "from": lo,
+                "to": hi,
+                "count": sum(n for w, n in lengths if w >= lo and (hi is None or w <= hi)),
+            }
+            for lo, hi in WORD_BUCKETS
+        ],
+        "leading_verbs": [{"verb": v, "count": n} for v, n in verbs],
+        "classification": {"yes": clf.get(1, 0), "no": clf.get(0, 0)},
+        "tools": tool_pass_rates(db),
+        "curation": curation,
+    }
+
+
+def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """For each tool, the traces whose first call named it and how many passed each check
+    (`format`, `execution`, `semantic`); `pass_rate` is the share that passed them all.
+
+    Traces cut at parsing, rules or novelty never reached a tool and are not counted; a trace
+    whose first call did not parse is listed under the tool name ''."""
+    passed = "".join(
+        f", SUM(COALESCE(json_extract(checks, '$.{check}.ok'), 0))" for check in TRACE_CHECKS
+    )
+    rows = db.execute(
+        "SELECT COALESCE(json_extract(messages, '$[1].tool_calls[0].function.name'), '') AS tool,"
+        f" COUNT(*){passed} FROM traces WHERE {sql.PASSED_NOVELTY}"
+        " GROUP BY tool ORDER BY COUNT(*) DESC, tool"
+    )
+    return [
+        {
+            "tool": tool,
+            "traces": n,
+            **{str(check): count for check, count in zip(TRACE_CHECKS, counts, strict=True)},
+            "pass_rate": counts[-1] / n,
+        }
+        for tool, n, *counts in rows
+    ]
