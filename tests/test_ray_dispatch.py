@@ -190,7 +190,9 @@ def test_workers_that_do_not_start_in_time_are_one_message():
 
 
 def test_a_replacement_that_does_not_start_stops_the_run(tmp_path):
-    backend = make(tmp_path, [], workers=1, start_timeout_s=2, options={"load_s": 60})
+    # The first worker starts at once; its replacement would take ten minutes. The timeout is
+    # long enough for the first to start on a slow, busy machine, and far shorter than that.
+    backend = make(tmp_path, [], workers=1, start_timeout_s=30, options={"load_s": 600})
     try:
         with pytest.raises(BackendError, match="no Ray worker is running"):
             backend.generate(requests("die"))
