@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from selfgen.backends.base import Completion, GenerationRequest, SamplingParams
 from selfgen.config import RunConfig
@@ -104,82 +103,88 @@ class ListPrompt:
     next_number: int
 
 
-def list_request(config: RunConfig, prompt: ListPrompt, seed: int) -> GenerationRequest:
-    """The request continuing a numbered list, with the list sampling settings of the config."""
-    return GenerationRequest(
-        prompt=prompt.text,
-        params=SamplingParams(
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_tokens,
-            stop=stop_strings(config.list_length),
-            presence_penalty=config.presence_penalty,
-            frequency_penalty=config.frequency_penalty,
-            seed=seed,
-        ),
-    )
-
-
 R = TypeVar("R", bound=Record)
 
 
-def list_records(
-    completion: Completion,
-    prompt: ListPrompt,
-    *,
-    list_length: int,
-    make: Callable[[str], R],
-    novelty: NoveltyFilter,
-) -> list[R]:
-    """One record per item of the continuation (`make(text)`), in order, each judged: parse
-    failures are rejected at `parse`, the others by the rule and novelty filters. Survivors
-    are those still pending."""
-    records = []
-    for item in parse_continuation(
-        completion.text, prompt.next_number, completion.finish_reason, list_length
-    ):
-        record = make(item.text)
-        records.append(record)
-        if item.reason:
-            record.reject(Stage.PARSE, item.reason)
-        else:
-            novelty.judge(record)
-    return records
+class NumberedListStage(Generic[R]):
+    """A stage whose model continues a numbered list of examples (seed ones, topped up with
+    machine ones from the pool) and whose records are the new items, judged by the rule and
+    novelty filters. A subclass says what the list shows and what record an item makes."""
+
+    name: str
+
+    def __init__(self, config: RunConfig, seed_texts: list[str], novelty: NoveltyFilter) -> None:
+        self.config = config
+        self.seed_texts = seed_texts
+        self.novelty = novelty
+
+    def render(self, shown: list[str]) -> str:
+        """The prompt showing `shown` as a numbered list, ending with the next number."""
+        raise NotImplementedError
+
+    def make(self, text: str, generation_index: int) -> R:
+        raise NotImplementedError
+
+    def per_round(self) -> int:
+        raise NotImplementedError
+
+    def prompts(self, rng: random.Random, pool: list[str]) -> list[ListPrompt]:
+        """The round's prompts; each draws its examples from `rng` (machine ones from `pool`)."""
+        c = self.config
+        out = []
+        for _ in range(self.per_round()):
+            shown = choose_prompt_instructions(
+                rng, self.seed_texts, pool, c.seed_instructions, c.machine_instructions
+            )
+            out.append(ListPrompt(self.render(shown), len(shown) + 1))
+        return out
+
+    def request(self, prompt: ListPrompt, round_number: int, index: int) -> GenerationRequest:
+        """The request continuing `prompt`, with the list sampling settings of the config."""
+        c = self.config
+        return GenerationRequest(
+            prompt=prompt.text,
+            params=SamplingParams(
+                temperature=c.temperature,
+                top_p=c.top_p,
+                max_tokens=c.max_tokens,
+                stop=stop_strings(c.list_length),
+                presence_penalty=c.presence_penalty,
+                frequency_penalty=c.frequency_penalty,
+                seed=request_seed(c.seed, round_number, self.name, index),
+            ),
+        )
+
+    def apply(self, prompt: ListPrompt, completion: Completion, generation_index: int) -> list[R]:
+        """One record per item of the continuation, in order, each judged: parse failures are
+        rejected at `parse`, the others by the rule and novelty filters. The survivors are
+        those still pending."""
+        records = []
+        for item in parse_continuation(
+            completion.text, prompt.next_number, completion.finish_reason, self.config.list_length
+        ):
+            record = self.make(item.text, generation_index)
+            records.append(record)
+            if item.reason:
+                record.reject(Stage.PARSE, item.reason)
+            else:
+                self.novelty.judge(record)
+        return records
 
 
-class InstructionStage:
+class InstructionStage(NumberedListStage[Candidate]):
     """New instructions from lists of seed and kept machine instructions."""
 
     name = "instructions"
 
     def __init__(self, config: RunConfig, seeds: list[SeedTask], novelty: NoveltyFilter) -> None:
-        self.config = config
-        self.seed_instructions = [s.instruction for s in seeds]
-        self.novelty = novelty
+        super().__init__(config, [s.instruction for s in seeds], novelty)
 
-    def prompts(self, rng: random.Random, kept: list[str]) -> list[ListPrompt]:
-        """The round's prompts; each draws its instructions from `rng`."""
-        c = self.config
-        out = []
-        for _ in range(c.prompts_per_round):
-            shown = choose_prompt_instructions(
-                rng, self.seed_instructions, kept, c.seed_instructions, c.machine_instructions
-            )
-            out.append(ListPrompt(render_prompt(c.language, shown), len(shown) + 1))
-        return out
+    def render(self, shown: list[str]) -> str:
+        return render_prompt(self.config.language, shown)
 
-    def request(self, prompt: ListPrompt, round_number: int, index: int) -> GenerationRequest:
-        seed = request_seed(self.config.seed, round_number, self.name, index)
-        return list_request(self.config, prompt, seed)
+    def make(self, text: str, generation_index: int) -> Candidate:
+        return Candidate(instruction=text, generation_index=generation_index)
 
-    def apply(
-        self, prompt: ListPrompt, completion: Completion, generation_index: int
-    ) -> list[Candidate]:
-        """The candidates of one continuation; the survivors are still pending."""
-        return list_records(
-            completion,
-            prompt,
-            list_length=self.config.list_length,
-            make=lambda text: Candidate(instruction=text, generation_index=generation_index),
-            novelty=self.novelty,
-        )
+    def per_round(self) -> int:
+        return self.config.prompts_per_round

@@ -5,20 +5,11 @@ tool seed requests (and verified machine ones) under the list of tools. Each ite
 
 from __future__ import annotations
 
-import random
-
-from selfgen.backends.base import Completion, GenerationRequest
 from selfgen.config import RunConfig
 from selfgen.filters.novelty import NoveltyFilter
 from selfgen.prompts import load_prompt
 from selfgen.records import ToolSeed, Trace
-from selfgen.stages import request_seed
-from selfgen.stages.instructions import (
-    ListPrompt,
-    choose_prompt_instructions,
-    list_records,
-    list_request,
-)
+from selfgen.stages.instructions import NumberedListStage
 from selfgen.tooling import ToolSpec
 
 
@@ -30,7 +21,7 @@ def render_request_prompt(language: str, specs: dict[str, ToolSpec], requests: l
     )
 
 
-class ToolRequestStage:
+class ToolRequestStage(NumberedListStage[Trace]):
     """New tool-use requests from lists of seed and verified requests."""
 
     name = "tool_requests"
@@ -42,36 +33,14 @@ class ToolRequestStage:
         tool_seeds: list[ToolSeed],
         novelty: NoveltyFilter,
     ) -> None:
-        self.config = config
+        super().__init__(config, [s.request for s in tool_seeds if s.calls], novelty)
         self.specs = specs
-        self.seed_requests = [s.request for s in tool_seeds if s.calls]
-        self.novelty = novelty
 
-    def prompts(self, rng: random.Random, verified: list[str]) -> list[ListPrompt]:
-        """The round's prompts; each draws its requests from `rng`."""
-        c = self.config
-        out = []
-        for _ in range(c.trace_prompts_per_round):
-            shown = choose_prompt_instructions(
-                rng, self.seed_requests, verified, c.seed_instructions, c.machine_instructions
-            )
-            out.append(
-                ListPrompt(render_request_prompt(c.language, self.specs, shown), len(shown) + 1)
-            )
-        return out
+    def render(self, shown: list[str]) -> str:
+        return render_request_prompt(self.config.language, self.specs, shown)
 
-    def request(self, prompt: ListPrompt, round_number: int, index: int) -> GenerationRequest:
-        seed = request_seed(self.config.seed, round_number, self.name, index)
-        return list_request(self.config, prompt, seed)
+    def make(self, text: str, generation_index: int) -> Trace:
+        return Trace(request=text, generation_index=generation_index)
 
-    def apply(
-        self, prompt: ListPrompt, completion: Completion, generation_index: int
-    ) -> list[Trace]:
-        """The traces of one continuation; the survivors are still pending."""
-        return list_records(
-            completion,
-            prompt,
-            list_length=self.config.list_length,
-            make=lambda text: Trace(request=text, generation_index=generation_index),
-            novelty=self.novelty,
-        )
+    def per_round(self) -> int:
+        return self.config.trace_prompts_per_round
