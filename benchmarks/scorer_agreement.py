@@ -1,0 +1,121 @@
+"""Does a quality scorer tell a good response from a poor one? Measured on data nobody tuned on.
+
+The Self-Instruct paper's 252 user-oriented tasks, each answered by two released models
+(`../shared/data/self_instruct_predictions/`): text-davinci-001 (instruction-tuned) and vanilla
+davinci (the same size without instruction tuning; the paper's raters judged most of its
+responses unacceptable). For every scorer, the pairwise accuracy is the share of tasks where it
+prefers text-davinci-001's response (a tie counts half, a task it could not score counts as a
+tie), with a 95% bootstrap interval over tasks (2,000 resamples, seed 0). A random scorer gets
+50%. Seconds per item are wall time on this machine for both responses' scoring divided by the
+number of responses: machine-dependent, compare them with each other, not across machines.
+
+    python benchmarks/scorer_agreement.py                       # ifd and judge, bundled model
+    python benchmarks/scorer_agreement.py --limit 60 --scorers ifd
+    python benchmarks/scorer_agreement.py --model other.gguf    # any GGUF through llama.cpp
+    python benchmarks/scorer_agreement.py --backend openai --base-url http://127.0.0.1:8000/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from selfgen.backends.base import get_backend  # noqa: E402
+from selfgen.scoring import Example, get_scorer  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "self_instruct_predictions"
+GOOD, POOR = "text-davinci-001_predictions.jsonl", "davinci_predictions.jsonl"
+
+
+def load(path: Path) -> list[Example]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [Example(r["instruction"], r["input"] or "", r["response"].strip()) for r in rows]
+
+
+def pairwise(good: list[float | None], poor: list[float | None], higher: bool) -> list[float]:
+    """Per task: 1 when the good response scores better, 0 when worse, 0.5 for a tie."""
+    out = []
+    for g, p in zip(good, poor, strict=True):
+        if g is None or p is None or g == p:
+            out.append(0.5)
+        else:
+            out.append(1.0 if (g > p) == higher else 0.0)
+    return out
+
+
+def bootstrap(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scorers", default="ifd,judge")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N tasks")
+    parser.add_argument("--backend", default="llamacpp")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--base-url", default=None)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    if not (args.data / GOOD).is_file():
+        sys.exit(f"{args.data}: the released predictions are not there (../shared is absent)")
+    good, poor = load(args.data / GOOD), load(args.data / POOR)
+    if args.limit:
+        good, poor = good[: args.limit], poor[: args.limit]
+    options = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
+    backend = get_backend(args.backend, **options)
+    model = args.model or args.base_url or "bundled SmolLM2-135M-Instruct"
+    results = []
+    for name in args.scorers.split(","):
+        scorer = get_scorer(name, backend)
+        started = time.perf_counter()
+        good_scores = [s.value for s in scorer.score(good)]
+        poor_scores = [s.value for s in scorer.score(poor)]
+        seconds = (time.perf_counter() - started) / (len(good) + len(poor))
+        wins = pairwise(good_scores, poor_scores, scorer.higher_is_better)
+        low, high = bootstrap(wins)
+        results.append(
+            {
+                "scorer": name,
+                "settings": scorer.settings(),
+                "model": model,
+                "tasks": len(wins),
+                "unscored": sum(
+                    g is None or p is None for g, p in zip(good_scores, poor_scores, strict=True)
+                ),
+                "pairwise_accuracy": sum(wins) / len(wins),
+                "ci95": [low, high],
+                "seconds_per_item": seconds,
+            }
+        )
+    backend.close()
+    table = Table(title=f"Scorer agreement with known quality: {len(good)} tasks, {model}")
+    for column in ("scorer", "prefers the tuned response", "95% interval", "unscored", "s/item"):
+        table.add_column(column, justify="left" if column == "scorer" else "right")
+    for r in results:
+        table.add_row(
+            f"{r['scorer']} ({r['settings'].get('mode', '')})".replace(" ()", ""),
+            f"{r['pairwise_accuracy']:.1%}",
+            f"{r['ci95'][0]:.1%} - {r['ci95'][1]:.1%}",
+            str(r["unscored"]),
+            f"{r['seconds_per_item']:.2f}",
+        )
+    Console().print(table)
+    Console().print("baseline: a scorer that cannot tell them apart gets 50.0%", highlight=False)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
