@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from selfgen.backends.base import Backend, BackendError
     from selfgen.config import Config
     from selfgen.records import ToolSeed
+    from selfgen.scoring.select import Selection
     from selfgen.store import RunStore, RunTotals
     from selfgen.tooling import ToolSpec
 
@@ -469,17 +470,34 @@ def export(
             "--only-curated", help="Only the tasks and traces accepted by hand (selfgen inspect)."
         ),
     ] = False,
+    min_score: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep rows scoring at least this, e.g. 'judge>=4' (repeatable)."),
+    ] = None,
+    max_score: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep rows scoring at most this, e.g. 'ifd<1' (repeatable)."),
+    ] = None,
+    top_fraction: Annotated[
+        float | None,
+        typer.Option(help="Keep the best fraction of rows by --rank-by (after the conditions)."),
+    ] = None,
+    rank_by: Annotated[
+        str | None, typer.Option(help="The scorer --top-fraction ranks by, e.g. judge.")
+    ] = None,
 ) -> None:
     """Write kept tasks as JSONL for fine-tuning (one row per instance).
 
-    Tasks and traces rejected by hand in `selfgen inspect` are never exported."""
-    from selfgen.export import FORMATS, export_run
+    Tasks and traces rejected by hand in `selfgen inspect` are never exported. Score conditions
+    (see `selfgen score`) select among the machine-made rows; seed tasks always pass."""
+    from selfgen.export import FORMATS, ExportError, export_run
     from selfgen.store import RunStore, StoreError
 
     if format not in FORMATS:
         fail(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
     if split is not None and not 0.0 < split < 1.0:
         fail("--split: must be between 0 and 1")
+    selection = _selection(min_score, max_score, top_fraction, rank_by)
     try:
         store = RunStore.open(run_dir)
     except StoreError as exc:
@@ -494,7 +512,10 @@ def export(
             split_seed=split_seed,
             include_failed=include_failed,
             only_curated=only_curated,
+            selection=selection,
         )
+    except ExportError as exc:
+        fail(f"--min-score/--max-score/--rank-by: {exc}")
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     except OSError as exc:
@@ -503,6 +524,149 @@ def export(
         store.close()
     for path, count in counts.items():
         typer.echo(f"wrote {count} rows to {path}")
+
+
+def _selection(
+    min_score: list[str] | None,
+    max_score: list[str] | None,
+    top_fraction: float | None,
+    rank_by: str | None,
+) -> Selection:
+    """The score conditions of `export` (or one error naming the flag)."""
+    from selfgen.scoring import ScorerError, scorer_class
+    from selfgen.scoring.select import ScoreCondition, Selection
+
+    conditions = []
+    for flag, texts, minimum in (
+        ("--min-score", min_score, True),
+        ("--max-score", max_score, False),
+    ):
+        for text in texts or []:
+            try:
+                conditions.append(ScoreCondition.parse(text, minimum=minimum))
+            except ValueError as exc:
+                fail(f"{flag}: {exc}")
+    if top_fraction is not None and not 0.0 < top_fraction <= 1.0:
+        fail("--top-fraction: must be above 0 and at most 1")
+    if top_fraction is not None and rank_by is None:
+        fail("--top-fraction: give the scorer to rank by with --rank-by")
+    ascending = False
+    if rank_by is not None:
+        try:
+            ascending = not scorer_class(rank_by).higher_is_better
+        except ScorerError as exc:
+            fail(f"--rank-by: {exc}")
+    return Selection(tuple(conditions), top_fraction, rank_by, ascending)
+
+
+@app.command()
+def score(
+    target: Annotated[
+        Path, typer.Argument(help="A run folder, or a JSONL data set (alpaca, openai, sharegpt).")
+    ],
+    scorer: Annotated[
+        str, typer.Option(help="Scorers, comma-separated: ifd, judge, toolformer.")
+    ] = "ifd",
+    out: Annotated[
+        Path | None, typer.Option(help="For a data set: write the scored rows here.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="Backend that scores.")] = "llamacpp",
+    model: Annotated[
+        str | None, typer.Option(help="Its model. [default: the backend's; bundled SmolLM2]")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="openai backend: a completions server's URL.")
+    ] = None,
+    api_model: Annotated[
+        str | None, typer.Option(help="openai backend: the model name on the server.")
+    ] = None,
+    rescore: Annotated[
+        bool, typer.Option("--rescore", help="Score again what a run has scored already.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Score data for quality: a finished run (stored with the run) or any JSONL data set.
+
+    ifd (lower is better) and judge (1-5, higher is better) score tasks; toolformer scores
+    tool-use traces. `export --min-score/--max-score/--top-fraction` selects by the scores."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+    from rich.progress import Progress as Bar
+
+    from selfgen.backends.base import BackendError, get_backend
+    from selfgen.scoring import ScorerError, get_scorer
+    from selfgen.scoring.apply import ScoreFileError, read_rows, score_file, score_run
+    from selfgen.store import RunStore, StoreError
+
+    names = [n.strip() for n in scorer.split(",") if n.strip()]
+    is_run = target.is_dir()
+    if not is_run and out is None:
+        fail("--out: give the file to write the scored rows to")
+    if not is_run and not target.is_file():
+        fail(f"{target}: no such run folder or data file")
+    if not is_run:
+        try:
+            read_rows(target)  # every defect is reported before a model loads
+        except ScoreFileError as exc:
+            fail(str(exc))
+    store = None
+    if is_run:
+        try:
+            store = RunStore.open(target)
+        except StoreError as exc:
+            fail(str(exc), RUN_ERROR)
+    options = {
+        k: v for k, v in (("model", model), ("base_url", base_url), ("api_model", api_model)) if v
+    }
+    try:
+        engine = get_backend(backend, options)
+    except BackendError as exc:
+        flag = f"--{exc.option.replace('_', '-')}: " if exc.option else ""
+        fail(f"{flag}{exc.problem}", USAGE_ERROR if exc.option else RUN_ERROR)
+    try:
+        built = [get_scorer(name, engine) for name in names]
+    except ScorerError as exc:
+        engine.close()
+        fail(f"--scorer: {exc}")
+    bar = Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    try:
+        with bar:
+            if store is not None:
+                counts = score_run(
+                    store, built, model=engine.describe(), rescore=rescore, on_progress=progress
+                )
+            else:
+                assert out is not None
+                rows = score_file(target, out, built, on_progress=progress)
+    except BackendError as exc:
+        fail(f"{exc} (scores finished so far are saved)" if store else str(exc), RUN_ERROR)
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    except OSError as exc:
+        fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
+    finally:
+        engine.close()
+        if store is not None:
+            store.close()
+    if store is not None:
+        for name, n in counts.items():
+            typer.echo(f"{name}: scored {n} items (see `selfgen stats {target}`)")
+    else:
+        typer.echo(f"wrote {rows} scored rows to {out}")
 
 
 @app.command()

@@ -177,4 +177,17 @@ def _distribution_tables(s: dict[str, Any]) -> list[Table]:
                 f"{t['pass_rate']:.0%}",
             )
         tables.append(tools)
+    for d in s.get("scores", []):
+        q = ", ".join(f"{v:.3g}" for v in d["quartiles"]) or "-"
+        title = (
+            f"Score {d['scorer']} ({d['kind']}s): {d['scored']} scored, {d['unscored']} could not"
+            f" be; mean {d['mean']:.3g}, quartiles {q}"
+            if d["scored"]
+            else f"Score {d['scorer']} ({d['kind']}s): none could be scored"
+        )
+        tables.append(
+            _histogram(
+                title, [(f"{b['from']:.3g}-{b['to']:.3g}", b["count"]) for b in d["histogram"]]
+            )
+        )
     return tables

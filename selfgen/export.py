@@ -17,7 +17,13 @@ from typing import Any
 
 from selfgen.io import write_jsonl_atomic
 from selfgen.records import Fate, Instance
+from selfgen.scoring.select import Selection
 from selfgen.store import RunStore
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked; the message is meant for the user."""
+
 
 FORMATS = ("alpaca", "openai", "sharegpt")
 
@@ -87,7 +93,12 @@ def rows(fmt: str, tasks: Iterable[ExportTask]) -> Iterator[dict[str, Any]]:
 
 
 def trace_rows(
-    fmt: str, store: RunStore, *, include_failed: bool = False, only_curated: bool = False
+    fmt: str,
+    store: RunStore,
+    *,
+    include_failed: bool = False,
+    only_curated: bool = False,
+    allowed: set[int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Tool-use traces as chat rows with their tools. Alpaca has no place for tool calls, so
     traces are not exported in that format. Only verified traces, unless `include_failed`:
@@ -97,6 +108,8 @@ def trace_rows(
         return
     specs = [spec.openai() for spec in store.tool_specs().values()]
     for trace in store.trace_rows(include_failed=include_failed, only_curated=only_curated):
+        if allowed is not None and trace.id not in allowed:
+            continue
         if fmt == "openai":
             row: dict[str, Any] = {"messages": trace.messages, "tools": specs}
         else:
@@ -141,14 +154,25 @@ def export_run(
     split_seed: int = 0,
     include_failed: bool = False,
     only_curated: bool = False,
+    selection: Selection | None = None,
 ) -> dict[str, int]:
     """Write the export; with `split`, a validation file beside `out`. Returns row counts.
     Verified tool traces follow the tasks (in the training file when splitting). Items rejected
-    by hand in `selfgen inspect` are left out; `only_curated` keeps only those accepted by hand."""
+    by hand in `selfgen inspect` are left out; `only_curated` keeps only those accepted by hand;
+    a `selection` keeps the machine-made instances and traces whose scores it allows."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     tasks = collect_tasks(store, include_seeds=include_seeds, only_curated=only_curated)
-    traces = trace_rows(fmt, store, include_failed=include_failed, only_curated=only_curated)
+    allowed_traces = None
+    if selection:
+        tasks, allowed_traces = _select(store, tasks, selection)
+    traces = trace_rows(
+        fmt,
+        store,
+        include_failed=include_failed,
+        only_curated=only_curated,
+        allowed=allowed_traces,
+    )
     if split is None:
         return {str(out): write_jsonl_atomic(out, chain(rows(fmt, tasks), traces))}
     train, valid = split_tasks(tasks, split, split_seed)
@@ -157,3 +181,23 @@ def export_run(
         str(out): write_jsonl_atomic(out, chain(rows(fmt, train), traces)),
         str(vpath): write_jsonl_atomic(vpath, rows(fmt, valid)),
     }
+
+
+def _select(
+    store: RunStore, tasks: list[ExportTask], selection: Selection
+) -> tuple[list[ExportTask], set[int]]:
+    """The tasks with only the instances the selection allows (seeds untouched, tasks left
+    with none dropped), and the ids of the traces it allows."""
+    instance_scores, trace_scores = store.scores("instance"), store.scores("trace")
+    for name in sorted(selection.scorers()):
+        if name not in instance_scores and name not in trace_scores:
+            raise ExportError(f"the run has no '{name}' scores (score it first)")
+    ids = [i.id for t in tasks for i in t.instances if i.id is not None]
+    allowed = selection.allowed(instance_scores, ids)
+    kept = []
+    for task in tasks:
+        instances = [i for i in task.instances if i.id is None or i.id in allowed]
+        if instances:
+            kept.append(ExportTask(task.instruction, instances, task.source))
+    trace_ids = [t.id for t in store.trace_rows(include_failed=True)]
+    return kept, selection.allowed(trace_scores, trace_ids)

@@ -64,10 +64,12 @@ TARGET_REACHED = "target_reached"
 
 @dataclass(frozen=True)
 class Instance:
-    """One input/output example of a task. `input` may be empty."""
+    """One input/output example of a task. `input` may be empty; `id` is the store's, once
+    stored (it takes no part in comparisons)."""
 
     input: str
     output: str
+    id: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -491,6 +491,7 @@ def test_a_store_from_before_curation_is_migrated(tmp_path):
         "m002_tool_traces",
         "m003_curation",
         "m004_generation_errors",
+        "m005_scores",
     ]
     assert Inspector(store).count(Filters(status="curated-accepted")) == 0
     store.close()

@@ -160,5 +160,6 @@ def test_migrations_are_recorded_once(tmp_path, scripted):
         (2, "m002_tool_traces"),
         (3, "m003_curation"),
         (4, "m004_generation_errors"),
+        (5, "m005_scores"),
     ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

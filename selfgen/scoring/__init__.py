@@ -110,8 +110,8 @@ def available_scorers() -> list[str]:
     return sorted(names)
 
 
-def get_scorer(name: str, backend: Backend, **options: Any) -> Scorer:
-    """Build the scorer registered as `name` on `backend`."""
+def scorer_class(name: str) -> ScorerFactory:
+    """The class (or factory) registered as `name`, not yet built."""
     factory = _registry.get(name)
     if factory is None:
         for ep in entry_points(group="selfgen.scorers"):
@@ -120,6 +120,12 @@ def get_scorer(name: str, backend: Backend, **options: Any) -> Scorer:
                 break
     if factory is None:
         raise ScorerError(f"unknown scorer '{name}' (known: {', '.join(available_scorers())})")
+    return factory
+
+
+def get_scorer(name: str, backend: Backend, **options: Any) -> Scorer:
+    """Build the scorer registered as `name` on `backend`."""
+    factory = scorer_class(name)
     try:
         return factory(backend, **options)
     except TypeError as exc:
@@ -145,6 +151,7 @@ __all__ = [
     "TraceExample",
     "available_scorers",
     "get_scorer",
+    "scorer_class",
     "mean_loss",
     "register_scorer",
 ]

@@ -138,6 +138,7 @@ def distributions(db: sqlite3.Connection) -> dict[str, Any]:
         "classification": {"yes": clf.get(1, 0), "no": clf.get(0, 0)},
         "tools": tool_pass_rates(db),
         "curation": curation,
+        "scores": score_distributions(db),
     }
 
 
@@ -164,3 +165,48 @@ def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
         }
         for tool, n, *counts in rows
     ]
+
+
+SCORE_BINS = 10
+
+
+def score_distributions(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """For each scorer and kind of item: how many were scored, how many could not be, the
+    mean, the quartiles and a histogram of ten equal bins between the lowest and highest."""
+    out = []
+    groups = db.execute(
+        "SELECT scorer, kind, COUNT(value), COUNT(*) - COUNT(value), AVG(value), MIN(value),"
+        " MAX(value) FROM scores GROUP BY scorer, kind ORDER BY scorer, kind"
+    ).fetchall()
+    for scorer, kind, n, unscored, mean, low, high in groups:
+        values = [
+            r[0]
+            for r in db.execute(
+                "SELECT value FROM scores WHERE scorer = ? AND kind = ? AND value IS NOT NULL"
+                " ORDER BY value",
+                (scorer, kind),
+            )
+        ]
+        width = (high - low) / SCORE_BINS if n and high > low else 1.0
+        counts = [0] * SCORE_BINS
+        for v in values:
+            counts[min(int((v - low) / width), SCORE_BINS - 1) if n and high > low else 0] += 1
+        out.append(
+            {
+                "scorer": scorer,
+                "kind": kind,
+                "scored": n,
+                "unscored": unscored,
+                "mean": mean,
+                "quartiles": [values[(len(values) - 1) * q // 4] for q in (1, 2, 3)]
+                if values
+                else [],
+                "histogram": [
+                    {"from": low + i * width, "to": low + (i + 1) * width, "count": c}
+                    for i, c in enumerate(counts)
+                ]
+                if values
+                else [],
+            }
+        )
+    return out

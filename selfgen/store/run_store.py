@@ -414,9 +414,9 @@ class RunStore:
                 f" WHERE {sql.KEPT} AND {sql.curation_wanted(only_curated)} ORDER BY c.id"
             ):
                 instances = [
-                    Instance(input=r["input"], output=r["output"])
+                    Instance(input=r["input"], output=r["output"], id=r["id"])
                     for r in self.db.execute(
-                        "SELECT input, output FROM instances WHERE candidate_id = ?"
+                        "SELECT id, input, output FROM instances WHERE candidate_id = ?"
                         " ORDER BY position",
                         (row["id"],),
                     )
@@ -465,6 +465,74 @@ class RunStore:
                             arguments=json.loads(fn["arguments"]),
                             recorded=recorded.get(call["id"]),
                         )
+
+    def scorable_instances(self) -> Iterator[tuple[int, str, str, str]]:
+        """(instance id, instruction, input, output) of every instance of a kept task."""
+        with self._reading():
+            yield from self.db.execute(
+                "SELECT i.id, c.instruction, i.input, i.output FROM instances i"
+                f" JOIN candidates c ON c.id = i.candidate_id WHERE c.{sql.KEPT}"
+                " ORDER BY i.id"
+            )
+
+    def scorable_traces(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """(trace id, messages) of every trace that reached a tool."""
+        with self._reading():
+            for trace_id, raw in self.db.execute(
+                f"SELECT id, messages FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id"
+            ):
+                yield trace_id, json.loads(raw)
+
+    def scored_ids(self, kind: str, scorer: str) -> set[int]:
+        """The items of `kind` that `scorer` has scored already."""
+        with self._reading():
+            rows = self.db.execute(
+                "SELECT item_id FROM scores WHERE kind = ? AND scorer = ?", (kind, scorer)
+            )
+            return {r[0] for r in rows}
+
+    def save_scores(
+        self,
+        kind: str,
+        scorer: str,
+        scores: list[tuple[int, float | None, dict[str, Any]]],
+        *,
+        model: dict[str, Any],
+        settings: dict[str, Any],
+    ) -> None:
+        """Store (item id, value, detail) scores of `scorer` in one transaction, replacing the
+        item's earlier score by the same scorer."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, item_id, scorer) DO UPDATE SET value = excluded.value,"
+                " detail = excluded.detail, model = excluded.model,"
+                " settings = excluded.settings, scored_at = excluded.scored_at",
+                [
+                    (
+                        kind,
+                        item_id,
+                        scorer,
+                        value,
+                        json.dumps(detail),
+                        json.dumps(model),
+                        json.dumps(settings),
+                        now(),
+                    )
+                    for item_id, value, detail in scores
+                ],
+            )
+
+    def scores(self, kind: str) -> dict[str, dict[int, float | None]]:
+        """Every score of items of `kind`: {scorer: {item id: value}}."""
+        out: dict[str, dict[int, float | None]] = {}
+        with self._reading():
+            for scorer, item_id, value in self.db.execute(
+                "SELECT scorer, item_id, value FROM scores WHERE kind = ?", (kind,)
+            ):
+                out.setdefault(scorer, {})[item_id] = value
+        return out
 
     def figures(self) -> dict[str, Any]:
         """The run's figures (see selfgen.store.figures), or :class:`StoreError`."""

@@ -160,11 +160,36 @@ def m004_generation_errors(db: sqlite3.Connection) -> None:
     _run_script(db, "ALTER TABLE generations ADD COLUMN error TEXT;")
 
 
+def m005_scores(db: sqlite3.Connection) -> None:
+    # Quality scores: one per scored item (an instance of a kept task, or a trace) and scorer,
+    # replaced when the item is scored again. `value` is NULL when the scorer could not score
+    # the item (why is in `detail`); `model` is the scoring backend's description and
+    # `settings` the scorer's, so two scores are only compared when they were made alike.
+    _run_script(
+        db,
+        """
+        CREATE TABLE scores (
+            kind TEXT NOT NULL CHECK (kind IN ('instance', 'trace')),
+            item_id INTEGER NOT NULL,
+            scorer TEXT NOT NULL,
+            value REAL,
+            detail TEXT NOT NULL,
+            model TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            scored_at TEXT NOT NULL,
+            PRIMARY KEY (kind, item_id, scorer)
+        );
+        CREATE INDEX scores_by_scorer ON scores(scorer, kind, value);
+        """,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_tool_traces,
     m003_curation,
     m004_generation_errors,
+    m005_scores,
 ]
 
 
