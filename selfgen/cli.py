@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from selfgen.config import Config
     from selfgen.records import ToolSeed
     from selfgen.scoring.select import Selection
+    from selfgen.stages.score import ScoreStage
     from selfgen.store import RunStore, RunTotals
     from selfgen.tooling import ToolSpec
 
@@ -273,6 +274,7 @@ def run(
             options = _backend_options(cfg, api_key)
             store.update_config(cfg.to_dict())
             backend_obj = _make_backend(cfg, options, sources)
+            scoring = _make_scoring(cfg, backend_obj)
             _announce_resume(out_dir, cfg, store.totals())
         else:
             cfg = build_config({}, requested)
@@ -281,6 +283,7 @@ def run(
             tool_setup = _prepare_tools(cfg)
             # The backend is loaded before the run folder is made: a bad --model leaves nothing.
             backend_obj = _make_backend(cfg, options, sources)
+            scoring = _make_scoring(cfg, backend_obj)
             _announce_new(out_dir, cfg, len(seed_tasks))
             store = RunStore.create(
                 out_dir, cfg.to_dict(), seed_tasks, backend_obj.describe(), __version__
@@ -295,7 +298,46 @@ def run(
         fail(str(exc))
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
-    _run_loop(cfg=cfg, store=store, backend=backend_obj, out_dir=out_dir, quiet=quiet)
+    _run_loop(
+        cfg=cfg, store=store, backend=backend_obj, scoring=scoring, out_dir=out_dir, quiet=quiet
+    )
+
+
+def _make_scoring(cfg: RunConfig, backend: Backend) -> ScoreStage | None:
+    """The scoring stage of `--score`: its scorers on the run's backend, the judge on its own
+    when --judge-backend/--judge-model/--judge-base-url are given. Refused before any work
+    when a backend cannot give what a scorer needs."""
+    if not cfg.scorer_names():
+        return None
+    from selfgen.backends.base import BackendError, get_backend
+    from selfgen.scoring import ScorerError, get_scorer
+    from selfgen.stages.score import ScoreStage
+
+    judge_options = {
+        k: v
+        for k, v in (
+            ("model", cfg.judge_model),
+            ("base_url", cfg.judge_base_url),
+            ("api_model", cfg.judge_api_model),
+        )
+        if v
+    }
+    scorers, models = [], {}
+    try:
+        for name in cfg.scorer_names():
+            engine = backend
+            if name == "judge" and (cfg.judge_backend or judge_options):
+                engine = get_backend(cfg.judge_backend or cfg.backend, judge_options)
+            scorers.append(get_scorer(name, engine))
+            models[name] = engine.describe()
+    except BackendError as exc:
+        backend.close()
+        flag = f"--judge-{exc.option.replace('_', '-')}: " if exc.option else "--judge-backend: "
+        fail(f"{flag}{exc.problem}", RUN_ERROR if exc.option is None else USAGE_ERROR)
+    except ScorerError as exc:
+        backend.close()
+        fail(f"--score: {exc}")
+    return ScoreStage(scorers, cfg.score_conditions(), models)
 
 
 def _stored_config(values: dict[str, Any]) -> RunConfig:
@@ -403,7 +445,13 @@ def _make_backend(cfg: RunConfig, options: Mapping[str, Any], sources: _Sources)
 
 
 def _run_loop(
-    *, cfg: RunConfig, store: RunStore, backend: Backend, out_dir: Path, quiet: bool
+    *,
+    cfg: RunConfig,
+    store: RunStore,
+    backend: Backend,
+    scoring: ScoreStage | None,
+    out_dir: Path,
+    quiet: bool,
 ) -> None:
     from rich.console import Console
 
@@ -422,7 +470,9 @@ def _run_loop(
         sandbox = ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb)
     try:
         with display:
-            result = Loop(cfg, store, backend, on_event=display.on_event, sandbox=sandbox).run()
+            result = Loop(
+                cfg, store, backend, on_event=display.on_event, sandbox=sandbox, scoring=scoring
+            ).run()
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/]: finished rounds are saved; resume with "
@@ -435,6 +485,8 @@ def _run_loop(
             RUN_ERROR,
         )
     finally:
+        if scoring is not None:
+            scoring.close(keep_open=backend)
         backend.close()
         if sandbox is not None:
             sandbox.close()

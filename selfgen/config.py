@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from selfgen.filters.rules import RuleConfig
+    from selfgen.scoring.select import ScoreCondition
 
 
 class ConfigError(ValueError):
@@ -281,6 +282,39 @@ class RunConfig:
         512, toml_only=True, resumable=True, help="Memory a tool call may allocate, MiB."
     )
 
+    # Quality scores inside the loop (off unless --score is given).
+    score: str | None = setting(
+        None, help="Score kept tasks in the loop with these scorers, e.g. ifd,judge."
+    )
+    min_score: str | None = setting(
+        None, help="Reject a task whose mean score fails this, e.g. 'judge>=4' (comma-separated)."
+    )
+    max_score: str | None = setting(
+        None, help="Reject a task whose mean score fails this, e.g. 'ifd<1' (comma-separated)."
+    )
+    judge_backend: str | None = setting(
+        None, help="Backend of the judge scorer.", default_text="the run's backend"
+    )
+    judge_model: str | None = setting(None, help="Model of the judge scorer's backend.")
+    judge_base_url: str | None = setting(
+        None, resumable=True, help="Server of the judge scorer's openai backend."
+    )
+    judge_api_model: str | None = setting(None, help="Model name on the judge's server.")
+
+    def score_conditions(self) -> list[ScoreCondition]:
+        """The --min-score and --max-score conditions (ValueError when one does not parse)."""
+        from selfgen.scoring.select import ScoreCondition
+
+        out = []
+        for text, minimum in ((self.min_score, True), (self.max_score, False)):
+            for part in (text or "").split(","):
+                if part.strip():
+                    out.append(ScoreCondition.parse(part, minimum=minimum))
+        return out
+
+    def scorer_names(self) -> list[str]:
+        return [n.strip() for n in (self.score or "").split(",") if n.strip()]
+
     def rule_config(self) -> RuleConfig:
         # Imported here: the command line reads this module to build its options.
         from selfgen.filters.rules import BLACKLIST_EN, BLACKLIST_ZH, RuleConfig
@@ -356,6 +390,20 @@ class RunConfig:
             "needs a folder of tools (the tools setting)",
         )
         need(self.max_tool_steps >= 1, "max_tool_steps", "must be at least 1")
+        from selfgen.scoring.select import ScoreCondition
+
+        for name, minimum in (("min_score", True), ("max_score", False)):
+            for part in (getattr(self, name) or "").split(","):
+                try:
+                    if part.strip():
+                        ScoreCondition.parse(part, minimum=minimum)
+                except ValueError as exc:
+                    raise ConfigError(str(exc), field=name) from None
+        conditions = self.score_conditions()
+        unscored = sorted({c.scorer for c in conditions} - set(self.scorer_names()))
+        need(
+            not unscored, "score", f"must include {', '.join(unscored)} (a score condition uses it)"
+        )
         need(
             self.num_traces == 0 or self.language == "en",
             "num_traces",

@@ -28,7 +28,7 @@ from selfgen.config import RunConfig
 from selfgen.filters.novelty import NoveltyFilter
 from selfgen.filters.rouge import TOKENIZERS
 from selfgen.filters.rules import RuleFilter
-from selfgen.records import Candidate, Fate
+from selfgen.records import TARGET_REACHED, Candidate, Fate, Stage
 from selfgen.stages.classify import ClassifyStage
 from selfgen.stages.instances import InstanceStage
 from selfgen.stages.instructions import InstructionStage
@@ -38,6 +38,7 @@ from selfgen.store import GenerationRecord, RoundRecord, RunStore, RunTotals
 
 if TYPE_CHECKING:
     from selfgen.sandbox import ToolSandbox
+    from selfgen.stages.score import ScoreStage
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,10 @@ class Loop:
         backend: Backend,
         on_event: Callback | None = None,
         sandbox: ToolSandbox | None = None,
+        scoring: ScoreStage | None = None,
     ) -> None:
         self.config = config
+        self.scoring = scoring
         self.store = store
         self.backend = backend
         self.on_event = on_event or (lambda kind, data: None)
@@ -201,14 +204,27 @@ class Loop:
                 instances.add(self.instances.request(cand, demos, rnd.number, len(answered)))
                 answered.append(cand)
 
+        passed: list[Candidate] = []
         for j, cand in enumerate(answered):
             cand.instance_generation_index, comp = self._take(
                 rnd, instances, j, self.instances.name
             )
-            # The target counts kept tasks exactly: once it is met, the rest are surplus.
-            if self.instances.apply(cand, comp, demos, room=still_needed > 0):
-                self.kept.append(cand.instruction)
-                still_needed -= 1
+            # The target counts kept tasks exactly: once it is met, the rest are surplus. With
+            # scoring, a task counts only once its scores pass, below.
+            if self.instances.apply(cand, comp, demos, room=still_needed > 0 or bool(self.scoring)):
+                if self.scoring is None:
+                    self.kept.append(cand.instruction)
+                    still_needed -= 1
+                else:
+                    passed.append(cand)
+        if self.scoring is not None and passed:
+            rnd.scorers = self.scoring.meta
+            for cand in self.scoring.apply(passed):
+                if still_needed > 0:
+                    self.kept.append(cand.instruction)
+                    still_needed -= 1
+                else:
+                    cand.reject(Stage.SCORE, TARGET_REACHED)
 
     def _trace_round(self, rnd: RoundRecord, traces_needed: int) -> None:
         """Tool requests, then the tool agent on the novel ones, then verification."""

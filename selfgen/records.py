@@ -27,8 +27,8 @@ class _Word(str, Enum):
 class Stage(_Word):
     """The last stage a record reached; a rejected record was rejected there.
 
-    Tasks pass parse, rules, rouge, classify and instances; traces pass parse, rules, rouge,
-    then format, execution, semantic and verified.
+    Tasks pass parse, rules, rouge, classify and instances (and score, when the run scores
+    them); traces pass parse, rules, rouge, then format, execution, semantic and verified.
     """
 
     GENERATED = "generated"
@@ -41,6 +41,7 @@ class Stage(_Word):
     EXECUTION = "execution"
     SEMANTIC = "semantic"
     VERIFIED = "verified"
+    SCORE = "score"
 
 
 # Rejected at these stages, a record never joined the novelty pool.
@@ -143,6 +144,8 @@ class Candidate(Record):
     classify_generation_index: int | None = None
     instance_generation_index: int | None = None
     instances: list[Instance] = field(default_factory=list)
+    # With scoring in the loop: for each instance, {scorer: (value, detail)}.
+    scores: list[dict[str, tuple[float | None, dict[str, Any]]]] = field(default_factory=list)
 
     @property
     def text(self) -> str:

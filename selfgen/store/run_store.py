@@ -58,6 +58,8 @@ class RoundRecord:
     generations: list[GenerationRecord] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     traces: list[Trace] = field(default_factory=list)
+    # The scorers of the round's scores: {name: {"model": ..., "settings": ...}}.
+    scorers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def prompt_tokens(self) -> int:
@@ -302,11 +304,26 @@ class RunStore:
                     ),
                 )
                 if c.fate == Fate.KEPT:
-                    db.executemany(
-                        "INSERT INTO instances (candidate_id, position, input, output)"
-                        " VALUES (?, ?, ?, ?)",
-                        [(cur.lastrowid, i, x.input, x.output) for i, x in enumerate(c.instances)],
-                    )
+                    for i, x in enumerate(c.instances):
+                        row = db.execute(
+                            "INSERT INTO instances (candidate_id, position, input, output)"
+                            " VALUES (?, ?, ?, ?)",
+                            (cur.lastrowid, i, x.input, x.output),
+                        )
+                        for name, (value, detail) in (c.scores[i] if c.scores else {}).items():
+                            meta = rnd.scorers[name]
+                            db.execute(
+                                "INSERT INTO scores VALUES ('instance', ?, ?, ?, ?, ?, ?, ?)",
+                                (
+                                    row.lastrowid,
+                                    name,
+                                    value,
+                                    json.dumps(detail),
+                                    json.dumps(meta["model"]),
+                                    json.dumps(meta["settings"]),
+                                    now(),
+                                ),
+                            )
 
     def _insert_traces(self, rnd: RoundRecord, gen_ids: list[int]) -> None:
         for t in rnd.traces:
