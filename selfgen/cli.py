@@ -567,7 +567,7 @@ def export(
             selection=selection,
         )
     except ExportError as exc:
-        fail(f"--min-score/--max-score/--rank-by: {exc}")
+        fail(f"{_score_flag(exc.scorer, min_score, max_score)}: {exc}")
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     except OSError as exc:
@@ -576,6 +576,21 @@ def export(
         store.close()
     for path, count in counts.items():
         typer.echo(f"wrote {count} rows to {path}")
+
+
+def _score_flag(
+    scorer: str | None, min_score: list[str] | None, max_score: list[str] | None
+) -> str:
+    """The export flag that names `scorer`."""
+    from selfgen.scoring.select import ScoreCondition
+
+    for flag, texts, minimum in (
+        ("--min-score", min_score, True),
+        ("--max-score", max_score, False),
+    ):
+        if any(ScoreCondition.parse(t, minimum=minimum).scorer == scorer for t in texts or []):
+            return flag
+    return "--rank-by"
 
 
 def _selection(

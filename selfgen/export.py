@@ -22,7 +22,11 @@ from selfgen.store import RunStore
 
 
 class ExportError(ValueError):
-    """An export that cannot be made as asked; the message is meant for the user."""
+    """An export that cannot be made as asked; `scorer` names the score it is about."""
+
+    def __init__(self, problem: str, *, scorer: str | None = None) -> None:
+        super().__init__(problem)
+        self.scorer = scorer
 
 
 FORMATS = ("alpaca", "openai", "sharegpt")
@@ -191,7 +195,7 @@ def _select(
     instance_scores, trace_scores = store.scores("instance"), store.scores("trace")
     for name in sorted(selection.scorers()):
         if name not in instance_scores and name not in trace_scores:
-            raise ExportError(f"the run has no '{name}' scores (score it first)")
+            raise ExportError(f"the run has no '{name}' scores (score it first)", scorer=name)
     ids = [i.id for t in tasks for i in t.instances if i.id is not None]
     allowed = selection.allowed(instance_scores, ids)
     kept = []

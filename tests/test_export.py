@@ -84,3 +84,93 @@ def test_failed_export_leaves_no_partial_file(run_dir, monkeypatch):
         export_run(store, "alpaca", out)
     assert out.read_text() == "previous contents\n"
     assert [p.name for p in run_dir.iterdir() if p.name.startswith(".x.jsonl")] == []
+
+
+def scored(run_dir, values):
+    """Give the run's instances `judge` scores from `values`, in instance order."""
+    store = RunStore.open(run_dir)
+    ids = [item_id for item_id, *_ in store.scorable_instances()]
+    store.save_scores(
+        "instance",
+        "judge",
+        [(i, v, {}) for i, v in zip(ids, values, strict=False)],
+        model={"backend": "test"},
+        settings={},
+    )
+    return store, ids
+
+
+def test_export_selects_rows_by_score(run_dir, tmp_path, child_env):
+    from selfgen.export import ExportError
+    from selfgen.scoring.select import ScoreCondition, Selection
+
+    store, ids = scored(run_dir, [5.0, 1.0, 4.5, None, 4.0, 2.0])
+    assert len(ids) == 12  # two instances a task; the last six have no score
+    judge4 = Selection((ScoreCondition.parse("judge>=4", minimum=True),))
+    counts = export_run(store, "alpaca", tmp_path / "a.jsonl", selection=judge4)
+    assert counts[str(tmp_path / "a.jsonl")] == 3  # 5.0, 4.5, 4.0: unscored rows never pass
+    best = Selection((), 0.5, "judge")
+    export_run(store, "alpaca", tmp_path / "b.jsonl", selection=best)
+    rows = read_jsonl(tmp_path / "b.jsonl")
+    assert len(rows) == 3  # the best half of the five scored instances, rounded up
+    with pytest.raises(ExportError, match="the run has no 'ifd' scores"):
+        export_run(
+            store,
+            "alpaca",
+            tmp_path / "c.jsonl",
+            selection=Selection((ScoreCondition.parse("ifd<1", minimum=False),)),
+        )
+    assert not (tmp_path / "c.jsonl").exists()
+    # Seeds always pass; the flags say the same from the command line.
+    store.close()
+    proc = subprocess.run(
+        [
+            *selfgen_cmd(),
+            "export",
+            str(run_dir),
+            "--format",
+            "alpaca",
+            "--out",
+            str(tmp_path / "d.jsonl"),
+        ]
+        + ["--min-score", "judge>=4.5", "--include-seeds"],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seeds = sum(len(t.instances) for t in load_seed_tasks(SEEDS))
+    assert proc.stdout.strip() == f"wrote {seeds + 2} rows to {tmp_path / 'd.jsonl'}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--min-score", "judge<=4"], "error: --min-score: 'judge<=4': a minimum uses '>=' or '>'"),
+        (
+            ["--top-fraction", "0.5"],
+            "error: --top-fraction: give the scorer to rank by with --rank-by",
+        ),
+        (["--top-fraction", "0.5", "--rank-by", "nope"], "error: --rank-by: unknown scorer 'nope'"),
+        (
+            ["--max-score", "ifd<1"],
+            "error: --max-score: the run has no 'ifd' scores",
+        ),
+    ],
+)
+def test_bad_score_flags_are_one_error(run_dir, tmp_path, child_env, flags, message):
+    out = tmp_path / "x.jsonl"
+    proc = subprocess.run(
+        [*selfgen_cmd(), "export", str(run_dir), "--out", str(out), *flags],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message) and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
