@@ -132,6 +132,30 @@ def get_scorer(name: str, backend: Backend, **options: Any) -> Scorer:
         raise ScorerError(f"scorer '{name}': {exc}") from None
 
 
+def losses(backend: Backend, requests: Sequence[Any]) -> list[Any]:
+    """`backend.continuation_loss(requests)`, where a request the backend refuses (one that does
+    not fit the context) becomes its error message instead of failing the whole batch. A
+    backend that cannot compute log-probabilities at all still raises."""
+    from selfgen.backends.base import CapabilityError
+
+    try:
+        return list(backend.continuation_loss(requests))
+    except CapabilityError:
+        raise
+    except BackendError:
+        if len(requests) == 1:
+            raise
+    out: list[Any] = []
+    for request in requests:
+        try:
+            out += backend.continuation_loss([request])
+        except CapabilityError:
+            raise
+        except BackendError as exc:
+            out.append(str(exc))
+    return out
+
+
 def needs_log_probabilities(scorer: str, backend: Backend) -> None:
     """Refuse, before any work, a backend that cannot give what `scorer` needs."""
     if not getattr(backend, "supports_continuation_loss", False):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from selfgen.backends.base import Backend, LossRequest
-from selfgen.scoring import Example, Score, Scorer, mean_loss, needs_log_probabilities
+from selfgen.scoring import Example, Score, Scorer, losses, mean_loss, needs_log_probabilities
 
 
 class IFDScorer(Scorer):
@@ -47,10 +47,13 @@ class IFDScorer(Scorer):
                 )
             )
             requests.append(LossRequest(continuation=output, prompt=""))
-        losses = self.backend.continuation_loss(requests)
+        found = losses(self.backend, requests)
         out = []
         for i in range(len(examples)):
-            given, alone = losses[2 * i], losses[2 * i + 1]
+            given, alone = found[2 * i], found[2 * i + 1]
+            if isinstance(given, str) or isinstance(alone, str):
+                out.append(Score(None, {"error": given if isinstance(given, str) else alone}))
+                continue
             conditioned = mean_loss(given.token_logprobs)
             direct = mean_loss(alone.token_logprobs)
             if not given.token_logprobs or direct <= 0:

@@ -25,7 +25,7 @@ from selfgen.backends.base import (
     SamplingParams,
 )
 from selfgen.prompts import load_prompt
-from selfgen.scoring import Example, Score, Scorer
+from selfgen.scoring import Example, Score, Scorer, losses
 
 DIGITS = ("1", "2", "3", "4", "5")
 MAX_FIELD_CHARS = 1500  # of the instruction, input and output shown to the judge
@@ -68,16 +68,15 @@ class JudgeScorer(Scorer):
 
     def _weighted(self, messages: list[tuple[dict[str, Any], ...]]) -> list[Score]:
         requests = [LossRequest(continuation=d, messages=m) for m in messages for d in DIGITS]
-        losses = self.backend.continuation_loss(requests)
+        found = losses(self.backend, requests)
         out = []
         for i in range(len(messages)):
+            answers = found[i * len(DIGITS) : (i + 1) * len(DIGITS)]
+            if errors := [a for a in answers if isinstance(a, str)]:
+                out.append(Score(None, {"error": errors[0]}))
+                continue
             # The log-probability of each digit's first token as the reply's first token.
-            logps = [
-                losses[i * len(DIGITS) + k].token_logprobs[0]
-                if losses[i * len(DIGITS) + k].token_logprobs
-                else -math.inf
-                for k in range(len(DIGITS))
-            ]
+            logps = [a.token_logprobs[0] if a.token_logprobs else -math.inf for a in answers]
             top = max(logps)
             weights = [math.exp(lp - top) for lp in logps]
             total = sum(weights)

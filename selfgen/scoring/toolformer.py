@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from selfgen.backends.base import Backend, LossRequest
-from selfgen.scoring import Score, Scorer, TraceExample, mean_loss, needs_log_probabilities
+from selfgen.scoring import (
+    Score,
+    Scorer,
+    TraceExample,
+    losses,
+    mean_loss,
+    needs_log_probabilities,
+)
 
 
 def _contexts(messages: Sequence[dict[str, Any]]) -> tuple[str, str, str, str] | None:
@@ -72,13 +79,17 @@ class ToolformerScorer(Scorer):
             if ctx is not None
             for prompt in ctx[:3]
         ]
-        losses = iter(self.backend.continuation_loss(requests))
+        found = iter(losses(self.backend, requests))
         out = []
         for ctx in contexts:
             if ctx is None:
                 out.append(Score(None, {"error": "no call or no answer"}))
                 continue
-            plus, none, no_result = (mean_loss(next(losses).token_logprobs) for _ in range(3))
+            three = [next(found) for _ in range(3)]
+            if errors := [a for a in three if isinstance(a, str)]:
+                out.append(Score(None, {"error": errors[0]}))
+                continue
+            plus, none, no_result = (mean_loss(a.token_logprobs) for a in three)
             minus = min(none, no_result)
             value = minus - plus
             out.append(
