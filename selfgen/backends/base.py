@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,14 @@ class BackendError(RuntimeError):
 
     def __str__(self) -> str:
         return self.problem if self.option is None else f"option '{self.option}': {self.problem}"
+
+
+class CapabilityError(BackendError):
+    """The backend cannot do what was asked of it at all (not: it failed this time).
+
+    The message is one sentence that names the backend and says why; a caller that needs the
+    capability (a quality scorer) adds its own name.
+    """
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,44 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LossRequest:
+    """A `continuation` whose likelihood is wanted after a context.
+
+    The context is a text `prompt` (may be "": the continuation alone, after the model's
+    beginning-of-text token) or chat `messages`, rendered with the model's chat template and its
+    generation prompt, exactly as `generate` renders them; the continuation is then the
+    assistant's reply. The continuation is scored as given: append the end-of-turn text to
+    score the model's stopping there too.
+    """
+
+    continuation: str
+    prompt: str | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a LossRequest takes exactly one of prompt or messages")
+
+
+@dataclass(frozen=True)
+class ContinuationLoss:
+    """How likely the model finds a continuation: one natural-log probability per token."""
+
+    token_logprobs: tuple[float, ...]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_logprobs)
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean negative log-likelihood per token, in nats; nan when there is no token."""
+        if not self.token_logprobs:
+            return math.nan
+        return -math.fsum(self.token_logprobs) / len(self.token_logprobs)
+
+
 class Backend(abc.ABC):
     """A language model that answers batches of requests.
 
@@ -128,9 +175,24 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     batches_natively: bool = False
+    # Whether `continuation_loss` can work; check it before starting work that needs it. A
+    # backend that knows only when it has asked (a server) says True and may still raise.
+    supports_continuation_loss: bool = False
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]: ...
+
+    def continuation_loss(self, requests: Sequence[LossRequest]) -> list[ContinuationLoss]:
+        """The log-probability of each request's continuation after its context, in order.
+
+        Deterministic: the same request gives the same numbers, whatever came before it. It
+        may be called from any thread while `submit` has work queued; a backend that holds one
+        model serialises the two itself. Raises CapabilityError where the backend cannot compute log-probabilities of a given
+        text, and BackendError for a request that does not fit the model's context.
+        """
+        raise CapabilityError(
+            f"the {self.name} backend cannot compute log-probabilities of a given text"
+        )
 
     def submit(self, requests: Sequence[GenerationRequest]) -> list[Future[Completion]]:
         """Start answering `requests`; one future per request, in order."""

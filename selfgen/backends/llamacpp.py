@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,11 +23,18 @@ from selfgen.backends.base import (
     BackendOptions,
     Completion,
     Constraint,
+    ContinuationLoss,
     GenerationRequest,
+    LossRequest,
     parse_hermes_tool_calls,
 )
 
 BUNDLED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# At most this many positions get logits per llama_decode call in continuation_loss. llama.cpp
+# keeps an output buffer as large as the largest call asked for (positions x vocabulary x 4
+# bytes: 12 MB for SmolLM2's 49k tokens, 39 MB for a 150k vocabulary), for the life of the
+# context; the generation path asks for one position at a time.
+OUTPUTS_PER_DECODE = 64
 
 
 def bundled_model_path() -> Path:
@@ -43,6 +51,52 @@ def bundled_model_path() -> Path:
     return path
 
 
+class _Rendered(Exception):
+    def __init__(self, text: str, add_bos: bool) -> None:
+        self.text, self.add_bos = text, add_bos
+
+
+class _RenderOnly:
+    """Stands in for a Llama inside its own chat handler and stops the handler at the point
+    where it tokenizes the rendered prompt, with the text and whether a BOS is added."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        raise _Rendered(text.decode("utf-8"), add_bos)
+
+
+def render_chat(llm: Any, messages: Sequence[dict[str, Any]]) -> tuple[str, bool]:
+    """The prompt text that `llm.create_chat_completion(messages)` would evaluate, with its
+    generation prompt, and whether it is tokenized with a beginning-of-text token added.
+
+    It runs llama-cpp-python's own handler choice (an explicit handler, the GGUF's template, or
+    a named format) on a stand-in, so it cannot drift from what generation renders.
+    """
+    from llama_cpp import Llama
+
+    try:
+        Llama.create_chat_completion(_RenderOnly(llm), list(messages))  # type: ignore[arg-type]
+    except _Rendered as rendered:
+        return rendered.text, rendered.add_bos
+    raise BackendError("llama.cpp's chat handler did not render a prompt")  # pragma: no cover
+
+
+def load_vocabulary(path: str | os.PathLike[str], option: str = "model") -> Any:
+    """A llama.cpp model of `path` with its vocabulary, metadata and chat template but no
+    weights (for tokenizing and rendering chat prompts; it cannot evaluate)."""
+    from llama_cpp import Llama
+
+    try:
+        return Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise BackendError(f"llama.cpp cannot read {path} ({exc})", option=option) from None
+
+
 def choice_grammar(choices: Sequence[str]) -> str:
     """GBNF that admits exactly one of `choices` (json.dumps gives GBNF-compatible quoting)."""
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
@@ -56,9 +110,18 @@ def schema_grammar(schema: dict[str, Any]) -> str:
 
 
 class LlamaCppBackend(Backend):
-    """llama.cpp through llama-cpp-python; one request at a time, on the CPU by default."""
+    """llama.cpp through llama-cpp-python; one request at a time, on the CPU by default.
+
+    `continuation_loss` runs on the model and context that generation uses. The context is
+    built without `logits_all` (which would keep a float per vocabulary entry for every
+    position of the context, 805 MB for SmolLM2 at n_ctx 4096, and compute logits for every
+    prompt token of every generation); instead the loss asks llama.cpp for the logits of just
+    the positions that predict the continuation. It clears the cache before and after, so
+    generation neither reuses nor is disturbed by what it evaluated.
+    """
 
     name = "llamacpp"
+    supports_continuation_loss = True
 
     @dataclass(frozen=True)
     class Options(BackendOptions):
@@ -78,6 +141,7 @@ class LlamaCppBackend(Backend):
             raise BackendError(f"no such GGUF file: {path}", option="model")
         self.model_path = path
         self.n_ctx = options.n_ctx
+        self._lock = threading.Lock()  # generation and losses share one context
         self.seed = options.seed
         threads = options.n_threads or os.cpu_count()
         try:
@@ -140,7 +204,110 @@ class LlamaCppBackend(Backend):
         return tokens
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        return [self._one(r) for r in requests]
+        out = []
+        for request in requests:
+            with self._lock:
+                out.append(self._one(request))
+        return out
+
+    def continuation_loss(self, requests: Sequence[LossRequest]) -> list[ContinuationLoss]:
+        """See :meth:`Backend.continuation_loss`.
+
+        The context and the continuation are tokenized separately (special-token text parsed
+        as in generation) and their ids concatenated, so the boundary is exactly where the
+        request puts it. The context is tokenized as generation tokenizes it; an empty prompt
+        becomes the model's beginning-of-text token. A request longer than the context window
+        (n_ctx + 1 tokens) raises BackendError; nothing is cut.
+        """
+        out = []
+        for request in requests:
+            with self._lock:
+                out.append(self._loss(request))
+        return out
+
+    def _loss(self, request: LossRequest) -> ContinuationLoss:
+        llm = self._llm
+        if request.messages is not None:
+            text, add_bos = render_chat(llm, request.messages)
+        else:
+            text, add_bos = request.prompt or "", True
+        context = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        continuation = llm.tokenize(
+            request.continuation.encode("utf-8"), add_bos=False, special=True
+        )
+        if not continuation:
+            return ContinuationLoss(())
+        if not context:
+            # A model that adds no BOS when tokenizing (SmolLM2) still has one to start from.
+            bos = llm.token_bos()
+            if bos < 0:
+                raise BackendError(
+                    f"{self.model_path.name} has no beginning-of-text token, so the first token"
+                    " of a continuation after an empty prompt has no probability"
+                )
+            context = [bos]
+        ids = context + continuation
+        # The last token is never evaluated: its logits would predict what comes after.
+        if len(ids) - 1 > self.n_ctx:
+            raise BackendError(
+                f"a loss request of {len(context)} context and {len(continuation)} continuation"
+                f" tokens does not fit the context of {self.n_ctx} tokens"
+            )
+        return ContinuationLoss(tuple(self._score(ids, len(context))))
+
+    def _score(self, ids: list[int], first: int) -> list[float]:
+        """log P(ids[i] | ids[:i]) for i >= first, evaluated from an empty cache."""
+        import llama_cpp
+        import numpy as np
+
+        llm = self._llm
+        n_vocab = llm.n_vocab()
+        inputs = ids[:-1]
+        # Positions whose logits predict a continuation token: first - 1 onwards. Chunks are
+        # cut at n_batch tokens and at OUTPUTS_PER_DECODE wanted positions; both depend only
+        # on the request, so the same request always runs the same batch shapes.
+        chunks: list[tuple[int, int]] = []
+        start = 0
+        while start < len(inputs):
+            end = min(len(inputs), start + llm.n_batch)
+            end = min(end, max(first - 1, start) + OUTPUTS_PER_DECODE)
+            chunks.append((start, end))
+            start = end
+        llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+        batch = llama_cpp.llama_batch_init(llm.n_batch, 0, 1)
+        logprobs: list[float] = []
+        try:
+            for start, end in chunks:
+                wanted = 0
+                for i, pos in enumerate(range(start, end)):
+                    batch.token[i] = inputs[pos]
+                    batch.pos[i] = pos
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = pos >= first - 1
+                    wanted += pos >= first - 1
+                batch.n_tokens = end - start
+                code = llama_cpp.llama_decode(llm.ctx, batch)
+                if code != 0:
+                    raise BackendError(f"llama.cpp could not evaluate a loss request (code {code})")
+                if not wanted:
+                    continue
+                # The wanted positions' logits, in batch order: one row each.
+                rows = np.ctypeslib.as_array(
+                    llama_cpp.llama_get_logits(llm.ctx), shape=(wanted * n_vocab,)
+                ).reshape(wanted, n_vocab)
+                rows = rows.astype(np.float64)
+                top = rows.max(axis=1, keepdims=True)
+                norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+                targets = ids[end - wanted + 1 : end + 1]
+                picked = rows[np.arange(wanted), targets]
+                logprobs.extend((picked - norm).tolist())
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            # Generation must not reuse this cache: _prime compares n_tokens and input_ids.
+            llm.reset()
+        return logprobs
 
     def _one(self, request: GenerationRequest) -> Completion:
         p = request.params

@@ -11,6 +11,14 @@ Constraints go the way the server understands them (`server_flavour`):
 - `openai`: `response_format` with a JSON schema (chat only).
 
 The API key is taken from the argument or OPENAI_API_KEY and is never logged or stored.
+
+`continuation_loss` sends context + continuation to /completions with `echo`, `logprobs=1` and
+`max_tokens=1` and reads the log-probabilities the server gives the prompt's own tokens (see
+:func:`echo_logprobs` for how the continuation's tokens are found, and where that is
+approximate). OpenAI's API and llama.cpp's C++ server return no such log-probabilities;
+chat messages need the served model's chat template, read from its GGUF file (`model_file`,
+or the model id when that names a .gguf file here, as `python -m llama_cpp.server` reports
+it). Each of these limits raises CapabilityError naming the backend and the reason.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from selfgen.backends.base import (
     Backend,
     BackendError,
     BackendOptions,
+    CapabilityError,
     Completion,
     Constraint,
+    ContinuationLoss,
     GenerationRequest,
+    LossRequest,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +66,18 @@ def _refused(base_url: str, exc: Any) -> str:
     return f"{base_url} answered {exc.status_code}" + (f": {hint}" if hint else "")
 
 
+def _message(exc: Any) -> str:
+    """The server's own words in an error answer."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(body.get("detail"), str):
+            return body["detail"]
+    return str(getattr(exc, "message", exc))
+
+
 def _tool_calls(message: Any) -> list[dict[str, Any]]:
     """The server's parsed tool calls as `{"name", "arguments"}`; arguments that are not a
     JSON object are passed on as the string the model wrote, for the caller to reject."""
@@ -66,6 +89,100 @@ def _tool_calls(message: Any) -> list[dict[str, Any]]:
             arguments = call.function.arguments
         calls.append({"name": call.function.name, "arguments": arguments})
     return calls
+
+
+class EchoError(ValueError):
+    """An echoed answer that gives no log-probabilities of the continuation; says why."""
+
+
+def echo_logprobs(
+    choice: Any, completion_tokens: int | None, prompt: str, continuation: str
+) -> list[float | None]:
+    """The log-probabilities of `continuation`'s tokens in a /completions answer (`choice`) to
+    `prompt + continuation` sent with echo, logprobs and max_tokens=1; None for a token the
+    server gives none (the first token of the prompt).
+
+    Servers do not agree on what `text_offset` counts from: llama-cpp-python's counts the text
+    without special tokens (its entries skip the BOS token, and `<|im_end|>` is zero-width),
+    so offsets are only used relative to the end of the prompt, where the continuation is.
+    The continuation's tokens are the prompt's last entries that end after the end of the
+    prompt minus len(continuation) characters. The server tokenizes the whole text at once;
+    where the tokens it chose cross the boundary (a context ending in a space, a word split
+    across it), the token that crosses is counted as the continuation's, so the count and the
+    first log-probability can differ from tokenizing the two parts separately. Special-token
+    text inside the continuation is not measured by llama-cpp-python's offsets and is not
+    supported here.
+
+    Raises EchoError when the answer holds no log-probabilities of the prompt, or when they
+    are visibly shifted by one token (see :func:`_shifted`).
+    """
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None or not logprobs.token_logprobs or not logprobs.text_offset:
+        raise EchoError("it returns no log-probabilities for the prompt")
+    text = choice.text or ""
+    if not text.startswith(prompt + continuation):
+        raise EchoError("it does not echo the prompt")
+    generated = text[len(prompt + continuation) :]
+    values, offsets = list(logprobs.token_logprobs), list(logprobs.text_offset)
+    tokens = list(logprobs.tokens or [""] * len(values))
+    tops = [top or {} for top in logprobs.top_logprobs or [None] * len(values)]
+    n_gen = completion_tokens if completion_tokens is not None else int(bool(generated))
+    n_prompt = len(values) - n_gen
+    if n_prompt <= 0:
+        raise EchoError("it returns log-probabilities of the generated token only, not the prompt")
+    if _shifted(values, tokens, tops, n_prompt, generated):
+        raise EchoError(
+            "its log-probabilities of the prompt are shifted by one token (llama-cpp-python's"
+            " server does this for a model that adds no beginning-of-text token, unless the"
+            " prompt starts with it)"
+        )
+    if n_gen:
+        end = offsets[n_prompt]
+    else:
+        end = offsets[n_prompt - 1] + len(tokens[n_prompt - 1])
+    start = end - len(continuation)
+    picked: list[float | None] = []
+    for i in range(n_prompt):
+        # Where the token ends: the next larger offset (a zero-width entry, such as the first
+        # bytes of a character split over two tokens, ends where its character does).
+        stop = next((o for o in offsets[i + 1 : n_prompt] if o > offsets[i]), end)
+        if stop > start:
+            picked.append(values[i])
+    return picked
+
+
+def _shifted(
+    values: list[float | None],
+    tokens: list[str],
+    tops: list[dict[str, float]],
+    n_prompt: int,
+    generated: str,
+) -> bool:
+    """Whether each entry's log-probability was read one position late: from the distribution
+    that predicts the next token instead of the one that predicts this token.
+
+    llama-cpp-python's server (0.3.x) does this when the prompt does not start with the BOS
+    token, and then drops the generated token's entry. Three signs, each from the entries'
+    most likely tokens (top_logprobs), which a shifted answer also takes one position late:
+    with temperature 0 the generated token is the most likely one, so an entry for it that
+    is not the most likely of its position is shifted; without one (the model ended the
+    text), a last entry whose most likely token is the generated end, not itself, is
+    shifted; and where the entries' most likely tokens match the next entry's token more
+    often than their own, they predict one position ahead.
+    """
+
+    def best(i: int) -> str | None:
+        return max(tops[i], key=tops[i].__getitem__) if tops[i] else None
+
+    if n_prompt < len(values):
+        value, top = values[n_prompt], tops[n_prompt]
+        if top and value is not None and value < max(top.values()) - 1e-6:
+            return True
+    elif best(n_prompt - 1) == generated != tokens[n_prompt - 1]:
+        return True
+    own = sum(best(i) == tokens[i] for i in range(1, n_prompt))
+    ahead = sum(best(i) == tokens[i + 1] for i in range(1, min(n_prompt, len(tokens) - 1)))
+    return ahead > own
 
 
 def constraint_body(flavour: str, constraint: Constraint | None, chat: bool) -> dict[str, Any]:
@@ -138,6 +255,7 @@ def unwrap(flavour: str, text: str, constraint: Constraint | None, chat: bool) -
 
 class OpenAIBackend(Backend):
     name = "openai"
+    supports_continuation_loss = True  # per server; see __init__
 
     @dataclass(frozen=True)
     class Options(BackendOptions):
@@ -149,6 +267,9 @@ class OpenAIBackend(Backend):
         api_mode: str = "auto"
         timeout_s: float = 300.0
         max_retries: int = 5
+        # The served model's GGUF file, if this machine has it: its chat template renders chat
+        # messages for continuation_loss. None: the model id, when it is a .gguf file here.
+        model_file: str | None = None
 
     def __init__(self, options: Options | None = None) -> None:
         import openai
@@ -220,6 +341,10 @@ class OpenAIBackend(Backend):
         if api_mode == "auto":
             api_mode = "chat" if server_flavour == "openai" else "completions"
         self.mode = api_mode
+        # OpenAI's completions endpoint no longer echoes log-probabilities of the prompt.
+        self.supports_continuation_loss = server_flavour != "openai"
+        self.model_file = options.model_file
+        self._vocab: Any = None  # the model file's tokenizer and template, loaded when needed
         self._lock = threading.Lock()
         self._session: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
 
@@ -328,6 +453,123 @@ class OpenAIBackend(Backend):
             latency_s=time.perf_counter() - start,
             extra=extra,
         )
+
+    def continuation_loss(self, requests: Sequence[LossRequest]) -> list[ContinuationLoss]:
+        """See :meth:`Backend.continuation_loss` and :func:`echo_logprobs`.
+
+        Chat messages are rendered here with the model file's chat template, as llama.cpp
+        renders them. After an empty prompt the continuation's first token is the first token
+        of the text, which a server scores only after a beginning-of-text token it adds
+        itself (vLLM with a model that adds one); llama-cpp-python's server gives the first
+        token it echoes no log-probability whatever precedes it, so there CapabilityError.
+        """
+        import asyncio
+
+        if not self.supports_continuation_loss:
+            raise CapabilityError(
+                f"the openai backend cannot compute log-probabilities of a given text at"
+                f" {self.base_url}: OpenAI's API does not return log-probabilities of the prompt"
+            )
+        prompts = [self._loss_prompt(r) for r in requests]
+        loop, client, sem = self._start()
+        futures = [
+            asyncio.run_coroutine_threadsafe(self._loss(client, sem, p, r.continuation), loop)
+            for p, r in zip(prompts, requests, strict=True)
+        ]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def _loss_prompt(self, request: LossRequest) -> str:
+        """The text sent before the continuation."""
+        if request.messages is None:
+            return request.prompt or ""
+        vocab = self._model_vocab()
+        if vocab is None:
+            raise CapabilityError(
+                f"the openai backend cannot compute log-probabilities of a chat reply at"
+                f" {self.base_url} without the served model's chat template: give its GGUF"
+                " file as the model_file option"
+            )
+        from selfgen.backends.llamacpp import render_chat
+
+        # Whether a BOS is added to this text is the server's to decide, as for any prompt.
+        return render_chat(vocab, request.messages)[0]
+
+    def _model_vocab(self) -> Any:
+        """A vocabulary-only llama.cpp model of the served model's GGUF file, or None."""
+        path = self.model_file or (self.model if self.model.endswith(".gguf") else None)
+        if path is None or not os.path.isfile(path):
+            if self.model_file:
+                raise BackendError(f"no such GGUF file: {self.model_file}", option="model_file")
+            return None
+        with self._lock:
+            if self._vocab is None:
+                from selfgen.backends.llamacpp import load_vocabulary
+
+                self._vocab = load_vocabulary(path, option="model_file")
+            return self._vocab
+
+    async def _loss(
+        self, client: Any, sem: asyncio.Semaphore, prompt: str, continuation: str
+    ) -> ContinuationLoss:
+        import openai
+
+        if not continuation:
+            return ContinuationLoss(())
+        cannot = f"the openai backend cannot compute log-probabilities at {self.base_url}"
+        async with sem:
+            try:
+                out = await client.completions.create(
+                    model=self.model,
+                    prompt=prompt + continuation,
+                    # llama-cpp-python reads max_tokens=0 as "no limit"; one token is cheap.
+                    max_tokens=1,
+                    echo=True,
+                    logprobs=1,
+                    temperature=0.0,
+                )
+            except openai.NotFoundError:
+                raise CapabilityError(f"{cannot}: it has no /completions endpoint") from None
+            except openai.BadRequestError as exc:
+                reason = _message(exc)
+                if "context" in reason.lower():  # too long for the model: this request only
+                    raise BackendError(
+                        f"{self.base_url} refused a loss request: {reason}"
+                    ) from None
+                raise CapabilityError(
+                    f"{cannot}: it refuses a completion with echo and logprobs ({reason})"
+                ) from None
+            except (
+                openai.APIConnectionError,
+                openai.RateLimitError,
+                openai.InternalServerError,
+            ) as exc:
+                raise BackendError(
+                    f"{self.base_url} failed after {self.max_retries} retries ({exc})"
+                ) from None
+            except openai.APIStatusError as exc:
+                raise BackendError(_refused(self.base_url, exc)) from None
+        try:
+            usage = getattr(out, "usage", None)
+            values = echo_logprobs(
+                out.choices[0],
+                getattr(usage, "completion_tokens", None),
+                prompt,
+                continuation,
+            )
+        except EchoError as exc:
+            raise CapabilityError(f"{cannot}: {exc}") from None
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise CapabilityError(f"{cannot}: its answer has another shape ({exc})") from None
+        if any(v is None for v in values):
+            raise CapabilityError(
+                f"{cannot} after an empty prompt: it gives the first token of a text no"
+                " log-probability"
+            )
+        return ContinuationLoss(tuple(float(v) for v in values if v is not None))
 
     def _start(self) -> tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore]:
         """The event loop thread, client and semaphore that every request shares (lazily)."""

@@ -12,6 +12,12 @@ not parse the calls out of the answer, so calls in the Hermes format (`<tool_cal
 parsed here into `Completion.extra["tool_calls"]`; a block that is not a call is reported in
 `extra["tool_call_errors"]`, never evaluated.
 
+`continuation_loss` sends each context + continuation as token ids (`TokensPrompt`, the two
+parts tokenized separately so the boundary is exact) with `SamplingParams(prompt_logprobs=0,
+max_tokens=1)` and reads the continuation's entries of `RequestOutput.prompt_logprobs`. Chat
+messages are rendered with the tokenizer's chat template and generation prompt, and tokenized
+without added special tokens, as `LLM.chat` does.
+
 vLLM is an optional extra (`pip install 'selfgen[vllm]'`); it is imported when the backend is
 built, never when selfgen is.
 """
@@ -29,9 +35,60 @@ from selfgen.backends.base import (
     BackendError,
     BackendOptions,
     Completion,
+    ContinuationLoss,
     GenerationRequest,
+    LossRequest,
     parse_hermes_tool_calls,
 )
+
+
+def loss_token_ids(tokenizer: Any, request: LossRequest) -> tuple[list[int], list[int]]:
+    """The context's and the continuation's token ids, tokenized separately.
+
+    A text prompt gets the special tokens the tokenizer adds (its BOS), as `LLM.generate`
+    tokenizes a prompt; an empty one becomes the BOS token. Chat messages are rendered with
+    the chat template and its generation prompt and tokenized without added special tokens
+    (the template writes its own), as `LLM.chat` does.
+    """
+    if request.messages is not None:
+        text = tokenizer.apply_chat_template(
+            list(request.messages), tokenize=False, add_generation_prompt=True
+        )
+        context = list(tokenizer.encode(text, add_special_tokens=False))
+    else:
+        context = list(tokenizer.encode(request.prompt or ""))
+    continuation = list(tokenizer.encode(request.continuation, add_special_tokens=False))
+    if not context and continuation:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if bos is None:
+            raise BackendError(
+                "the model has no beginning-of-text token, so the first token of a"
+                " continuation after an empty prompt has no probability"
+            )
+        context = [bos]
+    return context, continuation
+
+
+def continuation_logprobs(prompt_logprobs: Any, ids: Sequence[int], first: int) -> list[float]:
+    """log P(ids[i] | ids[:i]) for i >= first, from a RequestOutput's `prompt_logprobs`.
+
+    `prompt_logprobs` holds one entry per prompt token (None for the first, which nothing
+    predicts): a mapping from token id to a Logprob with `.logprob`, which with
+    prompt_logprobs=0 holds at least the prompt's own token. vLLM's FlatLogprobs answers
+    indexing the same way.
+    """
+    if prompt_logprobs is None or len(prompt_logprobs) != len(ids):
+        raise BackendError(
+            "vLLM returned no log-probability for each prompt token"
+            f" ({0 if prompt_logprobs is None else len(prompt_logprobs)} for {len(ids)})"
+        )
+    out = []
+    for i in range(first, len(ids)):
+        entry = prompt_logprobs[i]
+        if entry is None or ids[i] not in entry:
+            raise BackendError(f"vLLM returned no log-probability for prompt token {i}")
+        out.append(float(entry[ids[i]].logprob))
+    return out
 
 
 def sampling_params(request: GenerationRequest, default_seed: int) -> Any:
@@ -65,6 +122,7 @@ class VLLMBackend(Backend):
 
     name = "vllm"
     batches_natively = True
+    supports_continuation_loss = True
 
     @dataclass(frozen=True)
     class Options(BackendOptions):
@@ -130,6 +188,47 @@ class VLLMBackend(Backend):
             for i, result in zip(group, results, strict=True):
                 out[i] = self._completion(result, start, parse_tools=bool(tools))
         return [c for c in out if c is not None]
+
+    def continuation_loss(self, requests: Sequence[LossRequest]) -> list[ContinuationLoss]:
+        """See :meth:`Backend.continuation_loss`; one `LLM.generate` call for the batch.
+
+        A request needs its context, its continuation and the one generated token within
+        `n_ctx`; a longer one raises BackendError.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tokenizer = self._llm.get_tokenizer()
+        out: list[ContinuationLoss] = [ContinuationLoss(())] * len(requests)
+        todo: list[tuple[int, list[int], int]] = []
+        limit = self.options.get("max_model_len")
+        for i, request in enumerate(requests):
+            context, continuation = loss_token_ids(tokenizer, request)
+            if not continuation:
+                continue
+            ids = context + continuation
+            if limit is not None and len(ids) + 1 > limit:
+                raise BackendError(
+                    f"a loss request of {len(context)} context and {len(continuation)}"
+                    f" continuation tokens does not fit the context of {limit} tokens"
+                )
+            todo.append((i, ids, len(context)))
+        if not todo:
+            return out
+        # prompt_logprobs=0: the prompt token's own log-probability and no others. The one
+        # generated token is greedy so that nothing random is drawn.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        try:
+            results = self._llm.generate(
+                [TokensPrompt(prompt_token_ids=ids) for _, ids, _ in todo], params, use_tqdm=False
+            )
+        except ValueError as exc:  # vLLM refuses a prompt it cannot take
+            raise BackendError(f"vLLM refused a loss request ({exc})") from None
+        for (i, ids, first), result in zip(todo, results, strict=True):
+            out[i] = ContinuationLoss(
+                tuple(continuation_logprobs(result.prompt_logprobs, ids, first))
+            )
+        return out
 
     @staticmethod
     def _completion(result: Any, start: float, parse_tools: bool) -> Completion:

@@ -26,6 +26,11 @@ after de-duplication, instances on classification, each tool-call turn on the to
 so every batch would start the engines and load the model again. Workers that keep their model
 for the whole run avoid that, and also run the llama.cpp and server backends.
 
+Log-probabilities. `continuation_loss` splits its requests into one contiguous share per
+ready worker and hands each share to a worker's backend as it is (a worker answers it between
+its generation work, as Ray runs one method of an actor at a time); a worker that dies passes
+its share to another. The inner backend's CapabilityError reaches the caller as itself.
+
 Only this module imports Ray, inside functions: `import selfgen` never does.
 """
 
@@ -46,8 +51,11 @@ from typing import Any
 from selfgen.backends.base import (
     Backend,
     BackendError,
+    CapabilityError,
     Completion,
+    ContinuationLoss,
     GenerationRequest,
+    LossRequest,
     check_options,
     get_backend,
 )
@@ -75,6 +83,10 @@ class WorkerFailure:
     """A worker's backend raised BackendError; the message is meant for the user."""
 
     message: str
+    capability: bool = False  # it was a CapabilityError
+
+    def error(self) -> BackendError:
+        return (CapabilityError if self.capability else BackendError)(self.message)
 
 
 class GenerationWorker:
@@ -89,14 +101,14 @@ class GenerationWorker:
             # Reported by ready(): raised here, it would reach the driver as "the actor died".
             self.error = (exc.problem, exc.option)
 
-    def ready(self) -> tuple[tuple[str, str | None] | None, dict[str, Any], bool]:
+    def ready(self) -> tuple[tuple[str, str | None] | None, dict[str, Any], bool, bool]:
         """(the error that stopped the backend, as its problem and option; its description;
-        whether it batches)."""
+        whether it batches; whether it supports continuation_loss)."""
         backend = self.backend
         if backend is None:
-            return self.error, {}, False
+            return self.error, {}, False, False
         batches = backend.batches_natively or type(backend).submit is not Backend.submit
-        return None, backend.describe(), batches
+        return None, backend.describe(), batches, backend.supports_continuation_loss
 
     def generate(self, requests: list[GenerationRequest]) -> list[Completion] | WorkerFailure:
         assert self.backend is not None, "the driver sends work only after ready()"
@@ -105,8 +117,18 @@ class GenerationWorker:
         except BackendError as exc:
             return WorkerFailure(str(exc))
 
+    def continuation_loss(
+        self, requests: list[LossRequest]
+    ) -> list[ContinuationLoss] | WorkerFailure:
+        assert self.backend is not None, "the driver sends work only after ready()"
+        try:
+            return self.backend.continuation_loss(requests)
+        except BackendError as exc:
+            return WorkerFailure(str(exc), capability=isinstance(exc, CapabilityError))
+
 
 Item = tuple[GenerationRequest, Future[Completion]]
+LossShare = tuple[list[LossRequest], Future[list[ContinuationLoss]]]
 
 
 @dataclass(eq=False)
@@ -114,6 +136,7 @@ class _Worker:
     actor: Any
     ready: bool = False
     work: list[Item] = field(default_factory=list)  # the requests it is answering now
+    shares: list[LossShare] = field(default_factory=list)  # continuation_loss shares sent to it
 
 
 class RayBackend(Backend):
@@ -152,6 +175,7 @@ class RayBackend(Backend):
         self.replacements = 0
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._todo: deque[Item] = deque()
+        self._loss_todo: deque[LossShare] = deque()
         self._workers: list[_Worker] = []
         self._failed: str | None = None
         self._thread: threading.Thread | None = None
@@ -203,11 +227,11 @@ class RayBackend(Backend):
                 f" {' and '.join(self.resources)} for them (see `ray status`)",
                 option="workers",
             ) from None
-        for worker, (error, _, _) in zip(self._workers, answers, strict=True):
+        for worker, (error, _, _, _) in zip(self._workers, answers, strict=True):
             if error:
                 raise _on_a_worker(error)
             worker.ready = True
-        _, self.info, self.batches = answers[0]
+        _, self.info, self.batches, self.supports_continuation_loss = answers[0]
 
     def _spawn(self) -> Any:
         return self._actor_class.remote(self.inner, self.options)
@@ -223,6 +247,20 @@ class RayBackend(Backend):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         return [future.result() for future in self.submit(requests)]
+
+    def continuation_loss(self, requests: Sequence[LossRequest]) -> list[ContinuationLoss]:
+        """The workers' backends' answer, in order: one contiguous share per worker."""
+        requests = list(requests)
+        if not requests:
+            return []
+        count = min(len(self._workers) or 1, len(requests))
+        size = math.ceil(len(requests) / count)
+        shares: list[LossShare] = [
+            (requests[i : i + size], Future()) for i in range(0, len(requests), size)
+        ]
+        for share in shares:
+            self._events.put(("loss", share))
+        return [loss for _, future in shares for loss in future.result()]
 
     # Everything below runs on the dispatch thread, the only one that touches the queue, the
     # workers and the futures; Ray's callbacks and `submit` only post events to it.
@@ -241,6 +279,10 @@ class RayBackend(Backend):
                     self._started(event[1], event[2])
                 elif event[0] == "late":
                     self._late(event[1])
+                elif event[0] == "loss":
+                    self._loss_todo.append(event[1])
+                elif event[0] == "loss-done":
+                    self._loss_finished(event[1], event[2], event[3])
                 self._assign()
             except BackendError as exc:
                 self._fail(str(exc))
@@ -248,10 +290,19 @@ class RayBackend(Backend):
                 self._fail(f"the Ray engine failed ({type(exc).__name__}: {exc})")
 
     def _assign(self) -> None:
-        """Hand queued requests to the idle workers."""
+        """Hand queued requests to the idle workers, and loss shares to the least busy."""
         if self._failed is not None:
             self._fail(self._failed)
             return
+        ready = [w for w in self._workers if w.ready]
+        while self._loss_todo and ready:
+            share = self._loss_todo.popleft()
+            worker = min(ready, key=lambda w: len(w.shares) + bool(w.work))
+            worker.shares.append(share)
+            ref = worker.actor.continuation_loss.remote(share[0])
+            ref.future().add_done_callback(
+                lambda _, w=worker, r=ref, s=share: self._events.put(("loss-done", w, r, s))
+            )
         idle = [w for w in self._workers if w.ready and not w.work]
         for i, worker in enumerate(idle):
             take = math.ceil(len(self._todo) / (len(idle) - i)) if self.batches else 1
@@ -283,16 +334,36 @@ class RayBackend(Backend):
             return
         if isinstance(out, WorkerFailure):
             for _, future in items:
-                future.set_exception(BackendError(out.message))
+                future.set_exception(out.error())
             return
         for (_, future), completion in zip(items, out, strict=True):
             future.set_result(completion)
+
+    def _loss_finished(self, worker: _Worker, ref: Any, share: LossShare) -> None:
+        if share not in worker.shares:
+            return  # already failed with the engine
+        worker.shares.remove(share)
+        _, future = share
+        try:
+            out = self._ray.get(ref)
+        except self._ray.exceptions.RayActorError as exc:
+            self._loss_todo.appendleft(share)  # another worker answers it
+            if worker in self._workers:
+                self._replace(worker, exc, [])
+            return
+        except Exception as exc:
+            future.set_exception(exc)
+            return
+        if isinstance(out, WorkerFailure):
+            future.set_exception(out.error())
+        else:
+            future.set_result(out)
 
     def _started(self, worker: _Worker, ref: Any) -> None:
         if worker not in self._workers:
             return
         try:
-            error, _, _ = self._ray.get(ref)
+            error, _, _, _ = self._ray.get(ref)
         except self._ray.exceptions.RayActorError as exc:
             self._replace(worker, exc, [])
             return
@@ -334,6 +405,17 @@ class RayBackend(Backend):
         for _, future in self._unanswered():
             if not future.done():
                 future.set_exception(BackendError(message))
+        self._drop_shares(message)
+
+    def _drop_shares(self, message: str) -> None:
+        """Fail every continuation_loss share waiting or sent with `message`."""
+        shares = list(self._loss_todo) + [s for w in self._workers for s in w.shares]
+        self._loss_todo.clear()
+        for worker in self._workers:
+            worker.shares = []
+        for _, future in shares:
+            if not future.done():
+                future.set_exception(BackendError(message))
 
     def _unanswered(self) -> list[Item]:
         items = list(self._todo) + [item for w in self._workers for item in w.work]
@@ -351,6 +433,7 @@ class RayBackend(Backend):
         for _, future in self._unanswered():
             if not future.done():
                 future.set_exception(BackendError("the Ray engine was closed"))
+        self._drop_shares("the Ray engine was closed")
         for worker in self._workers:
             self._ray.kill(worker.actor)
         self._workers = []
