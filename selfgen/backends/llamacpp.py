@@ -218,14 +218,31 @@ class LlamaCppBackend(Backend):
         request puts it. The context is tokenized as generation tokenizes it; an empty prompt
         becomes the model's beginning-of-text token. A request longer than the context window
         (n_ctx + 1 tokens) raises BackendError; nothing is cut.
-        """
-        out = []
-        for request in requests:
-            with self._lock:
-                out.append(self._loss(request))
-        return out
 
-    def _loss(self, request: LossRequest) -> ContinuationLoss:
+        One-token continuations after the same context (a judge's five score digits) share one
+        evaluation of the context: the numbers are the same as one at a time, since the context
+        is evaluated in the same chunks either way.
+        """
+        out: list[ContinuationLoss | None] = [None] * len(requests)
+        shared: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        with self._lock:
+            for i, request in enumerate(requests):
+                context, continuation = self._tokens(request)
+                if len(continuation) == 1:
+                    shared.setdefault(tuple(context), []).append((i, continuation[0]))
+                else:
+                    out[i] = self._loss(context, continuation)
+            for context_key, wanted in shared.items():
+                context = list(context_key)
+                self._check_fits(context, [wanted[0][1]])
+                values = self._score(
+                    context + [wanted[0][1]], len(context), alternatives=[t for _, t in wanted]
+                )
+                for (i, _), value in zip(wanted, values, strict=True):
+                    out[i] = ContinuationLoss((value,))
+        return [o for o in out if o is not None]
+
+    def _tokens(self, request: LossRequest) -> tuple[list[int], list[int]]:
         llm = self._llm
         if request.messages is not None:
             text, add_bos = render_chat(llm, request.messages)
@@ -235,9 +252,7 @@ class LlamaCppBackend(Backend):
         continuation = llm.tokenize(
             request.continuation.encode("utf-8"), add_bos=False, special=True
         )
-        if not continuation:
-            return ContinuationLoss(())
-        if not context:
+        if continuation and not context:
             # A model that adds no BOS when tokenizing (SmolLM2) still has one to start from.
             bos = llm.token_bos()
             if bos < 0:
@@ -246,17 +261,28 @@ class LlamaCppBackend(Backend):
                     " of a continuation after an empty prompt has no probability"
                 )
             context = [bos]
-        ids = context + continuation
+        return context, continuation
+
+    def _check_fits(self, context: list[int], continuation: list[int]) -> None:
         # The last token is never evaluated: its logits would predict what comes after.
-        if len(ids) - 1 > self.n_ctx:
+        if len(context) + len(continuation) - 1 > self.n_ctx:
             raise BackendError(
                 f"a loss request of {len(context)} context and {len(continuation)} continuation"
                 f" tokens does not fit the context of {self.n_ctx} tokens"
             )
-        return ContinuationLoss(tuple(self._score(ids, len(context))))
 
-    def _score(self, ids: list[int], first: int) -> list[float]:
-        """log P(ids[i] | ids[:i]) for i >= first, evaluated from an empty cache."""
+    def _loss(self, context: list[int], continuation: list[int]) -> ContinuationLoss:
+        if not continuation:
+            return ContinuationLoss(())
+        self._check_fits(context, continuation)
+        return ContinuationLoss(tuple(self._score(context + continuation, len(context))))
+
+    def _score(
+        self, ids: list[int], first: int, alternatives: list[int] | None = None
+    ) -> list[float]:
+        """log P(ids[i] | ids[:i]) for i >= first, evaluated from an empty cache; with
+        `alternatives` (for a one-token continuation), the log-probability of each of those
+        tokens in its place instead."""
         import llama_cpp
         import numpy as np
 
@@ -300,6 +326,9 @@ class LlamaCppBackend(Backend):
                 rows = rows.astype(np.float64)
                 top = rows.max(axis=1, keepdims=True)
                 norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+                if alternatives is not None:
+                    logprobs.extend((rows[0, alternatives] - norm[0]).tolist())
+                    continue
                 targets = ids[end - wanted + 1 : end + 1]
                 picked = rows[np.arange(wanted), targets]
                 logprobs.extend((picked - norm).tolist())
