@@ -77,7 +77,7 @@ def test_the_judge_weights_the_digits_by_their_probability():
 def test_the_judge_chooses_a_digit_where_there_are_no_log_probabilities(scripted):
     from selfgen.backends.base import get_backend
 
-    scripted(lambda r: (" 4" if "Blue" in r.messages[0]["content"] else "x"))
+    scripted(lambda r: " 4" if "Blue" in r.messages[0]["content"] else "x")
     backend = get_backend("scripted")
     judge = get_scorer("judge", backend)
     assert judge.settings()["mode"] == "choice"
@@ -129,5 +129,7 @@ def test_toolformer_is_how_much_the_results_lower_the_answers_loss():
     assert score.value == pytest.approx(1.5)  # min(3.0, 2.0) - 0.5
     assert score.detail["helps"] is True
     assert all(r.continuation == " It is 391." for r in backend.seen)
-    [none] = get_scorer("toolformer", backend).score([TraceExample(({"role": "user", "content": "Hi"},))])
+    [none] = get_scorer("toolformer", backend).score(
+        [TraceExample(({"role": "user", "content": "Hi"},))]
+    )
     assert none.value is None
