@@ -260,3 +260,54 @@ def _checks() -> str:
     return json.dumps(
         {k: {"ok": True, "reason": None} for k in ("format", "execution", "semantic")}
     )
+
+
+# Quality scores for the fixture run, as `selfgen score` stores them: (kind, item id, scorer,
+# value, detail). Task 1 has two scored instances (judge 4 and 5, ifd 0.62 and 0.80); the judge
+# could not score task 8's instance; ifd never scored task 9's. Traces have toolformer scores.
+FIXTURE_SCORES = [
+    ("instance", 1, "judge", 4.0, {"answer": "4"}),
+    ("instance", 2, "judge", 5.0, {"answer": "5"}),
+    ("instance", 3, "judge", 3.0, {"answer": "3"}),
+    ("instance", 4, "judge", None, {"error": "answer 'Great'"}),
+    ("instance", 5, "judge", 2.0, {"answer": "2"}),
+    ("instance", 1, "ifd", 0.62, {"conditioned_loss": 1.24, "direct_loss": 2.0, "tokens": 1}),
+    ("instance", 2, "ifd", 0.8, {"conditioned_loss": 1.6, "direct_loss": 2.0, "tokens": 1}),
+    ("instance", 3, "ifd", 0.45, {"conditioned_loss": 0.9, "direct_loss": 2.0, "tokens": 17}),
+    ("instance", 4, "ifd", 1.08, {"conditioned_loss": 2.16, "direct_loss": 2.0, "tokens": 15}),
+    ("trace", 1, "toolformer", 0.85, {"loss_with_results": 0.4, "helps": True}),
+    ("trace", 2, "toolformer", -0.12, {"loss_with_results": 1.3, "helps": False}),
+    ("trace", 3, "toolformer", None, {"error": "no call or no answer"}),
+]
+SCORE_MODEL = {"backend": "llamacpp", "model": "judge.gguf", "n_ctx": 2048}
+
+
+def add_scores(store: RunStore, scores=FIXTURE_SCORES) -> None:
+    """Store `scores` (kind, item id, scorer, value, detail) in the run, in one transaction."""
+    with store.db:
+        store.db.execute("BEGIN")
+        store.db.executemany(
+            "INSERT INTO scores (kind, item_id, scorer, value, detail, model, settings, scored_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, '{}', '2025-01-01T00:02:00.000+00:00')",
+            [
+                (kind, item_id, scorer, value, json.dumps(detail), json.dumps(SCORE_MODEL))
+                for kind, item_id, scorer, value, detail in scores
+            ],
+        )
+
+
+def score_large_store(store: RunStore, seed: int = 0) -> None:
+    """Judge and ifd scores for every instance of a `large_store` run (one in twenty that the
+    judge could not score) and a toolformer score for every trace."""
+    rng = random.Random(seed)
+    instances = [r[0] for r in store.db.execute("SELECT id FROM instances")]
+    traces = [r[0] for r in store.db.execute("SELECT id FROM traces")]
+    add_scores(
+        store,
+        [
+            ("instance", i, "judge", None if rng.random() < 0.05 else rng.randint(1, 5), {})
+            for i in instances
+        ]
+        + [("instance", i, "ifd", 0.3 + rng.random(), {}) for i in instances]
+        + [("trace", t, "toolformer", rng.random() - 0.5, {}) for t in traces],
+    )

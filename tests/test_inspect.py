@@ -2,6 +2,7 @@
 curation marks and what export makes of them, and the errors of a store that cannot be read."""
 
 import asyncio
+import io
 import json
 import shutil
 import sqlite3
@@ -10,14 +11,15 @@ import tracemalloc
 
 import pytest
 from conftest import ROOT, ScriptedBackend, selfgen_cmd
-from inspect_fixtures import fixture_run, large_store
-from textual.widgets import Input, Select
+from inspect_fixtures import SCORE_MODEL, add_scores, fixture_run, large_store, score_large_store
+from rich.console import Console
+from textual.widgets import Input, Select, Static
 
 from selfgen.backends.base import register_backend
 from selfgen.export import export_run
 from selfgen.stats import run_stats
 from selfgen.store import DB_NAME, RoundRecord, RunStore, m001_initial, m002_tool_traces
-from selfgen.store.browse import PAGE_SIZE, SORTS, Filters, Inspector
+from selfgen.store.browse import PAGE_SIZE, SORTS, Filters, Inspector, StoredScore, score_sort
 from selfgen.tui.app import DetailScreen, FilterScreen, InspectApp, ItemTable, StatsScreen
 
 SIZE = (130, 36)
@@ -353,6 +355,253 @@ def test_a_100k_candidate_store_pages_in_bounded_memory(tmp_path):
         assert table.row_count == len(screen.items) <= PAGE_SIZE
         # Loading every row into Python would take well over 100 MB; a page takes a few.
         assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+    drive(app, scenario)
+    store.close()
+
+
+# Quality scores: the columns, their sorting and the detail view.
+
+
+@pytest.fixture
+def scored(store):
+    """The fixture run with the quality scores of inspect_fixtures.FIXTURE_SCORES."""
+    add_scores(store)
+    return store
+
+
+def shown(static: Static, width: int = 126) -> str:
+    """The text a Static widget shows, as plain lines."""
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    console.print(static.content)
+    return console.file.getvalue()
+
+
+def test_items_carry_their_scores(scored):
+    q = Inspector(scored)
+    assert q.scorers() == ["ifd", "judge", "toolformer"]
+    assert q.item("task", 1).scores == {
+        "ifd": pytest.approx(0.71),  # the mean of its two instances
+        "judge": 4.5,
+    }
+    assert q.item("task", 8).scores == {"ifd": 1.08, "judge": None}  # the judge could not
+    assert q.item("task", 9).scores == {"judge": 2.0}  # ifd never scored it
+    assert q.item("task", 3).scores == {}  # rejected: no instances, no scores
+    assert q.item("trace", 1).scores == {"toolformer": 0.85}
+    assert q.item("trace", 3).scores == {"toolformer": None}
+    page = {(i.kind, i.id): i.scores for i in q.page(Filters())}
+    assert page[("task", 1)] == q.item("task", 1).scores
+    assert page[("trace", 2)] == {"toolformer": -0.12}
+
+
+def test_an_unscored_run_has_no_scorers(store):
+    q = Inspector(store)
+    assert q.scorers() == []
+    assert all(i.scores == {} for i in q.page(Filters()))
+
+
+def test_detail_holds_every_score_with_what_it_came_from(scored):
+    q = Inspector(scored)
+    task = q.detail("task", 1)
+    assert task.instance_scores == [
+        {
+            "ifd": StoredScore(
+                0.62, {"conditioned_loss": 1.24, "direct_loss": 2.0, "tokens": 1}, SCORE_MODEL
+            ),
+            "judge": StoredScore(4.0, {"answer": "4"}, SCORE_MODEL),
+        },
+        {
+            "ifd": StoredScore(
+                0.8, {"conditioned_loss": 1.6, "direct_loss": 2.0, "tokens": 1}, SCORE_MODEL
+            ),
+            "judge": StoredScore(5.0, {"answer": "5"}, SCORE_MODEL),
+        },
+    ]
+    assert task.scores == {}
+    assert q.detail("task", 8).instance_scores[0]["judge"].detail == {"error": "answer 'Great'"}
+    assert q.detail("task", 3).instance_scores == []
+    trace = q.detail("trace", 1)
+    assert trace.scores == {
+        "toolformer": StoredScore(0.85, {"loss_with_results": 0.4, "helps": True}, SCORE_MODEL)
+    }
+    assert trace.instance_scores == []
+
+
+@pytest.mark.parametrize("scorer", ["judge", "ifd", "toolformer"])
+@pytest.mark.parametrize("descending", [False, True])
+def test_sorting_by_a_score_pages_every_item_once_unscored_last(scored, scorer, descending):
+    q = Inspector(scored)
+    view = {"sort": score_sort(scorer), "descending": descending}
+    whole = q.page(Filters(), **view, offset=0, limit=100)
+    paged = [
+        i for start in range(0, 20, 6) for i in q.page(Filters(), **view, offset=start, limit=6)
+    ]
+    assert paged == whole
+    assert len({(i.kind, i.id) for i in paged}) == 20
+    values = [i.scores.get(scorer) for i in whole]
+    scored_values = [v for v in values if v is not None]
+    assert scored_values == sorted(scored_values, reverse=descending)
+    assert values[: len(scored_values)] == scored_values  # then those without a score
+
+
+def test_sorting_by_the_judge(scored):
+    q = Inspector(scored)
+    judge = score_sort("judge")
+
+    def order(**view):
+        return [f"{i.kind}:{i.id}" for i in q.page(Filters(), sort=judge, **view)]
+
+    assert order(descending=True)[:4] == ["task:1", "task:2", "task:9", "trace:4"]
+    assert order()[:4] == ["task:9", "task:2", "task:1", "task:3"]
+    # Filters still apply; task 8, which the judge could not score, sorts with the unscored.
+    kept = [i.id for i in q.page(Filters(status="kept", kind="task"), sort=judge)]
+    assert kept == [9, 2, 1, 8]
+
+
+def test_score_columns_appear_and_sort(scored):
+    app = InspectApp(scored, "run")
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        table = screen.query_one(ItemTable)
+        labels = [str(c.label) for c in table.ordered_columns]
+        assert labels == [
+            "item",
+            "status",
+            "ROUGE-L",
+            "ifd",
+            "judge",
+            "toolformer",
+            "clf",
+            "n",
+            "stage: reason",
+            "instruction / request",
+        ]
+        judge, ifd = score_sort("judge"), score_sort("ifd")
+        assert str(table.get_cell("task:1", judge)) == "4.50"
+        assert str(table.get_cell("task:8", judge)) == "n/a"  # could not be scored
+        assert str(table.get_cell("task:9", ifd)) == ""  # never scored
+
+        def header_x(key):
+            columns = table.ordered_columns
+            index = [c.key.value for c in columns].index(key)
+            return sum(c.get_render_width(table) for c in columns[:index]) + 2
+
+        # A score's header sorts the best first: the judge's highest, ifd's lowest.
+        await pilot.click(ItemTable, offset=(header_x(judge), 0))
+        assert (screen.sort, screen.descending) == (judge, True)
+        assert keys(table)[:4] == ["task:1", "task:2", "task:9", "trace:4"]
+        assert "sorted by judge ↓" in str(screen.query_one("#where").render())
+        await pilot.click(ItemTable, offset=(header_x(judge), 0))  # again: the other way
+        assert (screen.sort, screen.descending) == (judge, False)
+        assert keys(table)[:4] == ["task:9", "task:2", "task:1", "task:3"]
+        await pilot.click(ItemTable, offset=(header_x(ifd), 0))
+        assert (screen.sort, screen.descending) == (ifd, False)
+        assert keys(table)[:4] == ["task:2", "task:1", "task:8", "task:3"]
+        await pilot.press("O")
+        assert keys(table)[:4] == ["task:8", "task:1", "task:2", "trace:4"]
+        # The sort key steps through the score columns too, keeping the direction.
+        await pilot.press("o")
+        assert (screen.sort, screen.descending) == (judge, True)
+        await pilot.press("o", "o")
+        assert screen.sort == "clf"
+
+    drive(app, scenario)
+
+
+def test_detail_shows_the_scores(scored):
+    app = InspectApp(scored, "run")
+
+    async def scenario(app, pilot):
+        await pilot.press("enter")  # task 1
+        screen = app.screen
+        assert isinstance(screen, DetailScreen)
+        summary = str(screen.query_one("#summary", Static).render())
+        assert "scores (mean over the instances) · ifd 0.71 · judge 4.50" in summary
+        instances = shown(screen.query_one("#instances", Static))
+        assert "judge" in instances and "4.00" in instances and "5.00" in instances
+        scores = shown(screen.query_one("#scores", Static)).splitlines()
+        assert any(
+            "judge (higher is better)" in line
+            and "4.00" in line
+            and 'answer: "4"' in line
+            and "llamacpp · judge.gguf" in line
+            for line in scores
+        ), scores
+        assert any("ifd (lower is better)" in line and "0.80" in line for line in scores)
+        await pilot.press("escape")
+        app.open_detail(app.inspector.item("task", 8))
+        await pilot.pause()
+        assert "could not score: answer 'Great'" in shown(app.screen.query_one("#scores", Static))
+        await pilot.press("escape")
+        app.open_detail(app.inspector.item("trace", 1))
+        await pilot.pause()
+        scores = shown(app.screen.query_one("#scores", Static))
+        assert "toolformer (higher is better)" in scores and "0.85" in scores
+        assert "helps: true" in scores
+        assert "toolformer" in str(app.screen.query_one("#summary", Static).render())
+
+    drive(app, scenario)
+
+
+def test_an_unscored_item_and_run_show_no_scores(store):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        table = app.screen.query_one(ItemTable)
+        assert [c.key.value for c in table.ordered_columns] == [
+            "round",
+            "status",
+            "score",
+            "clf",
+            "n",
+            "stage",
+            "text",
+        ]
+        await pilot.press("enter")
+        assert not app.screen.query("#scores")
+        assert "scores" not in str(app.screen.query_one("#summary", Static).render())
+
+    drive(app, scenario)
+
+
+def test_score_columns_appear_when_a_scoring_writes_the_store(run_dir, store):
+    app = InspectApp(store, "run")
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        table = screen.query_one(ItemTable)
+        assert len(table.columns) == 7
+        writer = RunStore.open(run_dir)
+        writer.save_scores("instance", "judge", [(1, 4.0, {}), (2, 2.0, {})], model={}, settings={})
+        writer.close()
+        screen.poll_store()
+        await pilot.pause()
+        assert len(table.columns) == 8
+        assert str(table.get_cell("task:1", score_sort("judge"))) == "3.00"
+
+    drive(app, scenario)
+
+
+def test_a_scored_100k_candidate_store_sorts_by_a_score_in_bounded_memory(tmp_path):
+    large_store(tmp_path / "big", 100_000)
+    store = RunStore.open(tmp_path / "big")
+    score_large_store(store)
+    app = InspectApp(store, "big")
+
+    async def scenario(app, pilot):
+        screen = app.screen
+        tracemalloc.start()
+        await pilot.press("o", "o", "o", "O")  # the first score column, ifd, highest first
+        await pilot.press(*["right_square_bracket"] * 3, "down", "enter", "escape")
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert (screen.sort, screen.descending) == (score_sort("ifd"), True)
+        values = [i.scores["ifd"] for i in screen.items]
+        assert len(values) == PAGE_SIZE and values == sorted(values, reverse=True)
+        assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+        await pilot.press("right_curly_bracket")  # the last page: what ifd never scored
+        assert all("ifd" not in i.scores for i in screen.items)
 
     drive(app, scenario)
     store.close()

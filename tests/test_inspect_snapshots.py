@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 from conftest import ScriptedBackend
-from inspect_fixtures import fixture_run
+from inspect_fixtures import add_scores, fixture_run
 
 from selfgen.backends.base import register_backend
 from selfgen.store import RunStore
@@ -33,6 +33,15 @@ def app(fixture_dir, tmp_path):
     store.close()
 
 
+@pytest.fixture
+def scored_app(fixture_dir, tmp_path):
+    """The fixture run with the quality scores of inspect_fixtures.FIXTURE_SCORES."""
+    store = RunStore.open(shutil.copytree(fixture_dir, tmp_path / "run"))
+    add_scores(store)
+    yield InspectApp(store, "run")
+    store.close()
+
+
 def test_item_table(app, snap_compare):
     assert snap_compare(app, terminal_size=SIZE)
 
@@ -51,3 +60,7 @@ def test_statistics(app, snap_compare):
 
 def test_keys(app, snap_compare):
     assert snap_compare(app, press=["question_mark"], terminal_size=SIZE)
+
+
+def test_scored_item_table(scored_app, snap_compare):
+    assert snap_compare(scored_app, terminal_size=SIZE)

@@ -3,7 +3,12 @@
 An item is a candidate instruction (kind `task`) or a tool-use trace (kind `trace`). Every
 view of the table is one query with filters, a sort order and LIMIT/OFFSET; a 100,000-candidate
 store costs the inspector a page of rows in memory, whatever the user does. The details of an
-item (instances, nearest neighbour, raw generations, trace messages) are read when it is opened.
+item (instances, nearest neighbour, raw generations, trace messages, every score with what it
+was computed from) are read when it is opened.
+
+Quality scores (the `scores` table) belong to instances and traces. A task's score by a scorer
+is the mean of its instances' scores that are not NULL (NULL: the scorer could not score it);
+a trace's is its own.
 
 Nothing here imports Textual, so the queries are tested on their own and the TUI only shows
 what they return. SQLite errors propagate: the TUI decides what a broken or locked store means.
@@ -66,6 +71,21 @@ SORTS: dict[str, dict[str, str]] = {
     "n": _COUNT,
     "text": _TEXT,
 }
+SCORE_SORT = "score:"  # sort keys "score:<scorer>" sort by that scorer's scores
+# The score of an item by the scorer bound to `?`: correlated subqueries, each a lookup in the
+# instances' (candidate_id, position) index or the primary key of `scores`, so a sort by a score
+# costs a few index probes per row. Written as a join of instances and scores, SQLite may take
+# the (scorer, kind, value) index instead and read every score of the scorer for every row.
+_SCORE = {
+    "task": (
+        "(SELECT AVG((SELECT s.value FROM scores s WHERE s.kind = 'instance'"
+        " AND s.item_id = i.id AND s.scorer = ?)) FROM instances i WHERE i.candidate_id = x.id)"
+    ),
+    "trace": (
+        "(SELECT s.value FROM scores s WHERE s.kind = 'trace' AND s.item_id = x.id"
+        " AND s.scorer = ?)"
+    ),
+}
 _COLUMNS = (
     "SELECT '{kind}' AS kind, x.id AS id, x.round_id AS round, {text} AS text, x.stage AS stage,"
     " x.fate AS fate, x.reason AS reason, x.rouge_l AS score, {clf} AS clf, {status} AS status,"
@@ -118,9 +138,16 @@ class Filters:
         return ", ".join(parts) or "no filter"
 
 
+def score_sort(scorer: str) -> str:
+    """The sort key of `Inspector.page` that sorts by `scorer`'s scores."""
+    return SCORE_SORT + scorer
+
+
 @dataclass(frozen=True)
 class Item:
-    """One row of the table."""
+    """One row of the table. `score` is the ROUGE-L similarity to the nearest neighbour;
+    `scores` the quality scores, {scorer: value}: a task's the mean of its instances', None
+    where the scorer could not score it, no key for a scorer that never saw the item."""
 
     kind: str
     id: int
@@ -133,6 +160,18 @@ class Item:
     clf: bool | None
     status: str
     n: int
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredScore:
+    """One scorer's score of one instance or trace. `value` is None when the scorer could not
+    score it (why is in `detail["error"]`); `detail` is what the value was computed from and
+    `model` the scoring backend's description."""
+
+    value: float | None
+    detail: dict[str, Any]
+    model: dict[str, Any]
 
 
 @dataclass
@@ -143,10 +182,13 @@ class Detail:
     nearest: str | None
     note: str | None
     instances: list[tuple[str, str]] = field(default_factory=list)
+    # {scorer: score} of each instance, in the order of `instances`.
+    instance_scores: list[dict[str, StoredScore]] = field(default_factory=list)
     # (stage, prompt, response) of every model call that made the item, in order.
     generations: list[tuple[str, str, str]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scores: dict[str, StoredScore] = field(default_factory=dict)  # a trace's
 
 
 def _like(text: str) -> str:
@@ -194,6 +236,18 @@ class Inspector:
                 total += self.db.execute(sql, where[1]).fetchone()[0]
         return total
 
+    def scorers(self) -> list[str]:
+        """The scorers that have scored something in the run, by name."""
+        # SELECT DISTINCT would read the whole (scorer, kind, value) index on every reload of
+        # the table; stepping from one name to the next in it is a seek per scorer.
+        rows = self.db.execute(
+            "WITH RECURSIVE names(scorer) AS (SELECT MIN(scorer) FROM scores"
+            " UNION ALL SELECT (SELECT MIN(scorer) FROM scores WHERE scorer > names.scorer)"
+            " FROM names WHERE scorer IS NOT NULL)"
+            " SELECT scorer FROM names WHERE scorer IS NOT NULL"
+        )
+        return [r[0] for r in rows]
+
     def page(
         self,
         filters: Filters,
@@ -205,22 +259,27 @@ class Inspector:
     ) -> list[Item]:
         """Up to `limit` items from position `offset` of the sorted, filtered list.
 
+        `sort` is a key of SORTS or `score_sort(scorer)`; by a score, the items it has no
+        score for come last in either direction.
+
         Two steps: the page's (kind, id) in order, computing only the sort key of the rows
         it passes over; then the columns of those rows alone."""
         arms, params = [], []
         for kind in KINDS:
             where = self._where(kind, filters)
             if where is not None:
+                key, key_params = _sort_key(sort, kind)
                 arms.append(
-                    f"SELECT '{kind}' AS kind, x.id AS id, {SORTS[sort][kind]} AS key"
+                    f"SELECT '{kind}' AS kind, x.id AS id, {key} AS key"
                     f" FROM {_TABLE[kind]} x WHERE {where[0]}"
                 )
-                params += where[1]
+                params += [*key_params, *where[1]]
         if not arms:
             return []
         direction = "DESC" if descending else "ASC"
         collate = " COLLATE NOCASE" if sort == "text" else ""
-        order = f"key{collate} {direction}, kind {direction}, id {direction}"
+        unscored = " NULLS LAST" if sort.startswith(SCORE_SORT) else ""
+        order = f"key{collate} {direction}{unscored}, kind {direction}, id {direction}"
         keys = self.db.execute(
             f"{' UNION ALL '.join(arms)} ORDER BY {order} LIMIT ? OFFSET ?",
             [*params, limit, offset],
@@ -229,10 +288,35 @@ class Inspector:
         for kind in KINDS:
             ids = [item_id for k, item_id, _ in keys if k == kind]
             if ids:
-                marks = ",".join("?" * len(ids))
-                for row in self.db.execute(f"{_columns(kind)} WHERE x.id IN ({marks})", ids):
-                    rows[(kind, row["id"])] = _item(row)
+                rows.update(((kind, item.id), item) for item in self._items(kind, ids))
         return [rows[(kind, item_id)] for kind, item_id, _ in keys]
+
+    def _items(self, kind: str, ids: list[int]) -> list[Item]:
+        """The items of `kind` with these ids, with their scores, in no particular order."""
+        marks = ",".join("?" * len(ids))
+        if kind == "task":
+            # CROSS JOIN keeps SQLite's loops in this order: the page's instances, then their
+            # scores by primary key. Left free, it may scan every instance score in the run.
+            score_rows = self.db.execute(
+                "SELECT i.candidate_id, s.scorer, AVG(s.value) FROM instances i"
+                " CROSS JOIN scores s ON s.kind = 'instance' AND s.item_id = i.id"
+                f" WHERE i.candidate_id IN ({marks}) GROUP BY i.candidate_id, s.scorer"
+                " ORDER BY s.scorer",
+                ids,
+            )
+        else:
+            score_rows = self.db.execute(
+                "SELECT item_id, scorer, value FROM scores"
+                f" WHERE kind = 'trace' AND item_id IN ({marks}) ORDER BY scorer",
+                ids,
+            )
+        scores: dict[int, dict[str, float | None]] = {}
+        for item_id, scorer, value in score_rows:
+            scores.setdefault(item_id, {})[scorer] = value
+        return [
+            _item(row, scores.get(row["id"], {}))
+            for row in self.db.execute(f"{_columns(kind)} WHERE x.id IN ({marks})", ids)
+        ]
 
     def values(self, column: str) -> list[str]:
         """The distinct values of `stage` or `reason` in the run, for the filter choices."""
@@ -245,8 +329,8 @@ class Inspector:
         return [r[0] for r in rows]
 
     def item(self, kind: str, item_id: int) -> Item | None:
-        row = self.db.execute(f"{_columns(kind)} WHERE x.id = ?", (item_id,)).fetchone()
-        return _item(row) if row else None
+        items = self._items(kind, [item_id])
+        return items[0] if items else None
 
     def detail(self, kind: str, item_id: int) -> Detail | None:
         item = self.item(kind, item_id)
@@ -259,13 +343,12 @@ class Inspector:
         ).fetchone()
         detail = Detail(item=item, nearest=row["nearest"], note=row["note"])
         if kind == "task":
-            detail.instances = [
-                (r[0], r[1])
-                for r in self.db.execute(
-                    "SELECT input, output FROM instances WHERE candidate_id = ? ORDER BY position",
-                    (item_id,),
-                )
-            ]
+            instances = self.db.execute(
+                "SELECT id, input, output FROM instances WHERE candidate_id = ? ORDER BY position",
+                (item_id,),
+            ).fetchall()
+            detail.instances = [(r["input"], r["output"]) for r in instances]
+            detail.instance_scores = [self._scores("instance", r["id"]) for r in instances]
             generation_ids = [
                 row["generation_id"],
                 row["classify_generation_id"],
@@ -274,6 +357,7 @@ class Inspector:
         else:
             detail.messages = json.loads(row["messages"])
             detail.checks = json.loads(row["checks"])
+            detail.scores = self._scores("trace", item_id)
             generation_ids = [row["generation_id"], *json.loads(row["step_generation_ids"])]
         for gen_id in generation_ids:
             if gen_id is None:
@@ -286,6 +370,17 @@ class Inspector:
             ).fetchone()
             detail.generations.append((gen[0], gen[1], gen[2]))
         return detail
+
+    def _scores(self, kind: str, item_id: int) -> dict[str, StoredScore]:
+        rows = self.db.execute(
+            "SELECT scorer, value, detail, model FROM scores WHERE kind = ? AND item_id = ?"
+            " ORDER BY scorer",
+            (kind, item_id),
+        )
+        return {
+            r["scorer"]: StoredScore(r["value"], json.loads(r["detail"]), json.loads(r["model"]))
+            for r in rows
+        }
 
     def curate(self, item: Item, decision: str | None, note: str | None = None) -> Item:
         """Record a decision by hand (None forgets it) and return the item as it now is."""
@@ -303,7 +398,14 @@ class Inspector:
         return self.db.execute("PRAGMA data_version").fetchone()[0]
 
 
-def _item(row: sqlite3.Row) -> Item:
+def _sort_key(sort: str, kind: str) -> tuple[str, list[str]]:
+    """The SQL of a sort key for items of `kind`, and its parameters."""
+    if sort.startswith(SCORE_SORT):
+        return _SCORE[kind], [sort[len(SCORE_SORT) :]]
+    return SORTS[sort][kind], []
+
+
+def _item(row: sqlite3.Row, scores: dict[str, float | None]) -> Item:
     return Item(
         kind=row["kind"],
         id=row["id"],
@@ -316,4 +418,5 @@ def _item(row: sqlite3.Row) -> Item:
         clf=None if row["clf"] is None else bool(row["clf"]),
         status=row["status"],
         n=row["n"],
+        scores=scores,
     )

@@ -1,7 +1,8 @@
 """`selfgen inspect`: read, understand and curate a run in the terminal.
 
 Screens: the item table (one page of the store at a time, with filters, search and sorting),
-an item's detail (instances, nearest neighbour, raw generations, trace messages and checks),
+an item's detail (instances, nearest neighbour, raw generations, trace messages and checks,
+quality scores),
 the run's statistics (the same figures as `selfgen stats`) and the keys. Every read goes
 through the store's Inspector (selfgen.store.browse). Marks made by hand are written to the store at once, each in a
 short transaction, so the inspector can stay open on a run that is still being written: it
@@ -38,8 +39,20 @@ from textual.widgets import (
 )
 
 from selfgen.display import stats_tables
+from selfgen.scoring import scorer_class
 from selfgen.store import RunStore
-from selfgen.store.browse import KINDS, PAGE_SIZE, STATUSES, Detail, Filters, Inspector, Item
+from selfgen.store.browse import (
+    KINDS,
+    PAGE_SIZE,
+    SCORE_SORT,
+    STATUSES,
+    Detail,
+    Filters,
+    Inspector,
+    Item,
+    StoredScore,
+    score_sort,
+)
 
 STATUS_STYLE = {
     "kept": "green",
@@ -50,7 +63,7 @@ STATUS_STYLE = {
 }
 # (header, sort key) of the table's columns; the column keys are the sort keys. The item
 # column sorts by round (the order the loop wrote them), the instruction comes last to take
-# the width that is left.
+# the width that is left. A run with quality scores has a column per scorer after ROUGE-L.
 COLUMNS = (
     ("item", "round"),
     ("status", "status"),
@@ -60,7 +73,7 @@ COLUMNS = (
     ("stage: reason", "stage"),
     ("instruction / request", "text"),
 )
-SORT_CYCLE = [key for _, key in COLUMNS]
+SCORES_AFTER = 3  # the score columns come after this many columns
 TEXT_CHARS = 150  # of an instruction shown in its table cell; the detail view shows it all
 REASON_CHARS = 34
 REFRESH_SECONDS = 2.0
@@ -87,7 +100,17 @@ def _line(text: str, limit: int) -> str:
     return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
-def _cells(item: Item) -> list[Text]:
+def _columns(scorers: list[str]) -> list[tuple[str, str]]:
+    """The table's (header, sort key) columns for a run scored by `scorers`."""
+    scores = [(scorer, score_sort(scorer)) for scorer in scorers]
+    return [*COLUMNS[:SCORES_AFTER], *scores, *COLUMNS[SCORES_AFTER:]]
+
+
+def _score(value: float | None) -> Text:
+    return Text("n/a", style="dim") if value is None else Text(f"{value:.2f}")
+
+
+def _cells(item: Item, scorers: list[str]) -> list[Text]:
     values = (
         f"{item.kind} {item.id}",
         item.status,
@@ -99,7 +122,19 @@ def _cells(item: Item) -> list[Text]:
     )
     cells = [Text(v) for v in values]
     cells[1].stylize(STATUS_STYLE[item.status])
-    return cells
+    # A scorer that never saw the item leaves its cell empty; "n/a": it could not score it.
+    scores = [_score(item.scores[s]) if s in item.scores else Text("") for s in scorers]
+    return [*cells[:SCORES_AFTER], *scores, *cells[SCORES_AFTER:]]
+
+
+@functools.cache
+def higher_is_better(scorer: str) -> bool | None:
+    """Whether `scorer`'s higher scores are the better ones; None for a scorer that is not
+    installed here (a plug-in of the machine that scored the run) or cannot be loaded."""
+    try:
+        return bool(scorer_class(scorer).higher_is_better)
+    except Exception:  # ScorerError, or a plug-in that fails to import: still show its scores
+        return None
 
 
 def _store_errors(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -169,6 +204,7 @@ class TableScreen(Screen):
         self.total = 0
         self.items: list[Item] = []
         self.version = -1
+        self.scorers: list[str] | None = None  # None until the columns are made
 
     @property
     def inspector(self) -> Inspector:
@@ -177,10 +213,8 @@ class TableScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="where")
-        table = ItemTable(id="items", cursor_type="row", zebra_stripes=True)
-        for label, key in COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        # The columns are made by the first load, when the run's scorers are known.
+        yield ItemTable(id="items", cursor_type="row", zebra_stripes=True)
         yield Input(placeholder="search instructions and requests", id="search")
         yield Footer()
 
@@ -214,16 +248,23 @@ class TableScreen(Screen):
         )
         table = self.query_one(ItemTable)
         row = table.cursor_row if keep_cursor else (cursor or 0)
+        scorers = self.inspector.scorers()
+        if scorers != self.scorers:  # the first load, or a scoring has written the store since
+            self.scorers = scorers
+            table.clear(columns=True)
+            for label, key in _columns(scorers):
+                table.add_column(label, key=key)
         table.clear()
         for item in self.items:
-            table.add_row(*_cells(item), key=f"{item.kind}:{item.id}")
+            table.add_row(*_cells(item, scorers), key=f"{item.kind}:{item.id}")
         if self.items:
             table.move_cursor(row=min(max(row, 0), len(self.items) - 1))
         self._describe()
 
     def _describe(self) -> None:
         arrow = "↓" if self.descending else "↑"
-        where = f"sorted by {self.sort} {arrow} · {self.filters.describe()}"
+        sort = self.sort.removeprefix(SCORE_SORT)
+        where = f"sorted by {sort} {arrow} · {self.filters.describe()}"
         if self.items:
             shown = f"{self.start + 1:,}–{self.start + len(self.items):,} of {self.total:,}"
         elif self.filters == Filters():
@@ -268,7 +309,9 @@ class TableScreen(Screen):
         self.reload()
 
     def action_sort(self) -> None:
-        self._set_view(sort=SORT_CYCLE[(SORT_CYCLE.index(self.sort) + 1) % len(SORT_CYCLE)])
+        keys = [key for _, key in _columns(self.scorers or [])]
+        position = keys.index(self.sort) if self.sort in keys else -1
+        self._set_view(sort=keys[(position + 1) % len(keys)])
 
     def action_reverse(self) -> None:
         self._set_view(descending=not self.descending)
@@ -277,6 +320,10 @@ class TableScreen(Screen):
         key = event.column_key.value
         if key == self.sort:
             self._set_view(descending=not self.descending)
+        elif key.startswith(SCORE_SORT):  # the best first
+            self._set_view(
+                sort=key, descending=higher_is_better(key[len(SCORE_SORT) :]) is not False
+            )
         else:
             self._set_view(sort=key, descending=False)
 
@@ -319,7 +366,7 @@ class TableScreen(Screen):
         table = self.query_one(ItemTable)
         row = table.cursor_row
         self.items[row] = item
-        table.update_cell(f"{item.kind}:{item.id}", "status", _cells(item)[1])
+        table.update_cell(f"{item.kind}:{item.id}", "status", _cells(item, [])[1])
         if row < len(self.items) - 1:
             table.move_cursor(row=row + 1)
 
@@ -373,11 +420,13 @@ class DetailScreen(Screen):
                 )
                 yield Static(self._nearest())
             if item.kind == "task":
-                yield Static(self._instances())
+                yield Static(self._instances(), id="instances")
             else:
                 yield Label("Messages")
                 yield self._messages_tree()
                 yield Static(self._checks())
+            if d.scores or any(d.instance_scores):
+                yield Static(self._scores(), id="scores")
             for stage, prompt, response in d.generations:
                 yield Static(Panel(Text(response), title=f"raw generation · {stage}"))
                 with Collapsible(title=f"prompt of the {stage} generation", collapsed=True):
@@ -394,6 +443,13 @@ class DetailScreen(Screen):
             text.append(f" · reason {item.reason}")
         if item.clf is not None:
             text.append(f" · classification: {'yes' if item.clf else 'no'}")
+        if item.scores:
+            text.append("\nscores")
+            if item.kind == "task":
+                text.append(" (mean over the instances)")
+            for scorer, value in item.scores.items():
+                text.append(f" · {scorer} ")
+                text.append(_score(value))
         if d.note:
             text.append(f"\nnote: {d.note}")
         return text
@@ -410,8 +466,40 @@ class DetailScreen(Screen):
         table = Table(title="Instances", title_justify="left", expand=True)
         table.add_column("input", ratio=1)
         table.add_column("output", ratio=1)
-        for inp, out in self.detail.instances:
-            table.add_row(Text(inp), Text(out))
+        scorers = sorted({name for scores in self.detail.instance_scores for name in scores})
+        for scorer in scorers:
+            table.add_column(scorer, justify="right")
+        for (inp, out), scores in zip(
+            self.detail.instances, self.detail.instance_scores, strict=True
+        ):
+            values = [_score(scores[s].value) if s in scores else Text("") for s in scorers]
+            table.add_row(Text(inp), Text(out), *values)
+        return table
+
+    def _scores(self) -> Table:
+        """Every score of the item with what it was computed from: a trace's own, or each
+        instance's (numbered as in the instances table)."""
+        d = self.detail
+        table = Table(title="Scores", title_justify="left", expand=True)
+        if d.item.kind == "task":
+            table.add_column("instance", justify="right")
+        for column in ("scorer", "score", "computed from", "model"):
+            table.add_column(column, ratio=1 if column == "computed from" else None)
+        if d.item.kind == "task":
+            rows = [
+                ([str(number)], name, score)
+                for number, scores in enumerate(d.instance_scores, start=1)
+                for name, score in scores.items()
+            ]
+        else:
+            rows = [([], name, score) for name, score in d.scores.items()]
+        for first, name, score in rows:
+            better = higher_is_better(name)
+            scorer = Text(name)
+            if better is not None:
+                scorer.append(f" ({'higher' if better else 'lower'} is better)", style="dim")
+            value = _score(score.value)
+            table.add_row(*first, scorer, value, _computed_from(score), _model(score))
         return table
 
     def _messages_tree(self) -> Tree:
@@ -457,6 +545,17 @@ class DetailScreen(Screen):
 
     def action_forget(self) -> None:
         self._marked(self.app.curate(self.detail.item, None))
+
+
+def _computed_from(score: StoredScore) -> Text:
+    if score.value is None and "error" in score.detail:
+        return Text(f"could not score: {score.detail['error']}", style="dim")
+    return Text(", ".join(f"{key}: {json.dumps(value)}" for key, value in score.detail.items()))
+
+
+def _model(score: StoredScore) -> Text:
+    parts = [str(score.model[key]) for key in ("backend", "model") if key in score.model]
+    return Text(" · ".join(parts) if parts else json.dumps(score.model))
 
 
 class StatsScreen(Screen):
