@@ -121,3 +121,24 @@ def test_resume_with_nothing_to_resume_is_refused(tmp_path, child_env):
     proc = run(["run", "--resume"], child_env)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --resume: give the run folder to resume with --out"
+
+
+def test_score_settings_are_checked_before_anything_runs(tmp_path, child_env):
+    out = tmp_path / "r"
+    cases = [
+        (
+            ["--score", "ifd", "--min-score", "ifd<=3"],
+            "error: --min-score: 'ifd<=3': a minimum uses '>=' or '>'",
+        ),
+        (
+            ["--min-score", "judge>=4"],
+            "error: --score: must include judge (a score condition uses it)",
+        ),
+        (["--score", "nope"], "error: --score: unknown scorer 'nope'"),
+    ]
+    for flags, message in cases:
+        proc = run(["run", "--out", str(out), *flags], child_env)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not out.exists()

@@ -29,6 +29,8 @@ RUN_FLAGS = {
     "--patience", "--prompts-per-round", "--seed-instructions", "--machine-instructions",
     "--temperature", "--top-p", "--rouge-threshold", "--min-words", "--max-words",
     "--language-check", "--tools", "--tool-seeds", "--num-traces",
+    "--score", "--min-score", "--max-score", "--judge-backend", "--judge-model",
+    "--judge-base-url", "--judge-api-model",
 }  # fmt: skip
 RUN_OWN_FLAGS = {"--out", "--config", "--api-key", "--resume", "--quiet", "-q", "--help"}
 TUNE_FLAGS = {
