@@ -80,8 +80,11 @@ def main() -> None:
     for name in args.scorers.split(","):
         scorer = get_scorer(name, backend)
         started = time.perf_counter()
-        good_scores = [s.value for s in scorer.score(good)]
-        poor_scores = [s.value for s in scorer.score(poor)]
+        good_scores, poor_scores = [], []
+        for start in range(0, len(good), 21):  # in slices, to show progress on stderr
+            good_scores += [s.value for s in scorer.score(good[start : start + 21])]
+            poor_scores += [s.value for s in scorer.score(poor[start : start + 21])]
+            print(f"{name}: {len(good_scores)}/{len(good)} tasks", file=sys.stderr, flush=True)
         seconds = (time.perf_counter() - started) / (len(good) + len(poor))
         wins = pairwise(good_scores, poor_scores, scorer.higher_is_better)
         low, high = bootstrap(wins)

@@ -438,3 +438,20 @@ def test_ray_forwards_to_the_workers_in_order(local_ray, tmp_path):
         )
     finally:
         unscored.close()
+
+
+@pytest.mark.slow  # a llama_cpp.server of its own
+def test_ifd_is_the_same_in_process_and_through_the_server(llama, client):
+    from selfgen.scoring import Example, get_scorer
+
+    examples = [
+        Example("What is the capital of France?", "", ANSWER),
+        Example("What is the capital of France?", "", UNRELATED),
+        Example("Add the numbers.", "2 and 3", "5"),
+    ]
+    local = get_scorer("ifd", llama).score(examples)
+    remote = get_scorer("ifd", client).score(examples)
+    for a, b in zip(local, remote, strict=True):
+        # A ratio of two mean losses, each within SERVER_TOLERANCE per token.
+        assert a.value == pytest.approx(b.value, abs=10 * SERVER_TOLERANCE)
+    assert local[0].value < local[1].value

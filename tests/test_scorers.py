@@ -36,8 +36,8 @@ class Losses(Backend):
 
 def test_ifd_is_the_conditioned_loss_over_the_direct_loss():
     def table(r):
-        if r.prompt == "":
-            return [-2.0, -4.0]  # alone: mean loss 3
+        if r.messages == ():
+            return [-2.0, -4.0]  # no user turn: mean loss 3
         return [-1.0, -2.0]  # after the instruction: mean loss 1.5
 
     backend = Losses(table)

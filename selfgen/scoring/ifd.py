@@ -1,8 +1,10 @@
 """Instruction-Following Difficulty (Li et al. 2023, "From Quantity to Quality").
 
-IFD = loss(output | instruction, input) / loss(output): the mean token loss of the output after
-the instruction and input (as a user turn in the model's chat template), over its mean loss with
-no context at all. Below 1 the instruction helps the model predict the output; near or above 1
+IFD = loss(output | instruction, input) / loss(output): the mean token loss of the output as the
+assistant's reply to the instruction and input (a user turn in the model's chat template), over
+its mean loss as a reply to no user turn at all (the template's generation prompt alone; Li et
+al. score the output with no context, and keeping the chat formatting on both sides makes the
+ratio measure the instruction alone, and lets a completions server compute it too). Below 1 the instruction helps the model predict the output; near or above 1
 it does not, a sign that the pair is incoherent. Superfiltering (Li et al. 2024) shows that a
 small model's IFD ranks data much like a large one's, which is what makes it usable with the
 embedded 135M model.
@@ -34,7 +36,10 @@ class IFDScorer(Scorer):
         self.max_output_chars = max_output_chars
 
     def settings(self) -> dict[str, Any]:
-        return {"max_output_chars": self.max_output_chars, "context": "chat template, user turn"}
+        return {
+            "max_output_chars": self.max_output_chars,
+            "context": "chat template: user turn / no user turn",
+        }
 
     def score(self, examples: Sequence[Example]) -> list[Score]:
         requests = []
@@ -46,7 +51,9 @@ class IFDScorer(Scorer):
                     messages=({"role": "user", "content": ex.user_message()},),
                 )
             )
-            requests.append(LossRequest(continuation=output, prompt=""))
+            # The direct loss: the same reply with no user turn before it, so that the chat
+            # formatting is the same on both sides and only the instruction differs.
+            requests.append(LossRequest(continuation=output, messages=()))
         found = losses(self.backend, requests)
         out = []
         for i in range(len(examples)):
