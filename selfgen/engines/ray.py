@@ -253,6 +253,8 @@ class RayBackend(Backend):
         requests = list(requests)
         if not requests:
             return []
+        if self._thread is None:
+            raise BackendError("the Ray engine was closed")
         count = min(len(self._workers) or 1, len(requests))
         size = math.ceil(len(requests) / count)
         shares: list[LossShare] = [
