@@ -138,11 +138,13 @@ def test_n20_on_the_embedded_default_then_export(tmp_path, child_env):
 def test_original_self_instruct_seed_file(tmp_path, child_env):
     seeds = shared_file("self_instruct_seed_tasks.jsonl")
     out = tmp_path / "run"
+    # Five tasks show that the file loads and the loop runs on it; the n20 test above measures
+    # a longer run.
     proc = selfgen(
-        ["run", "--seeds", str(seeds), "--out", str(out), "-n", "20", "--seed", "1"], child_env
+        ["run", "--seeds", str(seeds), "--out", str(out), "-n", "5", "--seed", "1"], child_env
     )
-    assert "reached the target of 20 kept tasks" in proc.stdout
-    check_whole(out, 20)
+    assert "reached the target of 5 kept tasks" in proc.stdout
+    check_whole(out, 5)
     assert count(out, "SELECT COUNT(*) FROM seed_tasks") == 175
 
 
@@ -160,13 +162,6 @@ def reference_run(tmp_path_factory):
 
 def test_the_data_of_a_seed_fixed_run_is_the_recorded_data(reference_run):
     check_fingerprint(reference_run, "reference")
-
-
-def test_same_seed_same_data(reference_run, tmp_path, child_env):
-    out = tmp_path / "again"
-    selfgen(["run", "--out", str(out), *SMALL_RUN], child_env)
-    assert kept_tasks(out) == kept_tasks(reference_run)
-    assert len(kept_tasks(out)) >= 12
 
 
 def rounds_in(out):
@@ -236,7 +231,10 @@ def test_sigkill_at_random_moments_then_resume(reference_run, tmp_path, child_en
     selfgen(["run", "--out", str(out), "--resume", "-q"], child_env)
     check_whole(out, 12)
     # Resuming is exact: the killed-and-resumed run holds the same data as the uninterrupted one.
+    # (This is also the test that two runs with the same seed store the same data: it shares
+    # the reference run instead of making a third.)
     assert kept_tasks(out) == kept_tasks(reference_run)
+    assert len(kept_tasks(out)) >= 12
 
 
 def test_resuming_says_so_in_its_first_line(reference_run, child_env):
