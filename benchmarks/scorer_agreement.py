@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--backend", default="llamacpp")
     parser.add_argument("--model", default=None)
     parser.add_argument("--base-url", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -73,7 +74,15 @@ def main() -> None:
     good, poor = load(args.data / GOOD), load(args.data / POOR)
     if args.limit:
         good, poor = good[: args.limit], poor[: args.limit]
-    options = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
+    options = {
+        k: v
+        for k, v in (
+            ("model", args.model),
+            ("base_url", args.base_url),
+            ("n_threads", args.threads),
+        )
+        if v
+    }
     backend = get_backend(args.backend, **options)
     model = args.model or args.base_url or "bundled SmolLM2-135M-Instruct"
     results = []
