@@ -18,6 +18,8 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+from selfgen.plugins import Registry
+
 
 class BackendError(RuntimeError):
     """A backend that cannot start or cannot answer; the message is meant for the user.
@@ -280,31 +282,20 @@ def parse_hermes_tool_calls(text: str) -> tuple[list[dict[str, Any]], list[str]]
 
 
 BackendFactory = Callable[..., Backend]
-_registry: dict[str, BackendFactory] = {}
+_registry: Registry[BackendFactory] = Registry("selfgen.backends")
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
     """Make a backend available by name (used by tests and by code that embeds selfgen)."""
-    _registry[name] = factory
+    _registry.register(name, factory)
 
 
 def available_backends() -> list[str]:
-    from importlib.metadata import entry_points  # here: slow to import, and --help needs none
-
-    names = set(_registry)
-    names.update(ep.name for ep in entry_points(group="selfgen.backends"))
-    return sorted(names)
+    return _registry.names()
 
 
 def _factory(name: str) -> BackendFactory:
-    from importlib.metadata import entry_points
-
-    factory = _registry.get(name)
-    if factory is None:
-        for ep in entry_points(group="selfgen.backends"):
-            if ep.name == name:
-                factory = ep.load()
-                break
+    factory = _registry.find(name)
     if factory is None:
         known = ", ".join(available_backends()) or "none"
         raise BackendError(f"unknown backend '{name}' (known: {known})")

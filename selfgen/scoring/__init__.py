@@ -24,10 +24,10 @@ import abc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 from selfgen.backends.base import Backend, BackendError
+from selfgen.plugins import Registry
 
 
 class ScorerError(ValueError):
@@ -96,28 +96,21 @@ def mean_loss(token_logprobs: Sequence[float]) -> float:
 
 
 ScorerFactory = Callable[..., Scorer]
-_registry: dict[str, ScorerFactory] = {}
+_registry: Registry[ScorerFactory] = Registry("selfgen.scorers")
 
 
 def register_scorer(name: str, factory: ScorerFactory) -> None:
     """Make a scorer available by name (used by tests and by code that embeds selfgen)."""
-    _registry[name] = factory
+    _registry.register(name, factory)
 
 
 def available_scorers() -> list[str]:
-    names = set(_registry)
-    names.update(ep.name for ep in entry_points(group="selfgen.scorers"))
-    return sorted(names)
+    return _registry.names()
 
 
 def scorer_class(name: str) -> ScorerFactory:
     """The class (or factory) registered as `name`, not yet built."""
-    factory = _registry.get(name)
-    if factory is None:
-        for ep in entry_points(group="selfgen.scorers"):
-            if ep.name == name:
-                factory = ep.load()
-                break
+    factory = _registry.find(name)
     if factory is None:
         raise ScorerError(f"unknown scorer '{name}' (known: {', '.join(available_scorers())})")
     return factory
