@@ -66,6 +66,12 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--base-url", default=None)
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    parser.add_argument(
+        "--max-output-chars",
+        type=int,
+        default=None,
+        help="ifd: score only the first N characters of each response (faster on a CPU)",
+    )
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -87,7 +93,12 @@ def main() -> None:
     model = args.model or args.base_url or "bundled SmolLM2-135M-Instruct"
     results = []
     for name in args.scorers.split(","):
-        scorer = get_scorer(name, backend)
+        extra = (
+            {"max_output_chars": args.max_output_chars}
+            if name == "ifd" and args.max_output_chars
+            else {}
+        )
+        scorer = get_scorer(name, backend, **extra)
         started = time.perf_counter()
         good_scores, poor_scores = [], []
         for start in range(0, len(good), 21):  # in slices, to show progress on stderr
