@@ -58,6 +58,31 @@ def bootstrap(values: list[float], resamples: int = 2000, seed: int = 0) -> tupl
     return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
+def summary(
+    name: str,
+    model: str,
+    settings: dict,
+    seconds: float,
+    good: list[float | None],
+    poor: list[float | None],
+    higher: bool,
+) -> dict:
+    wins = pairwise(good, poor, higher)
+    low, high = bootstrap(wins)
+    return {
+        "scorer": name,
+        "settings": settings,
+        "model": model,
+        "tasks": len(wins),
+        "unscored": sum(g is None or p is None for g, p in zip(good, poor, strict=True)),
+        "pairwise_accuracy": sum(wins) / len(wins),
+        "ci95": [low, high],
+        "seconds_per_item": seconds,
+        "good": good,
+        "poor": poor,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scorers", default="ifd,judge")
@@ -91,7 +116,17 @@ def main() -> None:
     }
     backend = get_backend(args.backend, **options)
     model = args.model or args.base_url or "bundled SmolLM2-135M-Instruct"
-    results = []
+    results = [
+        summary(
+            "length (longer wins)",
+            model="none",
+            settings={},
+            seconds=0.0,
+            good=[len(e.output) for e in good],
+            poor=[len(e.output) for e in poor],
+            higher=True,
+        )
+    ]
     for name in args.scorers.split(","):
         extra = (
             {"max_output_chars": args.max_output_chars}
@@ -102,26 +137,44 @@ def main() -> None:
         started = time.perf_counter()
         good_scores, poor_scores = [], []
         for start in range(0, len(good), 21):  # in slices, to show progress on stderr
-            good_scores += [s.value for s in scorer.score(good[start : start + 21])]
-            poor_scores += [s.value for s in scorer.score(poor[start : start + 21])]
+            good_scores += scorer.score(good[start : start + 21])
+            poor_scores += scorer.score(poor[start : start + 21])
             print(f"{name}: {len(good_scores)}/{len(good)} tasks", file=sys.stderr, flush=True)
         seconds = (time.perf_counter() - started) / (len(good) + len(poor))
-        wins = pairwise(good_scores, poor_scores, scorer.higher_is_better)
-        low, high = bootstrap(wins)
+        settings = scorer.settings()
         results.append(
-            {
-                "scorer": name,
-                "settings": scorer.settings(),
-                "model": model,
-                "tasks": len(wins),
-                "unscored": sum(
-                    g is None or p is None for g, p in zip(good_scores, poor_scores, strict=True)
-                ),
-                "pairwise_accuracy": sum(wins) / len(wins),
-                "ci95": [low, high],
-                "seconds_per_item": seconds,
-            }
+            summary(
+                name,
+                model,
+                settings,
+                seconds,
+                [s.value for s in good_scores],
+                [s.value for s in poor_scores],
+                scorer.higher_is_better,
+            )
         )
+        if name == "ifd":
+            # The two losses IFD divides, each read as a scorer of its own. They come from the
+            # same evaluation, so they cost nothing more; they were not chosen on this data.
+            for label, derive, higher in (
+                ("ifd: conditioned loss alone", lambda d: d["conditioned_loss"], False),
+                ("ifd: loss reduction", lambda d: d["direct_loss"] - d["conditioned_loss"], True),
+            ):
+
+                def values(scores, derive=derive):
+                    return [derive(s.detail) if s.value is not None else None for s in scores]
+
+                results.append(
+                    summary(
+                        label,
+                        model,
+                        settings,
+                        seconds,
+                        values(good_scores),
+                        values(poor_scores),
+                        higher,
+                    )
+                )
     backend.close()
     table = Table(title=f"Scorer agreement with known quality: {len(good)} tasks, {model}")
     for column in ("scorer", "prefers the tuned response", "95% interval", "unscored", "s/item"):
