@@ -263,3 +263,35 @@ def test_run_scores_in_the_loop_and_rejects_by_score(tmp_path, child_env):
     ):
         assert reason.startswith("ifd=") and reason.endswith("(needs ifd<0.8)")
     assert db.execute("SELECT COUNT(*) FROM candidates WHERE fate = 'kept'").fetchone()[0] == 3
+
+
+@pytest.mark.slow  # a run of the bundled model with tools
+def test_run_scores_traces_with_toolformer_and_rejects_by_score(tmp_path, child_env):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [*selfgen_cmd(), "run", "--seeds", str(SEEDS), "--out", str(out), "-n", "1"]
+        + ["--tools", str(ROOT / "tools"), "--num-traces", "2", "--seed", "3"]
+        + ["--score", "toolformer", "--min-score", "toolformer>=1", "--max-rounds", "3", "-q"],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    db = sqlite3.connect(out / "selfgen.db")
+    kept = db.execute(
+        "SELECT s.value, s.settings FROM traces t JOIN scores s"
+        " ON s.kind = 'trace' AND s.item_id = t.id AND s.scorer = 'toolformer'"
+        " WHERE t.fate = 'kept'"
+    ).fetchall()
+    # Every kept trace was scored, with the scorer's settings, and passed the condition.
+    assert len(kept) == db.execute("SELECT COUNT(*) FROM traces WHERE fate = 'kept'").fetchone()[0]
+    assert all(value >= 1 and json.loads(settings)["tau"] == 0.5 for value, settings in kept)
+    rejected = db.execute(
+        "SELECT reason, checks FROM traces WHERE stage = 'score' AND fate = 'rejected'"
+    ).fetchall()
+    for reason, checks in rejected:
+        assert reason.startswith("toolformer=") and reason.endswith("(needs toolformer>=1)")
+        assert json.loads(checks)["semantic"]["ok"]  # scored only after the semantic check
+    assert kept or rejected, "no trace reached the scorer in three rounds"
