@@ -35,6 +35,7 @@ from selfgen.tune.models import (
     load_model,
     load_tokenizer,
     read_record,
+    refuse_merged_adapter,
     resolve_model,
     use_threads,
 )
@@ -138,6 +139,7 @@ def evaluate(
     use_threads(threads)
     if adapter is not None:
         read_record(adapter)  # a missing or empty adapter folder fails before the model loads
+        refuse_merged_adapter(source, adapter)
     tokenizer = load_tokenizer(source)
     prompts = [
         tokenizer.apply_chat_template(

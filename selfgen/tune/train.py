@@ -35,6 +35,7 @@ from selfgen.tune.models import (
     load_tokenizer,
     resolve_model,
     use_threads,
+    write_merged_record,
 )
 
 CHECKPOINTS = "checkpoints"
@@ -91,6 +92,7 @@ class TuneJob:
         folder = self.out_dir / MERGED
         merged.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
+        write_merged_record(folder, self.out_dir)
         return folder
 
     def _trainer(self, quiet: bool) -> Any:
