@@ -265,33 +265,56 @@ def test_run_scores_in_the_loop_and_rejects_by_score(tmp_path, child_env):
     assert db.execute("SELECT COUNT(*) FROM candidates WHERE fate = 'kept'").fetchone()[0] == 3
 
 
-@pytest.mark.slow  # a run of the bundled model with tools
-def test_run_scores_traces_with_toolformer_and_rejects_by_score(tmp_path, child_env):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [*selfgen_cmd(), "run", "--seeds", str(SEEDS), "--out", str(out), "-n", "1"]
-        + ["--tools", str(ROOT / "tools"), "--num-traces", "2", "--seed", "3"]
-        + ["--score", "toolformer", "--min-score", "toolformer>=1", "--max-rounds", "3", "-q"],
-        capture_output=True,
-        text=True,
-        env=child_env,
-        cwd=ROOT,
-        timeout=1800,
+@pytest.mark.parametrize("threshold", [-100, 100])
+def test_traces_are_scored_in_the_loop_and_rejected_by_score(tmp_path, scripted, llama, threshold):
+    """The run's traces come from a scripted model (fast); toolformer scores them with the
+    bundled model. Every trace that passes the semantic check is scored; with a condition no
+    trace can meet, each is rejected at stage `score`; with one every trace meets, the kept
+    trace's score is stored with the scorer's settings."""
+    from inspect_fixtures import scripted_model
+
+    from selfgen.scoring.select import ScoreCondition
+    from selfgen.seeds import load_tool_seeds
+    from selfgen.stages.score import ScoreStage
+    from selfgen.tooling import tool_specs
+
+    cfg = build_config(
+        {},
+        {
+            "backend": "scripted",
+            "prompts_per_round": 2,
+            "num_tasks": 1,
+            "num_traces": 1,
+            "trace_prompts_per_round": 1,
+            "max_rounds": 1,
+            "tools": str(ROOT / "tools"),
+            "tool_seeds": str(ROOT / "seeds" / "tool_seed_tasks.jsonl"),
+        },
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    db = sqlite3.connect(out / "selfgen.db")
-    kept = db.execute(
-        "SELECT s.value, s.settings FROM traces t JOIN scores s"
-        " ON s.kind = 'trace' AND s.item_id = t.id AND s.scorer = 'toolformer'"
-        " WHERE t.fate = 'kept'"
+    scripted(scripted_model(cfg.seed))
+    store = RunStore.create(tmp_path / "run", cfg.to_dict(), load_seed_tasks(SEEDS), {}, "test")
+    store.save_tools(tool_specs(cfg.tools), load_tool_seeds(cfg.tool_seeds))
+    condition = ScoreCondition.parse(f"toolformer>={threshold}", minimum=True)
+    scoring = ScoreStage([get_scorer("toolformer", llama)], [condition], {"toolformer": "bundled"})
+    with ToolSandbox(cfg.tools) as sandbox:
+        Loop(cfg, store, get_backend("scripted"), sandbox=sandbox, scoring=scoring).run()
+    db = store.db
+    answered = db.execute(
+        "SELECT fate, stage, reason, checks FROM traces WHERE stage IN ('score', 'verified')"
     ).fetchall()
-    # Every kept trace was scored, with the scorer's settings, and passed the condition.
-    assert len(kept) == db.execute("SELECT COUNT(*) FROM traces WHERE fate = 'kept'").fetchone()[0]
-    assert all(value >= 1 and json.loads(settings)["tau"] == 0.5 for value, settings in kept)
-    rejected = db.execute(
-        "SELECT reason, checks FROM traces WHERE stage = 'score' AND fate = 'rejected'"
+    assert answered, "no trace passed the semantic check"
+    stored = db.execute(
+        "SELECT t.fate, s.value, s.settings FROM scores s JOIN traces t ON t.id = s.item_id"
+        " WHERE s.kind = 'trace' AND s.scorer = 'toolformer'"
     ).fetchall()
-    for reason, checks in rejected:
-        assert reason.startswith("toolformer=") and reason.endswith("(needs toolformer>=1)")
-        assert json.loads(checks)["semantic"]["ok"]  # scored only after the semantic check
-    assert kept or rejected, "no trace reached the scorer in three rounds"
+    if threshold < 0:
+        assert [fate for fate, *_ in answered].count("kept") == 1
+        [(fate, value, settings)] = stored  # the kept trace's, with how it was made
+        assert fate == "kept" and value > threshold and json.loads(settings)["tau"] == 0.5
+    else:
+        assert stored == []  # a rejected trace's score is in its reason
+        for fate, stage, reason, checks in answered:
+            assert (fate, stage) == ("rejected", "score")
+            assert reason.startswith("toolformer=") and reason.endswith("(needs toolformer>=100)")
+            assert json.loads(checks)["semantic"]["ok"] and not json.loads(checks)["score"]["ok"]
+    store.close()

@@ -344,6 +344,39 @@ def test_cli_resumes_from_the_last_checkpoint_and_merges(trained, child_env):
 
 
 @pytest.mark.slow
+def test_an_adapter_is_refused_on_the_model_it_was_merged_into(trained, child_env):
+    job, _, _, _ = trained
+    merged = job.out_dir / "merged"
+    if not (merged / "config.json").is_file():  # when run without the test above
+        job.merge()
+    proc = run_cli(
+        ["eval", "--tasks", str(SEEDS), "--model", str(merged), "--adapter", str(job.out_dir)]
+        + ["--limit", "1", "--threads", "1"],
+        child_env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"--adapter: {job.out_dir} is already merged into {merged}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_trl_collator_trains_on_the_assistant_turns_only(trained):
+    """What reaches the model's loss is what TRL's collator makes of our labels: the tool call
+    and the answer are trained on, the system turn, the request and the tool result are not."""
+    job, _, _, _ = trained
+    trainer = job._trainer(quiet=True)
+    texts = []
+    for batch in trainer.get_train_dataloader():
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            if "<tool_response>" in job.tokenizer.decode(ids):
+                texts.append(job.tokenizer.decode(labels[labels != -100]))
+    assert texts == [
+        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17 * 23 + 4"}}\n'
+        "</tool_call><|im_end|>\n17 * 23 + 4 = 395.<|im_end|>\n"
+    ]
+
+
+@pytest.mark.slow
 def test_eval_compares_base_and_tuned_on_the_252_tasks(trained, tmp_path, child_env):
     job, _, _, _ = trained
     tasks = shared_file(USER_252)
