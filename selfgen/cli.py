@@ -537,6 +537,9 @@ def export(
     rank_by: Annotated[
         str | None, typer.Option(help="The scorer --top-fraction ranks by, e.g. judge.")
     ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="Only 'tasks' or only 'traces'. [default: both]")
+    ] = None,
 ) -> None:
     """Write kept tasks as JSONL for fine-tuning (one row per instance).
 
@@ -549,6 +552,8 @@ def export(
         fail(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
     if split is not None and not 0.0 < split < 1.0:
         fail("--split: must be between 0 and 1")
+    if only not in (None, "tasks", "traces"):
+        fail(f"--only: 'tasks' or 'traces', not '{only}'")
     selection = _selection(min_score, max_score, top_fraction, rank_by)
     try:
         store = RunStore.open(run_dir)
@@ -565,6 +570,7 @@ def export(
             include_failed=include_failed,
             only_curated=only_curated,
             selection=selection,
+            only=only,
         )
     except ExportError as exc:
         fail(f"{_score_flag(exc.scorer, min_score, max_score)}: {exc}")
