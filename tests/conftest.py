@@ -57,6 +57,15 @@ def scripted():
     return install
 
 
+@pytest.fixture(scope="session")
+def hf_model(tmp_path_factory):
+    """The bundled GGUF as a Hugging Face model folder, for vLLM (converted with transformers,
+    which needs the `tune` extra: gguf and accelerate)."""
+    from selfgen.tune.models import resolve_model, save_hf_folder
+
+    return save_hf_folder(resolve_model("bundled"), tmp_path_factory.mktemp("smollm2-hf"))
+
+
 def selfgen_cmd() -> list[str]:
     """Run the real console entry point in a child process, as a user would."""
     return [sys.executable, "-m", "selfgen"]
