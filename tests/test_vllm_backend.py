@@ -321,7 +321,7 @@ def test_finish_reasons_other_than_stop_and_length_are_errors(monkeypatch, reaso
     assert backend.generate([_prompt("a")])[0].finish_reason == "length"
 
 
-def test_tool_requests_keep_special_tokens_and_json_is_compact(monkeypatch):
+def test_tool_requests_keep_special_tokens(monkeypatch):
     tool = {"type": "function", "function": {"name": "calculator", "parameters": {}}}
     call = '<tool_call>{"name": "calculator", "arguments": {"expression": "1+1"}}</tool_call>'
     backend, llm = _standin_backend(monkeypatch, max_model_len=200, reply=lambda _: (call, "stop"))
@@ -349,10 +349,32 @@ def test_tool_requests_keep_special_tokens_and_json_is_compact(monkeypatch):
     [without] = by_kind["chat", False].params
     assert with_tools.skip_special_tokens is False and without.skip_special_tokens is True
     json_params, choice_params = by_kind["generate", False].params
-    assert json_params.structured_outputs.disable_any_whitespace is True
     assert json_params.structured_outputs.json == schema
     assert choice_params.structured_outputs.choice == ["Yes", "No"]
     assert json_params.seed == 7  # the backend's seed for requests without one
+
+
+def test_the_engine_writes_compact_json(monkeypatch):
+    import vllm_standin
+
+    from selfgen.backends.vllm import VLLMBackend
+
+    vllm = vllm_standin.install(monkeypatch)
+    made = []
+    vllm.LLM = lambda **options: made.append(options) or vllm_standin.LLM()
+    VLLMBackend(VLLMBackend.Options(model="m", n_ctx=None, seed=3))
+    # The per-request field is not read by vLLM 0.33's grammar backends: the engine's is.
+    assert made == [
+        {
+            "model": "m",
+            "seed": 3,
+            "structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True},
+            "tensor_parallel_size": 1,
+            "gpu_memory_utilization": 0.9,
+            "max_model_len": None,
+            "dtype": "auto",
+        }
+    ]
 
 
 def test_load_errors_name_the_option_to_change(monkeypatch):

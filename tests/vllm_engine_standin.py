@@ -7,7 +7,8 @@ answers with `EngineCoreOutput`s of token ids, which vLLM's output processor det
 at stop strings and turns into `RequestOutput`s. Only the core is replaced here: the
 `EngineCoreClient` this module installs takes the real requests and answers each with the token
 ids of a scripted text, decoding under the request's real structured-output grammar (compiled by
-vLLM's xgrammar backend from the engine's own config) the way a model's masked sampling would.
+the vLLM grammar backend the request was given, from the engine's own config) the way a model's
+masked sampling would.
 
 This checks the contract between selfgen and vLLM's API, not generation: no model runs, and the
 "model" writes what the test scripts.
@@ -29,6 +30,7 @@ os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 import numpy as np  # noqa: E402
 from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason  # noqa: E402
 from vllm.v1.engine.core_client import EngineCoreClient  # noqa: E402
+from vllm.v1.structured_output.backend_guidance import GuidanceBackend  # noqa: E402
 from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend  # noqa: E402
 from vllm.v1.structured_output.request import get_structured_output_key  # noqa: E402
 
@@ -46,7 +48,7 @@ class EngineCoreStandIn(EngineCoreClient):
         self.pending: dict[str, Any] = {}
         self.received: list[Any] = []  # every EngineCoreRequest, in order
         self.aborted: list[str] = []
-        self._grammars: XgrammarBackend | None = None
+        self._grammars: dict[str, Any] = {}
 
     @property
     def tokenizer(self) -> Any:
@@ -105,11 +107,11 @@ class EngineCoreStandIn(EngineCoreClient):
         """The tokens a model that wants to write `text` writes under the request's grammar:
         at each step the allowed token that covers the most of what it still wants to write; a
         character the grammar masks is left out."""
-        grammar = self._grammar_backend().compile_grammar(
-            *get_structured_output_key(request.sampling_params.structured_outputs)
-        )
+        structured = request.sampling_params.structured_outputs
+        backend = self._grammar_backend(structured._backend)
+        grammar = backend.compile_grammar(*get_structured_output_key(structured))
         vocab = _decoded_vocab(self.vllm_config.model_config.model)
-        bitmask = self._grammar_backend().allocate_token_bitmask(1)
+        bitmask = backend.allocate_token_bitmask(1)
         ids: list[int] = []
         while len(ids) < max_tokens and not grammar.is_terminated():
             grammar.fill_bitmask(bitmask, 0)
@@ -130,14 +132,17 @@ class EngineCoreStandIn(EngineCoreClient):
         done = grammar.is_terminated()
         return ids, FinishReason.STOP if done else FinishReason.LENGTH
 
-    def _grammar_backend(self) -> XgrammarBackend:
-        if self._grammars is None:
-            self._grammars = XgrammarBackend(
+    def _grammar_backend(self, name: str) -> Any:
+        """vLLM's grammar backend `name`, made from the engine's config as the engine makes it
+        (its `disable_any_whitespace` included)."""
+        kinds = {"xgrammar": XgrammarBackend, "guidance": GuidanceBackend}
+        if name not in self._grammars:
+            self._grammars[name] = kinds[name](
                 self.vllm_config,
                 tokenizer=self.tokenizer,
                 vocab_size=self.vllm_config.model_config.get_vocab_size(),
             )
-        return self._grammars
+        return self._grammars[name]
 
 
 @lru_cache(maxsize=4)

@@ -14,8 +14,8 @@ parsed here into `Completion.extra["tool_calls"]`; a block that is not a call is
 
 Requests carrying tools are decoded with `skip_special_tokens=False`: tokenizers that mark
 `<tool_call>` as a special token would otherwise lose the tags in decoding (vLLM's own Hermes
-tool parser turns it off for the same reason). JSON constraints ask for compact JSON
-(`disable_any_whitespace`), so a tool call never contains the newline its request stops at.
+tool parser turns it off for the same reason). JSON comes out compact (`STRUCTURED_OUTPUTS`), so
+a tool call never contains the newline its request stops at.
 
 Before a batch is submitted, every prompt is tokenized with the engine's tokenizer as vLLM will
 tokenize it (a text prompt with the tokenizer's special tokens; chat messages rendered with
@@ -55,6 +55,15 @@ from selfgen.backends.base import (
     LossRequest,
     parse_hermes_tool_calls,
 )
+
+# Compact JSON: a JSON grammar that allows whitespace lets the model break a line inside the
+# object, and a tool call's request stops at the first line break. vLLM 0.33 takes
+# `disable_any_whitespace` only from the engine's config (its xgrammar and guidance backends do
+# not read the per-request field of StructuredOutputsParams), and only with a named backend:
+# guidance, the one vLLM's "auto" falls back to for schemas xgrammar cannot compile (a string
+# with both a pattern and a maxLength, as the bundled sql_query tool has: xgrammar 0.2.8 fails
+# on it). tests/test_vllm_contract.py checks both.
+STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
 
 # The finish reasons that mean vLLM produced an answer; any other (abort, error, repetition) is
 # reported as an error completion.
@@ -170,9 +179,7 @@ def sampling_params(request: GenerationRequest, default_seed: int) -> Any:
         structured = (
             StructuredOutputsParams(choice=list(c.choices))
             if c.choices is not None
-            # Compact JSON: the grammar would otherwise allow line breaks inside the object,
-            # and a tool call's request stops at the first one.
-            else StructuredOutputsParams(json=c.json_schema, disable_any_whitespace=True)
+            else StructuredOutputsParams(json=c.json_schema)  # compact: STRUCTURED_OUTPUTS
         )
     return SamplingParams(
         temperature=p.temperature,
@@ -269,7 +276,12 @@ class VLLMBackend(Backend):
                 " (use the llamacpp backend, or the openai backend with a server that has one)"
             )
         try:
-            return LLM(model=self.model, seed=self.seed, **self.options)
+            return LLM(
+                model=self.model,
+                seed=self.seed,
+                structured_outputs_config=dict(STRUCTURED_OUTPUTS),
+                **self.options,
+            )
         except Exception as exc:  # vLLM raises many kinds; the user needs the message
             raise load_error(exc, self.model) from None
 
