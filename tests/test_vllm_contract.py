@@ -240,7 +240,7 @@ def test_a_tool_call_is_compact_json_before_its_newline_stop(standins, hf_model)
             )
         ]
     )
-    assert comp.finish_reason == "stop"
+    assert comp.finish_reason == "stop", comp
     assert json.loads(comp.text) == {"name": "calculator", "arguments": {"expression": "17*23"}}
     backend.close()
 

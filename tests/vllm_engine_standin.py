@@ -104,9 +104,13 @@ class EngineCoreStandIn(EngineCoreClient):
         )
 
     def _guided(self, request: Any, text: str, max_tokens: int, eos: int) -> tuple[list[int], Any]:
-        """The tokens a model that wants to write `text` writes under the request's grammar:
-        at each step the allowed token that covers the most of what it still wants to write; a
-        character the grammar masks is left out."""
+        """The tokens a model that wants to write `text` writes under the request's grammar.
+
+        At each step it takes the longest allowed token that `text` goes on with; where the
+        grammar allows none, the longest that does once the whitespace it wanted is left out
+        (a grammar of compact JSON masks it); where none fits still, it gives up the character
+        it wanted. Once it has written all it wanted, the end of text if the grammar allows it.
+        """
         structured = request.sampling_params.structured_outputs
         backend = self._grammar_backend(structured._backend)
         grammar = backend.compile_grammar(*get_structured_output_key(structured))
@@ -117,16 +121,22 @@ class EngineCoreStandIn(EngineCoreClient):
             grammar.fill_bitmask(bitmask, 0)
             bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")
             allowed = np.flatnonzero(bits[: len(vocab)])
-            best = None
+            best, rest = None, ""
             while best is None and text:
-                fits = [i for i in allowed if vocab[i] and text.startswith(vocab[i])]
-                best = max(fits, key=lambda i: len(vocab[i]), default=None)
-                if best is None:
+                for skip in (False, True):
+                    fits = {
+                        i: r for i in allowed if (r := _follows(vocab[i], text, skip)) is not None
+                    }
+                    if fits:
+                        best = max(fits, key=lambda i: len(vocab[i]))
+                        rest = fits[best]
+                        break
+                else:
                     text = text[1:]
             if best is None:
                 best = eos if eos in allowed else int(allowed[0])
             else:
-                text = text[len(vocab[best]) :]
+                text = rest
             assert grammar.accept_tokens(request.request_id, [int(best)])
             ids.append(int(best))
         done = grammar.is_terminated()
@@ -143,6 +153,21 @@ class EngineCoreStandIn(EngineCoreClient):
                 vocab_size=self.vllm_config.model_config.get_vocab_size(),
             )
         return self._grammars[name]
+
+
+def _follows(token: str, text: str, skip_whitespace: bool) -> str | None:
+    """What is left of `text` once `token` is written, None if `text` does not go on with it;
+    with `skip_whitespace`, whitespace of `text` that the token does not write is passed over."""
+    if not token:
+        return None
+    at = 0
+    for char in token:
+        while skip_whitespace and not char.isspace() and at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text) or text[at] != char:
+            return None
+        at += 1
+    return text[at:]
 
 
 @lru_cache(maxsize=4)
