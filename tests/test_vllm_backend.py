@@ -31,6 +31,7 @@ from selfgen.backends.base import (
     get_backend,
     parse_hermes_tool_calls,
 )
+from selfgen.backends.vllm import STRUCTURED_OUTPUTS
 
 
 def _cuda() -> bool:
@@ -211,7 +212,8 @@ def test_openai_backend_against_vllm_serve(hf_model, tmp_path):
     vllm = shutil.which("vllm", path=str(Path(sys.executable).parent)) or "vllm"
     server = subprocess.Popen(
         [vllm, "serve", str(hf_model)]
-        + ["--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.3"],
+        + ["--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization", "0.3"]
+        + ["--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

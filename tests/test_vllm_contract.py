@@ -357,6 +357,30 @@ def test_eval_runs_a_rank_4_adapter_on_vllm(standins, llama_style, rank4_adapter
     assert results["models"]["tuned"]["overall"]["n"] == len(results["items"])
 
 
+# The flags the README gives `vllm serve` for `--backend openai`: the server's engine takes
+# compact JSON from its own config only, as the in-process engine does.
+SERVE_FLAGS = [
+    "--structured-outputs-config",
+    '{"backend": "guidance", "disable_any_whitespace": true}',
+]
+
+
+def test_the_readme_serve_flags_make_the_engine_write_compact_json():
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.common.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from selfgen.backends.vllm import STRUCTURED_OUTPUTS
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", "m", *SERVE_FLAGS])
+    config = AsyncEngineArgs.from_cli_args(args).structured_outputs_config
+    assert (config.backend, config.disable_any_whitespace) == ("guidance", True)
+    assert json.loads(SERVE_FLAGS[1]) == STRUCTURED_OUTPUTS
+    assert (
+        " ".join(SERVE_FLAGS[:1]) + " '" + SERVE_FLAGS[1] + "'" in (ROOT / "README.md").read_text()
+    )
+
+
 def test_the_vllm_cli_serves_with_the_readme_command():
     vllm = shutil.which("vllm", path=os.path.dirname(sys.executable))
     assert vllm is not None
