@@ -286,7 +286,12 @@ class VLLMBackend(Backend):
             raise load_error(exc, self.model) from None
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, **self.options}
+        return {
+            "backend": self.name,
+            "model": self.model,
+            **self.options,
+            "structured_outputs_config": STRUCTURED_OUTPUTS,
+        }
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         start = time.perf_counter()
