@@ -508,3 +508,70 @@ def test_validation_split_holds_out_whole_rows_with_a_seed():
     assert len(valid) == 2 and len(train) == 8
     assert {e.where for e in train} | {e.where for e in valid} == {e.where for e in examples}
     assert split_rows(examples, 0.2, seed=3) == (train, valid)
+
+
+def test_vllm_lora_rank_is_the_next_rank_vllm_takes():
+    from selfgen.tune.evaluate import vllm_lora_rank
+
+    assert [vllm_lora_rank(r) for r in (1, 2, 4, 8, 9, 16, 300, 512)] == [
+        1,
+        8,
+        8,
+        8,
+        16,
+        16,
+        320,
+        512,
+    ]
+    with pytest.raises(TuneError, match="LoRA rank 600 is more than vLLM takes .512."):
+        vllm_lora_rank(600)
+
+
+def test_eval_on_vllm_passes_what_vllm_takes(tmp_path, monkeypatch):
+    """Control flow only, on the scripted stand-in (tests/vllm_standin.py): the rank, the
+    tokenization and the progress. tests/test_vllm_contract.py runs it through vLLM."""
+    import vllm_standin
+
+    from selfgen.tune.evaluate import _generate_vllm
+    from selfgen.tune.models import ModelSource
+
+    vllm = vllm_standin.install(monkeypatch)
+    made = []
+
+    def llm(**options):
+        made.append(options)
+        engine = vllm_standin.LLM(reply=lambda prompt: (f" answer to {prompt} ", "stop"))
+        made.append(engine)
+        return engine
+
+    vllm.LLM = llm
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    progress = []
+    source = ModelSource("folder", tmp_path)
+    answers = _generate_vllm(
+        source,
+        adapter,
+        prompts=["p1", "p2"],
+        runs=["base", "tuned"],
+        max_new_tokens=5,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    options, engine = made
+    assert options == {"model": str(tmp_path), "enable_lora": True, "max_lora_rank": 8}
+    # The prompts are chat-formatted already: no second BOS, as on the transformers path.
+    assert [c.kwargs["tokenization_kwargs"] for c in engine.calls] == [
+        {"add_special_tokens": False}
+    ] * 2
+    assert [c.kwargs["lora_request"] for c in engine.calls][0] is None
+    assert engine.calls[1].kwargs["lora_request"].lora_path == str(adapter)
+    assert answers == {"base": ["answer to p1", "answer to p2"], "tuned": answers["base"]}
+    assert progress == [(2, 4), (4, 4)]
+
+    def refuse(**_):
+        raise ValueError("1 validation error for LoRAConfig\nmax_lora_rank\n  Input should be 8")
+
+    vllm.LLM = refuse
+    with pytest.raises(TuneError, match="--model: vLLM cannot load folder .1 validation error"):
+        _generate_vllm(source, None, prompts=["p"], runs=["base"], max_new_tokens=5)

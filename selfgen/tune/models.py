@@ -109,6 +109,22 @@ def load_model(source: ModelSource) -> Any:
     return model
 
 
+def save_hf_folder(source: ModelSource, folder: Path) -> Path:
+    """Write the model of `source` (a GGUF such as the bundled one) to `folder` as a Hugging
+    Face model folder with dense weights, which vLLM loads; returns `folder`.
+
+    The weights are de-quantised and the GGUF quantizer removed (`load_model`): transformers
+    refuses to save a model that still carries it ("QuantizationMethod.GGUF ... is not
+    serializable")."""
+    from transformers import AutoTokenizer
+
+    name, kwargs = source.pretrained_args()
+    folder.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(name, **kwargs).save_pretrained(folder)
+    load_model(source).save_pretrained(folder)
+    return folder
+
+
 def _dequantize_gguf() -> dict[str, Any]:
     """Ask for plain dense weights: LoRA needs ordinary linear layers to attach to.
 
