@@ -38,7 +38,7 @@ if [ "$mode" = tools ]; then
     step export "$out/train.jsonl" selfgen export "$out/run" --format openai --only traces \
         --out "$out/train.jsonl"
     step tune "$out/adapter/adapter_model.safetensors" selfgen tune "$out/train.jsonl" \
-        --out "$out/adapter" --epochs 3 --learning-rate 1e-3 --batch-size 2 --threads 2 \
+        --out "$out/adapter" --epochs 3 --learning-rate 1e-3 --batch-size 1 --grad-accum 2 --threads 2 \
         --seed 1 --quiet
     step eval "$out/eval.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
         --adapter "$out/adapter" --compare --threads 2 --json "$out/eval.json" -q

@@ -237,3 +237,101 @@ def test_a_task_calling_a_tool_that_does_not_exist_is_refused(tmp_path, child_en
         timeout=300,
     )
     assert proc.returncode == 2 and "tool task 'a': no tool named 'nope'" in proc.stderr
+
+
+# The real path: the bundled model, base and tuned on a handful of verified traces
+
+
+def verified_trace_rows(sandbox: ToolSandbox, tools: list[dict]) -> list[dict]:
+    """Tool seeds as `selfgen export --format openai` writes verified traces: each call
+    executed in the sandbox, its real output in the tool turn."""
+    from dataclasses import replace
+
+    from selfgen.records import Trace
+    from selfgen.seeds import load_tool_seeds
+
+    rows = []
+    for seed in load_tool_seeds(ROOT / "seeds" / "tool_seed_tasks.jsonl")[:8]:
+        calls = [
+            replace(c, output=sandbox.call(c.name, dict(c.arguments)).output) for c in seed.calls
+        ]
+        trace = Trace(request=seed.request, generation_index=0, calls=calls, answer=seed.answer)
+        rows.append({"messages": trace.messages(), "tools": tools})
+    return rows
+
+
+SMALL_TASKS = ("tool_eval_1", "tool_eval_24", "tool_eval_29", "tool_eval_60")
+
+
+@pytest.fixture(scope="module")
+def tool_adapter(tmp_path_factory, evaluator):
+    from selfgen.tune.config import build_tune_config
+    from selfgen.tune.train import prepare
+
+    folder = tmp_path_factory.mktemp("tool-tune")
+    data = folder / "traces.jsonl"
+    rows = verified_trace_rows(evaluator.sandbox, evaluator.tools)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {
+        "max_steps": 12,
+        "batch_size": 2,
+        "learning_rate": 2e-3,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "threads": 1,
+    }
+    job = prepare(data, folder / "adapter", build_tune_config(settings))
+    before = {n: p.detach().clone() for n, p in job.trainable_parameters().items()}
+    job.train(quiet=True)
+    moved = [n for n, p in job.trainable_parameters().items() if not p.detach().equal(before[n])]
+    return folder / "adapter", len(before), len(moved)
+
+
+@pytest.mark.slow
+def test_a_tiny_tune_on_traces_changes_how_the_model_calls_tools(tool_adapter, tmp_path, child_env):
+    adapter, parameters, moved = tool_adapter
+    assert parameters and moved == parameters  # every LoRA weight was trained
+    every = {
+        json.loads(line)["id"]: line
+        for line in (ROOT / "seeds" / "tool_eval_tasks.jsonl").read_text().splitlines()
+    }
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(every[i] + "\n" for i in SMALL_TASKS))
+    results_path = tmp_path / "results.json"
+    proc = subprocess.run(
+        [*selfgen_cmd(), "eval", "--tool-tasks", str(tasks), "--tools", str(TOOLS)]
+        + ["--adapter", str(adapter), "--compare", "--max-new-tokens", "64", "--threads", "1"]
+        + ["--json", str(results_path), "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(results_path.read_text())
+    assert results["tools_rendering"] == "fallback"
+    assert [item["gold"] for item in results["items"]] == [
+        ["calculator"],
+        ["weekday"],
+        ["weekday", "weekday"],
+        [],
+    ]
+    for run in ("base", "tuned"):
+        summary = results["models"][run]
+        assert set(summary["per_tool"]) == {"calculator", "weekday", "none"}
+        overall = summary["overall"]
+        assert (overall["tasks"], overall["need_call"]) == (4, 3)
+        rows = [item[run] for item in results["items"]]
+        # The table is the items' own verdicts, counted.
+        called = sum(r["called"] for r in rows[:3])
+        assert overall["call_rate"] == called / 3
+        assert overall["abstain_rate"] == (0.0 if rows[3]["called"] else 1.0)
+        assert overall["execution_match"] == sum(r["execution_match"] for r in rows[:3]) / 3
+        assert all(r["turns"] for r in rows)
+    # Tuned on traces, the model writes calls in the trained format where the base did not.
+    base_blocks = sum(r["base"]["call_blocks"] for r in results["items"])
+    tuned_blocks = sum(r["tuned"]["call_blocks"] for r in results["items"])
+    assert tuned_blocks > base_blocks
+    assert results["models"]["tuned"]["overall"]["parseable_rate"] > 0
+    assert "execution match" in proc.stdout and "change" in proc.stdout

@@ -256,7 +256,7 @@ def task_metrics(task: ToolSeed, attempt: Attempt, gold: Counter[str]) -> dict[s
     out: dict[str, Any] = {
         "needs_call": needs,
         "called": attempt.called,
-        "calls": len(attempt.calls),
+        "call_blocks": len(attempt.calls),
         "parseable_calls": len(parseable),
         "schema_valid_calls": sum(bool(c.get("schema_valid")) for c in parseable),
     }
@@ -282,7 +282,7 @@ def summarize(tasks: list[ToolSeed], metrics: list[dict[str, Any]]) -> dict[str,
 def _rates(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     need = [m for m in metrics if m["needs_call"]]
     free = [m for m in metrics if not m["needs_call"]]
-    calls = sum(m["calls"] for m in metrics)
+    calls = sum(m["call_blocks"] for m in metrics)
     parseable = sum(m["parseable_calls"] for m in metrics)
 
     def share(part: float, whole: int) -> float | None:
