@@ -55,6 +55,33 @@ def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Every long-running command takes this option; a terminal gets the live display, anything
+# else (a file, a pipe, a cluster job's log) whole lines it can show as they come.
+LOG_FORMAT = typer.Option(
+    "--log-format",
+    help="auto (a live display on a terminal, plain lines otherwise), plain (a line per round"
+    " or finished task, and at least every 30 s) or json (the events as JSON lines) on stderr.",
+)
+
+
+def _log_mode(log_format: str, quiet: bool) -> str:
+    """How a command shows its progress: "rich" (the live display), "plain", "json" or "off".
+    `--quiet` turns the display and plain lines off; JSON events, asked for by name, still go."""
+    from selfgen.logs import FORMATS
+
+    if log_format not in FORMATS:
+        fail(f"--log-format: '{log_format}' is not one of {', '.join(FORMATS)}")
+    if log_format == "json":
+        return "json"
+    if quiet:
+        return "off"
+    if log_format == "plain":
+        return "plain"
+    from rich.console import Console
+
+    return "rich" if Console(stderr=True).is_terminal else "plain"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"selfgen {__version__}")
@@ -236,6 +263,7 @@ def run(
         typer.Option("--resume", help="Only resume the run in --out; refuse to start a new one."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
     **settings: Any,
 ) -> None:
     """Run the Self-Instruct loop until N tasks are kept (or a budget is spent).
@@ -244,8 +272,9 @@ def run(
     from selfgen.backends.base import BackendError
     from selfgen.config import build_config, conflicts, load_toml
     from selfgen.seeds import SeedFileError, load_seed_tasks
-    from selfgen.store import RunStore, StoreError
+    from selfgen.store import DiskFullError, RunStore, StoreError
 
+    mode = _log_mode(log_format, quiet)
     flags = _given(RunConfig, settings)
     sources = _Sources(config_class=RunConfig, flags=flags, other_flags={"api_key": "--api-key"})
     try:
@@ -262,7 +291,8 @@ def run(
                 else "--resume: give the run folder to resume with --out"
             )
         if RunStore.exists(out_dir):
-            store = RunStore.open(out_dir)
+            # As the run's writer: a second run on this store stops here, having written nothing.
+            store = RunStore.open(out_dir, writer=True)
             stored = _stored_config(store.config())
             bad = conflicts(stored, requested)
             if bad:
@@ -275,7 +305,7 @@ def run(
             store.update_config(cfg.to_dict())
             backend_obj = _make_backend(cfg, options, sources)
             scoring = _make_scoring(cfg, backend_obj)
-            _announce_resume(out_dir, cfg, store.totals())
+            _announce_resume(out_dir, cfg, store.totals(), as_json=mode == "json")
         else:
             cfg = build_config({}, requested)
             options = _backend_options(cfg, api_key)
@@ -284,7 +314,7 @@ def run(
             # The backend is loaded before the run folder is made: a bad --model leaves nothing.
             backend_obj = _make_backend(cfg, options, sources)
             scoring = _make_scoring(cfg, backend_obj)
-            _announce_new(out_dir, cfg, len(seed_tasks))
+            _announce_new(out_dir, cfg, len(seed_tasks), as_json=mode == "json")
             store = RunStore.create(
                 out_dir, cfg.to_dict(), seed_tasks, backend_obj.describe(), __version__
             )
@@ -296,11 +326,33 @@ def run(
         fail(sources.message(exc))
     except SeedFileError as exc:
         fail(str(exc))
+    except DiskFullError as exc:
+        _disk_full(exc, out_dir)
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     _run_loop(
-        cfg=cfg, store=store, backend=backend_obj, scoring=scoring, out_dir=out_dir, quiet=quiet
+        cfg=cfg,
+        store=store,
+        backend=backend_obj,
+        scoring=scoring,
+        out_dir=out_dir,
+        mode=mode,
+        quiet=quiet,
     )
+
+
+def _disk_full(exc: Exception, out_dir: Path) -> NoReturn:
+    """One line for a run stopped by a full disk: which disk, what is kept, how to go on."""
+    from selfgen.store import DB_NAME, RunStore
+
+    if RunStore.exists(out_dir):
+        kept = (
+            f"finished rounds are saved in {out_dir / DB_NAME}; free some space, then resume"
+            f" with `selfgen run --out {out_dir} --resume`"
+        )
+    else:
+        kept = "no run store was written; free some space and run again"
+    fail(f"{exc}; {kept}", RUN_ERROR)
 
 
 def _make_scoring(cfg: RunConfig, backend: Backend) -> ScoreStage | None:
@@ -364,25 +416,37 @@ def _stored_config(values: dict[str, Any]) -> RunConfig:
     return RunConfig(**values)
 
 
-def _announce_new(out_dir: Path, cfg: RunConfig, num_seeds: int) -> None:
+def _announce_new(out_dir: Path, cfg: RunConfig, num_seeds: int, *, as_json: bool) -> None:
     """The first line of a new run: where it goes, from what, and how far."""
     target = f"{cfg.num_tasks} kept tasks"
     if cfg.num_traces:
         target += f" and {cfg.num_traces} verified traces"
-    typer.echo(
+    _announce(
         f"new run in {out_dir}: {num_seeds} seed tasks from {cfg.seeds}, target {target}",
-        err=True,
+        as_json=as_json,
+        out=str(out_dir),
+        resumed=False,
     )
 
 
-def _announce_resume(out_dir: Path, cfg: RunConfig, progress: RunTotals) -> None:
+def _announce_resume(out_dir: Path, cfg: RunConfig, progress: RunTotals, *, as_json: bool) -> None:
     """The first line of a resumed run: what is done so far, against the target."""
     done = f"{progress.kept} of {cfg.num_tasks} tasks kept"
     if cfg.num_traces:
         done += f", {progress.traces} of {cfg.num_traces} traces verified"
-    typer.echo(
-        f"resuming the run in {out_dir}: {done} in {progress.rounds} rounds so far", err=True
+    _announce(
+        f"resuming the run in {out_dir}: {done} in {progress.rounds} rounds so far",
+        as_json=as_json,
+        out=str(out_dir),
+        resumed=True,
     )
+
+
+def _announce(message: str, *, as_json: bool, **fields: Any) -> None:
+    """A run's first line on stderr; with --log-format json, the "start" event that says it."""
+    from selfgen.logs import json_line
+
+    typer.echo(json_line("start", message=message, **fields) if as_json else message, err=True)
 
 
 def _prepare_tools(cfg: RunConfig) -> tuple[dict[str, ToolSpec], list[ToolSeed]] | None:
@@ -451,17 +515,36 @@ def _run_loop(
     backend: Backend,
     scoring: ScoreStage | None,
     out_dir: Path,
+    mode: str,
     quiet: bool,
 ) -> None:
+    """Run the loop with the progress display of `mode` (see _log_mode), then print why it
+    stopped and the run's statistics on stdout (unless `quiet`)."""
     from rich.console import Console
 
     from selfgen.backends.base import BackendError
     from selfgen.display import LoopDisplay
+    from selfgen.logs import RunLog
     from selfgen.loop import Loop
     from selfgen.stats import run_stats
+    from selfgen.store import DiskFullError
 
     console = Console(stderr=True, quiet=quiet)
-    display = LoopDisplay(console, store.totals(), cfg.num_tasks, enabled=not quiet)
+    start = store.totals()
+    display: LoopDisplay | RunLog
+    if mode in ("plain", "json"):
+        display = RunLog(
+            sys.stderr,
+            mode,
+            rounds=start.rounds,
+            kept=start.kept,
+            candidates=start.candidates,
+            traces=start.traces,
+            target=cfg.num_tasks,
+            traces_target=cfg.num_traces,
+        )
+    else:
+        display = LoopDisplay(console, start, cfg.num_tasks, enabled=mode == "rich")
     sandbox = None
     if cfg.num_traces:
         from selfgen.sandbox import ToolSandbox
@@ -484,6 +567,9 @@ def _run_loop(
             f"{exc} (finished rounds are saved; resume with `selfgen run --out {out_dir} --resume`)",
             RUN_ERROR,
         )
+    except DiskFullError as exc:
+        store.close()
+        _disk_full(exc, out_dir)
     finally:
         if scoring is not None:
             scoring.close(keep_open=backend)
