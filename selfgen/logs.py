@@ -81,13 +81,13 @@ class LineLog:
         if self._heartbeat is not None:
             self._heartbeat.join()
 
-    def write(self, event: str, text: str | None, **fields: Any) -> None:
-        """Write one event: `text` in the plain format (None: no plain line for this event),
+    def write(self, event: str, plain: str | None, /, **fields: Any) -> None:
+        """Write one event: `plain` in the plain format (None: no plain line for this event),
         `fields` in the JSON one."""
         if self.fmt == "json":
             line = json_line(event, **fields)
-        elif text is not None:
-            line = printable(text)
+        elif plain is not None:
+            line = printable(plain)
         else:
             return
         with self._write_lock:
@@ -196,8 +196,8 @@ class RunLog(LineLog):
             "kept": self.kept,
             "target": self.target,
             "candidates": self.candidates,
-            "acceptance": accepted,
-            "tokens_per_s": tps,
+            "acceptance": None if accepted is None else round(accepted, 4),
+            "tokens_per_s": None if tps is None else round(tps, 2),
             "elapsed_s": round(elapsed, 3),
             "eta_s": None if eta is None else round(eta, 1),
         }
