@@ -6,11 +6,12 @@ that `selfgen --help` answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from inspect import Parameter, Signature, signature
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -80,6 +81,50 @@ def _log_mode(log_format: str, quiet: bool) -> str:
     from rich.console import Console
 
     return "rich" if Console(stderr=True).is_terminal else "plain"
+
+
+@contextlib.contextmanager
+def _task_progress(
+    mode: str, command: str, unit: str, columns: Sequence[Any] = ()
+) -> Iterator[Callable[..., None]]:
+    """The progress of a command that works through a known number of units: yields
+    ``update(done, total, *, name=None, **figures)``, shown as `mode` says (see _log_mode): a
+    Rich bar per task `name` on a terminal (`columns` after the bar; done/total by default),
+    lines (selfgen.logs.TaskLog) otherwise."""
+    if mode in ("plain", "json"):
+        from selfgen.logs import TaskLog
+
+        with TaskLog(sys.stderr, mode, command, unit) as log:
+            yield log.update
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        *(columns or [MofNCompleteColumn()]),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=mode != "rich",
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(done: int, total: int | None, *, name: str | None = None, **_: Any) -> None:
+        name = name or command
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    with bar:
+        yield update
 
 
 def _version(value: bool) -> None:
@@ -737,20 +782,18 @@ def score(
         bool, typer.Option("--rescore", help="Score again what a run has scored already.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:
     """Score data for quality: a finished run (stored with the run) or any JSONL data set.
 
     ifd (lower is better) and judge (1-5, higher is better) score tasks; toolformer scores
     tool-use traces. `export --min-score/--max-score/--top-fraction` selects by the scores."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-    from rich.progress import Progress as Bar
-
     from selfgen.backends.base import BackendError, get_backend
     from selfgen.scoring import ScorerError, get_scorer
     from selfgen.scoring.apply import ScoreFileError, read_rows, score_file, score_run
-    from selfgen.store import RunStore, StoreError
+    from selfgen.store import DiskFullError, RunStore, StoreError
 
+    mode = _log_mode(log_format, quiet)
     names = [n.strip() for n in scorer.split(",") if n.strip()]
     is_run = target.is_dir()
     if not is_run and out is None:
@@ -781,23 +824,12 @@ def score(
     except ScorerError as exc:
         engine.close()
         fail(f"--scorer: {exc}")
-    bar = Bar(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-        transient=True,
-    )
-    tasks: dict[str, Any] = {}
-
-    def progress(name: str, done: int, total: int) -> None:
-        if name not in tasks:
-            tasks[name] = bar.add_task(name, total=total)
-        bar.update(tasks[name], completed=done, total=total)
-
     try:
-        with bar:
+        with _task_progress(mode, "score", "items") as update:
+
+            def progress(name: str, done: int, total: int) -> None:
+                update(done, total, name=name)
+
             if store is not None:
                 counts = score_run(
                     store, built, model=engine.describe(), rescore=rescore, on_progress=progress
@@ -807,6 +839,12 @@ def score(
                 rows = score_file(target, out, built, on_progress=progress)
     except BackendError as exc:
         fail(f"{exc} (scores finished so far are saved)" if store else str(exc), RUN_ERROR)
+    except DiskFullError as exc:
+        fail(
+            f"{exc}; scores finished so far are saved; free some space, then score again"
+            " (what is scored already is skipped)",
+            RUN_ERROR,
+        )
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     except OSError as exc:
@@ -919,32 +957,40 @@ def dedupe(
         typer.Option("--strict", help="Stop at the first malformed line instead of skipping it."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:
     """Greedy ROUGE-L de-duplication of any instruction data set (JSONL or text)."""
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from rich.progress import DownloadColumn
 
     from selfgen.dedupe import DedupeError
     from selfgen.dedupe import dedupe as run_dedupe
+    from selfgen.logs import json_line
 
+    mode = _log_mode(log_format, quiet)
     err = Console(stderr=True)
     if not input.is_file():
         fail(f"{input}: no such file")
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-        transient=True,
-    )
-    task = progress.add_task("dedupe", total=input.stat().st_size)
+    total = input.stat().st_size
+    read = 0
+
+    def skipped(message: str) -> None:
+        if mode == "json":
+            typer.echo(json_line("skipped", message=message), err=True)
+        else:
+            err.print(f"skipped {message}", markup=False, highlight=False, soft_wrap=True)
+
     started = time.perf_counter()
     try:
-        with progress:
+        with _task_progress(mode, "dedupe", "bytes read", [DownloadColumn()]) as update:
+
+            def advance(n: int) -> None:
+                nonlocal read
+                read += n
+                update(read, total)
+
             summary = run_dedupe(
                 input,
                 out,
@@ -955,10 +1001,8 @@ def dedupe(
                 fmt=format,
                 tokenizer=tokenizer,
                 strict=strict,
-                on_progress=lambda n: progress.advance(task, n),
-                on_malformed=lambda message: err.print(
-                    f"skipped {message}", markup=False, highlight=False, soft_wrap=True
-                ),
+                on_progress=advance,
+                on_malformed=skipped,
             )
     except DedupeError as exc:
         flag = DEDUPE_FLAGS.get(exc.param or "")
@@ -1104,8 +1148,11 @@ def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) 
         fail(str(exc), RUN_ERROR)
     finally:
         store.close()
+    from selfgen.terminal import printable
+
     for trace_id, tool_name, old, new in differ:
-        typer.echo(f"trace {trace_id}: {tool_name} gave {new!r}, recorded {old!r}")
+        # The tool's name is the model's text too; repr() escapes the outputs already.
+        typer.echo(f"trace {trace_id}: {printable(tool_name)} gave {new!r}, recorded {old!r}")
     typer.echo(f"replayed {calls} tool calls: {same} reproduced, {len(differ)} differ")
     if differ:
         raise typer.Exit(RUN_ERROR)
@@ -1126,12 +1173,14 @@ def tune(
         bool, typer.Option("--merge", help="Also write the merged model to OUT/merged.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
     **settings: Any,
 ) -> None:
     """Fine-tune a LoRA adapter on exported data (TRL SFTTrainer; loss on assistant turns)."""
     from selfgen.tune import TuneError, quiet_libraries, require_extra
     from selfgen.tune.config import build_tune_config, load_tune_toml, resume_conflicts
 
+    mode = _log_mode(log_format, quiet)
     flags = _given(TuneConfig, settings)
     sources = _Sources(config_class=TuneConfig, flags=flags)
     try:
@@ -1162,7 +1211,22 @@ def tune(
             + f"; tools rendered by the {job.tools_rendering}",
             err=True,
         )
-        record = job.train(resume=resume, merge=merge, quiet=quiet)
+        if mode in ("plain", "json"):
+            # Lines of our own replace the trainer's bar, which a log would get as a stream
+            # of carriage returns.
+            from selfgen.logs import TaskLog
+
+            with TaskLog(sys.stderr, mode, "tune", "steps") as log:
+                record = job.train(
+                    resume=resume,
+                    merge=merge,
+                    quiet=True,
+                    on_step=lambda step, steps, logs: log.update(
+                        step, steps, **_train_figures(logs)
+                    ),
+                )
+        else:
+            record = job.train(resume=resume, merge=merge, quiet=mode == "off")
     except ConfigError as exc:
         fail(sources.message(exc))
     except TuneError as exc:
@@ -1181,6 +1245,12 @@ def tune(
     typer.echo(f"adapter: {out}")
     if merge:
         typer.echo(f"merged model: {out / 'merged'}")
+
+
+def _train_figures(logs: dict[str, Any] | None) -> dict[str, Any]:
+    """The figures of a trainer's logged dict worth a line: losses and the learning rate."""
+    wanted = ("loss", "eval_loss", "learning_rate", "grad_norm")
+    return {k: logs[k] for k in wanted if logs and isinstance(logs.get(k), int | float)}
 
 
 @app.command("eval")
@@ -1206,6 +1276,7 @@ def eval_(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write every answer and score as JSON.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:
     """Score answers with ROUGE-L against the reference outputs, per category and overall."""
     from selfgen.tune import (
@@ -1216,6 +1287,7 @@ def eval_(
         write_json_atomic,
     )
 
+    mode = _log_mode(log_format, quiet)
     if compare and adapter is None:
         fail("--compare: needs --adapter (the tuned model to compare with the base)")
     for name, value in (
@@ -1230,17 +1302,10 @@ def eval_(
         require_extra()
     except TuneError as exc:
         fail(str(exc), RUN_ERROR)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from selfgen.tune.evaluate import evaluate
 
     quiet_libraries()
-    console = Console(stderr=True, quiet=quiet)
-    with Progress(
-        "answers", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-    ) as bar:
-        task = bar.add_task("answers", total=None)
+    with _task_progress(mode, "eval", "answers") as update:
         try:
             results = evaluate(
                 tasks,
@@ -1250,7 +1315,7 @@ def eval_(
                 limit=limit,
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=lambda done, total: update(done, total),
                 threads=threads,
             )
         except TuneDataError as exc:  # the only data file eval reads is the task file
