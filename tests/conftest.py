@@ -22,7 +22,9 @@ def shared_file(name: str) -> Path:
 
 
 class ScriptedBackend(Backend):
-    """A fake model for unit tests of control flow: `reply(request)` gives each completion."""
+    """A fake model for unit tests of control flow: `reply(request)` gives each completion,
+    as text or (text, finish reason); ("message", "error") is a call that failed, as a
+    backend reports one."""
 
     name = "scripted"
 
@@ -36,6 +38,9 @@ class ScriptedBackend(Backend):
             self.requests.append(r)
             answer = self.reply(r)
             text, finish = answer if isinstance(answer, tuple) else (answer, "stop")
+            if finish == "error":
+                out.append(Completion("", "error", 10, 0, extra={"error": text}))
+                continue
             out.append(Completion(text, finish, prompt_tokens=10, completion_tokens=5))
         return out
 
