@@ -132,7 +132,12 @@ def test_a_disk_full_in_a_commit_and_at_start(small_disk):
 
 def selfgen(args, child_env):
     return subprocess.run(
-        [*selfgen_cmd(), *args], capture_output=True, text=True, env=child_env, cwd=ROOT, timeout=600
+        [*selfgen_cmd(), *args],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=600,
     )
 
 

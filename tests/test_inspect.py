@@ -760,3 +760,39 @@ def test_replay_of_the_stored_tool_calls(run_dir, store, child_env):
         timeout=120,
     )
     assert f"replayed {len(calls)} tool calls" in proc.stdout, proc.stderr
+
+
+def test_model_text_shows_escaped_not_acting_on_the_terminal(store):
+    # An ANSI colour, an OSC window title and a carriage return inside the model's text, in
+    # every place the table and the detail view show it.
+    evil = "\x1b[31mred\x1b[0m\x1b]0;pwned\x07\rback"
+    with store.db:
+        store.db.execute("BEGIN")
+        store.db.execute(
+            "UPDATE candidates SET instruction = ? || instruction, nearest = ? WHERE id = 1",
+            (evil, evil),
+        )
+        store.db.execute("UPDATE instances SET output = ? WHERE candidate_id = 1", (evil,))
+        store.db.execute(
+            "UPDATE generations SET response = ? WHERE id ="
+            " (SELECT generation_id FROM candidates WHERE id = 1)",
+            (evil,),
+        )
+    shown = "\\x1b[31mred\\x1b[0m\\x1b]0;pwned\\x07\\rback"
+    app = InspectApp(store, "run")
+    screens = []
+
+    async def scenario(app, pilot):
+        screens.append(app.export_screenshot())
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        screens.append(app.export_screenshot())
+        await pilot.press("escape", "q")
+
+    drive(app, scenario)
+    table, detail = screens
+    for screen in screens:
+        assert "\x1b" not in screen and "\x07" not in screen and "\r" not in screen
+    assert "\\x1b[31mred" in table
+    # The instruction, its nearest neighbour, an instance and the raw generation.
+    assert detail.count(shown[:20]) >= 4

@@ -100,7 +100,12 @@ def start_run(out, child_env, *flags):
 
 def selfgen(args, child_env):
     return subprocess.run(
-        [*selfgen_cmd(), *args], capture_output=True, text=True, env=child_env, cwd=ROOT, timeout=600
+        [*selfgen_cmd(), *args],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=600,
     )
 
 
