@@ -488,7 +488,8 @@ def _announce_resume(out_dir: Path, cfg: RunConfig, progress: RunTotals, *, as_j
 
 
 def _announce(message: str, *, as_json: bool, **fields: Any) -> None:
-    """A run's first line on stderr; with --log-format json, the "start" event that says it."""
+    """A command's first line on stderr; with --log-format json, the "start" event that says
+    it, so that every line of a JSON log is an event."""
     from selfgen.logs import json_line
 
     typer.echo(json_line("start", message=message, **fields) if as_json else message, err=True)
@@ -1204,12 +1205,12 @@ def tune(
             cfg = build_tune_config(requested)
         quiet_libraries()
         job = prepare(data, out, cfg, resume)
-        typer.echo(
+        _announce(
             f"tuning {cfg.base_model} on {job.train_rows} rows"
             + (f" ({job.valid_rows} for validation)" if job.valid_rows else "")
             + (f", {job.unverified_rows} unverified traces left out" if job.unverified_rows else "")
             + f"; tools rendered by the {job.tools_rendering}",
-            err=True,
+            as_json=mode == "json",
         )
         if mode in ("plain", "json"):
             # Lines of our own replace the trainer's bar, which a log would get as a stream

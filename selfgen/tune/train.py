@@ -178,7 +178,9 @@ def _step_reporter(on_step: StepCallback) -> Any:
 
     class StepReporter(TrainerCallback):  # type: ignore[misc]
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            on_step(state.global_step, state.max_steps, None)
+            # A step about to be logged is reported once, with its figures, by on_log.
+            if not control.should_log:
+                on_step(state.global_step, state.max_steps, None)
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
