@@ -796,3 +796,25 @@ def test_model_text_shows_escaped_not_acting_on_the_terminal(store):
     assert "\\x1b[31mred" in table
     # The instruction, its nearest neighbour, an instance and the raw generation.
     assert detail.count(shown[:20]) >= 4
+
+
+def test_replay_shows_a_tool_name_with_escapes_escaped(run_dir, child_env):
+    # The tool's name in a trace is the model's text: an escape sequence there is shown, not
+    # obeyed (the outputs are shown by repr(), which escapes them already).
+    db = sqlite3.connect(run_dir / DB_NAME, isolation_level=None)
+    messages = json.loads(db.execute("SELECT messages FROM traces WHERE id = 1").fetchone()[0])
+    call = next(m for m in messages if m.get("tool_calls"))["tool_calls"][0]
+    call["function"]["name"] = "calc\x1b]0;pwned\x07ulator"
+    db.execute("UPDATE traces SET messages = ? WHERE id = 1", (json.dumps(messages),))
+    db.close()
+    proc = subprocess.run(
+        [*selfgen_cmd(), "traces", "replay", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 1  # the renamed tool does not exist: its call differs
+    assert "trace 1: calc\\x1b]0;pwned\\x07ulator gave " in proc.stdout
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
