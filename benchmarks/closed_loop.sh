@@ -1,33 +1,90 @@
 #!/usr/bin/env bash
-# The closed loop on the embedded default: grow N tasks, export them, tune the bundled model on
-# them, and score base and tuned model on the 252 user-oriented tasks. Prints each step's wall
-# time and the two mean ROUGE-L scores.
+# The closed loop on the embedded default: grow data with selfgen, tune the bundled model on it,
+# and measure whether the tuned model does better than the base on held-out tasks. Prints each
+# step's wall time and the results; everything lands in OUT.
 #
-#   bash benchmarks/closed_loop.sh [N] [OUT]      (defaults: 100, outputs/closed_loop)
+#   bash benchmarks/closed_loop.sh tools [N] [OUT]   N verified traces (default 60); eval on the
+#                                                     held-out seeds/tool_eval_tasks.jsonl
+#   bash benchmarks/closed_loop.sh tasks [N] [OUT]   N kept tasks (default 100); base, tuned on
+#                                                     all of them, and tuned on the half IFD
+#                                                     ranks best (same steps), on the 252 tasks
+#
+# A step whose output is already in OUT is not run again (a run is resumed), so the script can
+# be stopped and started again. Set EVAL_LIMIT to score only the first tasks of the 252.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=${1:-100}
-out=${2:-outputs/closed_loop}
-tasks=../shared/data/self_instruct_user_oriented_instructions_252.jsonl
-[ -f "$tasks" ] || { echo "needs $tasks" >&2; exit 2; }
-rm -rf "$out"
+mode=${1:?give the mode: tools or tasks}
 declare -A took
-step() {
-    local name=$1; shift
+step() {  # step NAME DONE-FILE COMMAND...: run COMMAND unless DONE-FILE exists; time it
+    local name=$1 done=$2; shift 2
+    if [ -e "$done" ]; then took[$name]=done; return; fi
     local start=$EPOCHREALTIME
     "$@"
-    took[$name]=$(python3 -c "print($EPOCHREALTIME - $start)")
+    took[$name]=$(python3 -c "print(round($EPOCHREALTIME - $start))")
 }
-step run selfgen run --seeds seeds/seed_tasks.jsonl --out "$out" -n "$n" --seed 1 -q
-step export selfgen export "$out" --format openai --out "$out/train.jsonl"
-step tune selfgen tune "$out/train.jsonl" --out "$out/adapter" --epochs 3 --threads 1 --seed 1 --quiet
-step eval selfgen eval --tasks "$tasks" --adapter "$out/adapter" --compare --threads 1 \
-    --out "$out/eval.json"
-printf '\n%-8s %10s\n' step "wall s"
-for s in run export tune eval; do printf '%-8s %10.0f\n' "$s" "${took[$s]}"; done
-python3 - "$out/eval.json" <<'PY'
+times() {
+    printf '\n%-12s %10s\n' step "wall s"
+    for s in "$@"; do printf '%-12s %10s\n' "$s" "${took[$s]:-}"; done
+}
+
+if [ "$mode" = tools ]; then
+    n=${2:-60}
+    out=${3:-outputs/closed_loop_tools}
+    mkdir -p "$out"
+    resume=(); [ -e "$out/run/selfgen.db" ] && resume=(--resume)
+    step run "$out/train.jsonl" selfgen run --seeds seeds/seed_tasks.jsonl --tools tools/ \
+        --num-traces "$n" -n 1 --seed 1 --out "$out/run" -q "${resume[@]}"
+    # Traces only: the one kept task is left out, so the adapter learns tool use alone.
+    step export "$out/train.jsonl" selfgen export "$out/run" --format openai --only traces \
+        --out "$out/train.jsonl"
+    step tune "$out/adapter/adapter_model.safetensors" selfgen tune "$out/train.jsonl" \
+        --out "$out/adapter" --epochs 3 --learning-rate 1e-3 --batch-size 2 --threads 2 \
+        --seed 1 --quiet
+    step eval "$out/eval.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
+        --adapter "$out/adapter" --compare --threads 2 --json "$out/eval.json" -q
+    times run export tune eval
+    python3 - "$out/eval.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-for name, m in r["models"].items():
-    print(f"{name}: mean ROUGE-L {m['overall']['rouge_l']:.3f} over {m['overall']['n']} instances")
+for key in ("call_rate", "abstain_rate", "parseable_rate", "schema_valid_rate",
+            "right_tool_rate", "execution_match"):
+    cells = [r["models"][m]["overall"][key] for m in ("base", "tuned")]
+    print(f"{key:18} " + "  ".join("-" if c is None else f"{c:6.1%}" for c in cells))
+PY
+    exit 0
+fi
+
+[ "$mode" = tasks ] || { echo "mode: tools or tasks, not $mode" >&2; exit 2; }
+n=${2:-100}
+out=${3:-outputs/closed_loop}
+tasks=../shared/data/self_instruct_user_oriented_instructions_252.jsonl
+[ -f "$tasks" ] || { echo "needs $tasks" >&2; exit 2; }
+limit=(); [ -n "${EVAL_LIMIT:-}" ] && limit=(--limit "$EVAL_LIMIT")
+mkdir -p "$out"
+resume=(); [ -e "$out/run/selfgen.db" ] && resume=(--resume)
+step run "$out/all.jsonl" selfgen run --seeds seeds/seed_tasks.jsonl --out "$out/run" -n "$n" \
+    --seed 1 -q "${resume[@]}"
+step score "$out/all.jsonl" selfgen score "$out/run" --scorer ifd -q
+step export "$out/all.jsonl" selfgen export "$out/run" --format openai --out "$out/all.jsonl"
+step export_best "$out/best.jsonl" selfgen export "$out/run" --format openai \
+    --top-fraction 0.5 --rank-by ifd --out "$out/best.jsonl"
+# The same number of optimizer steps for both, so that only the data differs.
+steps=$(( ($(wc -l < "$out/all.jsonl") * 3 + 3) / 4 ))
+for data in all best; do
+    step "tune_$data" "$out/adapter_$data/adapter_model.safetensors" selfgen tune \
+        "$out/$data.jsonl" --out "$out/adapter_$data" --max-steps "$steps" --threads 2 --seed 1 \
+        --quiet
+done
+step eval_all "$out/eval_all.json" selfgen eval --tasks "$tasks" --adapter "$out/adapter_all" \
+    --compare --threads 2 --out "$out/eval_all.json" -q "${limit[@]}"
+step eval_best "$out/eval_best.json" selfgen eval --tasks "$tasks" \
+    --adapter "$out/adapter_best" --threads 2 --out "$out/eval_best.json" -q "${limit[@]}"
+times run score export export_best tune_all tune_best eval_all eval_best
+python3 - "$out/eval_all.json" "$out/eval_best.json" <<'PY'
+import json, sys
+every, best = (json.load(open(p)) for p in sys.argv[1:])
+rows = [("base", every, "base"), ("tuned on all", every, "tuned"), ("tuned on best half", best, "tuned")]
+for label, results, key in rows:
+    m = results["models"][key]["overall"]
+    print(f"{label:20} mean ROUGE-L {m['rouge_l']:.3f} over {m['n']} instances")
 PY

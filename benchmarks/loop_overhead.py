@@ -1,8 +1,10 @@
 """How much of a run's wall time the model sits idle because of the loop, and how the loop's
 token throughput compares with the backend's own on the same requests.
 
-For each backend (the embedded llama.cpp default, and the `openai` backend against a local
-`python -m llama_cpp.server` running the same GGUF) the script runs, in this order:
+For each backend (the embedded llama.cpp default, the `openai` backend against a local
+`python -m llama_cpp.server` running the same GGUF, and, on a machine with a CUDA GPU, the
+in-process `vllm` backend on a Hugging Face model folder given with --model) the script runs, in
+this order:
 
 - "loop (pipelined)": `Loop.run()` as `selfgen run` does it, with the next requests queued
   while the loop parses and filters earlier answers;
@@ -19,6 +21,7 @@ answer, as the backend measures it). "Ratio" is the run's completion tokens per 
 time over the direct baseline's.
 
     python benchmarks/loop_overhead.py -n 10
+    python benchmarks/loop_overhead.py --backends vllm --model FOLDER -n 10   # scripts/gpu_check.sh
 """
 
 from __future__ import annotations
@@ -167,8 +170,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=Path, default=ROOT / "seeds" / "seed_tasks.jsonl")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (both backends)")
     parser.add_argument("--concurrency", type=int, default=4, help="openai backend requests")
-    parser.add_argument("--backends", default="llamacpp,openai")
+    parser.add_argument("--backends", default="llamacpp,openai", help="llamacpp, openai, vllm")
+    parser.add_argument("--model", help="vllm: a Hugging Face model folder")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.5, help="vllm: share of GPU memory"
+    )
     args = parser.parse_args()
+    if "vllm" in args.backends.split(",") and not args.model:
+        parser.error("--backends vllm needs --model (a Hugging Face model folder)")
 
     console = Console(width=120)
     table = Table(title=f"Loop overhead: -n {args.n}, seed {args.seed}")
@@ -182,6 +191,14 @@ def main() -> None:
         server = None
         if name == "llamacpp":
             backend = get_backend("llamacpp", n_ctx=4096, n_threads=args.threads, seed=args.seed)
+        elif name == "vllm":
+            backend = get_backend(
+                "vllm",
+                model=args.model,
+                n_ctx=4096,
+                gpu_memory_utilization=args.gpu_memory_utilization,
+                seed=args.seed,
+            )
         else:
             server, url = start_server(args.threads)
             backend = get_backend(

@@ -669,6 +669,9 @@ def export(
     rank_by: Annotated[
         str | None, typer.Option(help="The scorer --top-fraction ranks by, e.g. judge.")
     ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="Only 'tasks' or only 'traces'. [default: both]")
+    ] = None,
 ) -> None:
     """Write kept tasks as JSONL for fine-tuning (one row per instance).
 
@@ -681,6 +684,8 @@ def export(
         fail(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
     if split is not None and not 0.0 < split < 1.0:
         fail("--split: must be between 0 and 1")
+    if only not in (None, "tasks", "traces"):
+        fail(f"--only: 'tasks' or 'traces', not '{only}'")
     selection = _selection(min_score, max_score, top_fraction, rank_by)
     try:
         store = RunStore.open(run_dir)
@@ -697,6 +702,7 @@ def export(
             include_failed=include_failed,
             only_curated=only_curated,
             selection=selection,
+            only=only,
         )
     except ExportError as exc:
         fail(f"{_score_flag(exc.scorer, min_score, max_score)}: {exc}")
@@ -1257,8 +1263,19 @@ def _train_figures(logs: dict[str, Any] | None) -> dict[str, Any]:
 @app.command("eval")
 def eval_(
     tasks: Annotated[
-        Path, typer.Option(help="Task file: Self-Instruct seed format or the 252 user tasks.")
-    ],
+        Path | None,
+        typer.Option(help="Task file: Self-Instruct seed format or the 252 user tasks."),
+    ] = None,
+    tool_tasks: Annotated[
+        Path | None,
+        typer.Option(help="Tool task file (tool seed format): measure tool use instead."),
+    ] = None,
+    tools: Annotated[
+        Path, typer.Option(help="With --tool-tasks: the tools folder the calls run in.")
+    ] = Path("tools"),
+    max_steps: Annotated[
+        int, typer.Option(help="With --tool-tasks: model turns per request, at most.")
+    ] = 4,
     model: Annotated[
         str | None,
         typer.Option(help="Base model: folder, .gguf or 'bundled'. [default: the adapter's base]"),
@@ -1270,16 +1287,26 @@ def eval_(
         bool, typer.Option("--compare", help="Score the base and the adapted model side by side.")
     ] = False,
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(help="Longest answer, in tokens. [default: 128; 160 a turn with tools]"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for torch. [default: all cores]")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Write every answer and score as JSON.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "--json", help="Write every answer and score as JSON."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:
-    """Score answers with ROUGE-L against the reference outputs, per category and overall."""
+    """Score answers with ROUGE-L against the reference outputs, per category and overall;
+    with --tool-tasks, measure tool use: call, abstain, parse, schema and execution-match rates
+    per tool, the model's calls executed in the sandbox."""
+    if (tasks is None) == (tool_tasks is None):
+        fail("--tasks or --tool-tasks: give exactly one task file")
     from selfgen.tune import (
         TuneDataError,
         TuneError,
@@ -1296,6 +1323,7 @@ def eval_(
         ("--max-new-tokens", max_new_tokens),
         ("--batch-size", batch_size),
         ("--threads", threads),
+        ("--max-steps", max_steps),
     ):
         if value is not None and value < 1:
             fail(f"{name}: must be at least 1")
@@ -1307,20 +1335,31 @@ def eval_(
 
     quiet_libraries()
     with _task_progress(mode, "eval", "answers") as update:
+        common = {
+            "model_spec": model,
+            "adapter": adapter,
+            "compare": compare,
+            "limit": limit,
+            "batch_size": batch_size,
+            "progress": lambda done, total: update(done, total),
+            "threads": threads,
+        }
         try:
-            results = evaluate(
-                tasks,
-                model_spec=model,
-                adapter=adapter,
-                compare=compare,
-                limit=limit,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                progress=lambda done, total: update(done, total),
-                threads=threads,
-            )
+            if tool_tasks is not None:
+                from selfgen.tune.tool_eval import evaluate_tools
+
+                results = evaluate_tools(
+                    tool_tasks,
+                    tools,
+                    max_steps=max_steps,
+                    max_new_tokens=max_new_tokens or 160,
+                    **common,
+                )
+            else:
+                assert tasks is not None
+                results = evaluate(tasks, max_new_tokens=max_new_tokens or 128, **common)
         except TuneDataError as exc:  # the only data file eval reads is the task file
-            fail(f"--tasks: {exc}")
+            fail(f"{'--tool-tasks' if tool_tasks else '--tasks'}: {exc}")
         except TuneError as exc:
             fail(str(exc))
     if out is not None:
@@ -1328,9 +1367,64 @@ def eval_(
             write_json_atomic(out, results)
         except OSError as exc:
             fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
-    _print_eval_table(results)
+    if tool_tasks is not None:
+        _print_tool_eval_table(results)
+    else:
+        _print_eval_table(results)
     if out is not None:
         typer.echo(f"results: {out}")
+
+
+TOOL_METRICS = (
+    ("call_rate", "call rate (needs a call)"),
+    ("abstain_rate", "abstain rate (needs none)"),
+    ("parseable_rate", "parseable calls"),
+    ("schema_valid_rate", "schema-valid calls"),
+    ("right_tool_rate", "right tool"),
+    ("execution_match", "execution match"),
+)
+
+
+def _print_tool_eval_table(results: dict[str, Any]) -> None:
+    """Overall rates, model by model (and the change), then execution match per tool."""
+    from rich.console import Console
+    from rich.table import Table
+
+    runs = list(results["models"])
+    models = results["models"]
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    def change(a: float | None, b: float | None) -> str:
+        return "-" if a is None or b is None else f"{(b - a) * 100:+.0f} pts"
+
+    overall = models[runs[0]]["overall"]
+    table = Table(
+        title=f"Tool use on {results['tool_tasks']}: {overall['tasks']} requests, "
+        f"{overall['need_call']} need a call",
+        title_justify="left",
+    )
+    table.add_column("metric")
+    for run in runs:
+        table.add_column(run, justify="right")
+    if len(runs) == 2:
+        table.add_column("change", justify="right")
+    for key, label in TOOL_METRICS:
+        values = [models[run]["overall"][key] for run in runs]
+        table.add_row(label, *map(cell, values), *([change(*values)] if len(runs) == 2 else []))
+    Console().print(table)
+    per_tool = Table(title="per tool (the first gold call's)", title_justify="left")
+    per_tool.add_column("tool")
+    per_tool.add_column("n", justify="right")
+    for run in runs:
+        per_tool.add_column(f"{run}: match / abstain", justify="right")
+    for tool, rates in models[runs[0]]["per_tool"].items():
+        key = "abstain_rate" if rates["need_call"] == 0 else "execution_match"
+        per_tool.add_row(
+            tool, str(rates["tasks"]), *(cell(models[r]["per_tool"][tool][key]) for r in runs)
+        )
+    Console().print(per_tool)
 
 
 def _print_eval_table(results: dict[str, Any]) -> None:

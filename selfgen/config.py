@@ -373,6 +373,15 @@ class RunConfig:
             "list_length",
             "must exceed the number of instructions shown in the prompt",
         )
+        # The OpenAI API's ranges, which vLLM enforces too: outside them every request of the
+        # stage would fail, and only once the model is loaded.
+        for name in ("temperature", "instance_temperature"):
+            need(0.0 <= getattr(self, name) <= 2.0, name, "must be in [0, 2]")
+        need(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+        for name in ("presence_penalty", "frequency_penalty", "instance_presence_penalty"):
+            need(-2.0 <= getattr(self, name) <= 2.0, name, "must be in [-2, 2]")
+        for name in ("max_tokens", "instance_max_tokens", "call_max_tokens", "answer_max_tokens"):
+            need(getattr(self, name) >= 1, name, "must be at least 1")
         need(0.0 <= self.rouge_threshold <= 1.0, "rouge_threshold", "must be in [0, 1]")
         need(self.tokenizer_name() in ("rouge", "cjk"), "tokenizer", "must be 'rouge' or 'cjk'")
         need(

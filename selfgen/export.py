@@ -159,14 +159,20 @@ def export_run(
     include_failed: bool = False,
     only_curated: bool = False,
     selection: Selection | None = None,
+    only: str | None = None,
 ) -> dict[str, int]:
     """Write the export; with `split`, a validation file beside `out`. Returns row counts.
     Verified tool traces follow the tasks (in the training file when splitting). Items rejected
     by hand in `selfgen inspect` are left out; `only_curated` keeps only those accepted by hand;
-    a `selection` keeps the machine-made instances and traces whose scores it allows."""
+    a `selection` keeps the machine-made instances and traces whose scores it allows; `only`
+    ("tasks" or "traces") writes one kind alone."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    if only not in (None, "tasks", "traces"):
+        raise ValueError(f"only: 'tasks' or 'traces', not '{only}'")
     tasks = collect_tasks(store, include_seeds=include_seeds, only_curated=only_curated)
+    if only == "traces":
+        tasks = []
     allowed_traces = None
     if selection:
         tasks, allowed_traces = _select(store, tasks, selection)
@@ -177,6 +183,8 @@ def export_run(
         only_curated=only_curated,
         allowed=allowed_traces,
     )
+    if only == "tasks":
+        traces = iter(())
     if split is None:
         return {str(out): write_jsonl_atomic(out, chain(rows(fmt, tasks), traces))}
     train, valid = split_tasks(tasks, split, split_seed)

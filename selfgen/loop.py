@@ -257,7 +257,8 @@ class Loop:
                     cand.reject(Stage.SCORE, TARGET_REACHED)
 
     def _trace_round(self, rnd: RoundRecord, traces_needed: int) -> None:
-        """Tool requests, then the tool agent on the novel ones, then verification."""
+        """Tool requests, then the tool agent on the novel ones, then verification (and the
+        trace scorers, when the run scores)."""
         prompts = self.tool_requests.prompts(self.rng, self.verified)
         lists = self._queue()
         for j, prompt in enumerate(prompts):
@@ -273,7 +274,11 @@ class Loop:
         self.agent.run(
             novel, demos, rnd.number, lambda stage, requests: self._generate(rnd, stage, requests)
         )
-        for trace in self.agent.verify(novel, traces_needed):
+        answered = self.agent.check_answers(novel)
+        if self.scoring is not None and answered:
+            rnd.scorers = self.scoring.meta
+            answered = self.scoring.apply_traces(answered)
+        for trace in self.agent.keep(answered, traces_needed):
             self.verified.append(trace.request)
 
     def _queue(self) -> _Queue:

@@ -28,7 +28,8 @@ class Stage(_Word):
     """The last stage a record reached; a rejected record was rejected there.
 
     Tasks pass parse, rules, rouge, classify and instances (and score, when the run scores
-    them); traces pass parse, rules, rouge, then format, execution, semantic and verified.
+    them); traces pass parse, rules, rouge, then format, execution, semantic (and score) and
+    verified.
     """
 
     GENERATED = "generated"
@@ -162,6 +163,8 @@ class Trace(Record):
     answer: str | None = None
     checks: dict[str, tuple[bool, str | None]] = field(default_factory=dict)
     step_generation_indexes: list[int] = field(default_factory=list)
+    # Each trace scorer's (value, detail), when the run scores traces.
+    scores: dict[str, tuple[float | None, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def text(self) -> str:

@@ -64,6 +64,18 @@ def scripted():
     return install
 
 
+@pytest.fixture(scope="session")
+def hf_model(tmp_path_factory):
+    """The bundled GGUF as a Hugging Face model folder, for vLLM (converted with transformers,
+    which needs the `tune` extra: gguf and accelerate). SELFGEN_HF_MODEL names a folder already
+    converted so (scripts/gpu_check.sh converts it once for the tests and the benchmark)."""
+    from selfgen.tune.models import resolve_model, save_hf_folder
+
+    if given := os.environ.get("SELFGEN_HF_MODEL"):
+        return Path(given)
+    return save_hf_folder(resolve_model("bundled"), tmp_path_factory.mktemp("smollm2-hf"))
+
+
 def selfgen_cmd() -> list[str]:
     """Run the real console entry point in a child process, as a user would."""
     return [sys.executable, "-m", "selfgen"]

@@ -144,6 +144,38 @@ def test_flag_errors_name_the_flag_even_over_the_file(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("temperature", 2.5, "must be in [0, 2]"),
+        ("instance_temperature", -0.1, "must be in [0, 2]"),
+        ("top_p", 0.0, "must be in (0, 1]"),
+        ("presence_penalty", 2.5, "must be in [-2, 2]"),
+        ("frequency_penalty", -3.0, "must be in [-2, 2]"),
+        ("instance_presence_penalty", float("nan"), "must be in [-2, 2]"),
+        ("max_tokens", 0, "must be at least 1"),
+        ("call_max_tokens", 0, "must be at least 1"),
+    ],
+)
+def test_sampling_values_outside_the_api_ranges_are_refused(setting, value, problem):
+    # vLLM (and the OpenAI API) refuse them per request, after the model has loaded.
+    with pytest.raises(ConfigError) as caught:
+        build_config({}, {setting: value})
+    assert (caught.value.field, caught.value.problem) == (setting, problem)
+    build_config({}, {"temperature": 2.0, "top_p": 1.0, "presence_penalty": -2.0})
+
+
+def test_an_out_of_range_temperature_stops_before_the_model_loads(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        ["run", "--backend", "vllm", "--model", "no/such-model", "--temperature", "3"]
+        + ["--out", str(out)],
+    )
+    assert (result.exit_code, result.stderr) == (2, "error: --temperature: must be in [0, 2]\n")
+    assert not out.exists()
+
+
 def test_library_errors_name_the_setting_not_the_flag():
     with pytest.raises(ConfigError) as caught:
         build_config({}, {"rouge_threshold": 1.5})

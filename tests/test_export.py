@@ -174,3 +174,26 @@ def test_bad_score_flags_are_one_error(run_dir, tmp_path, child_env, flags, mess
     assert proc.stderr.startswith(message) and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_only_tasks_or_only_traces(tmp_path, scripted):
+    from inspect_fixtures import fixture_run
+
+    from selfgen.store import RunStore
+
+    run = fixture_run(tmp_path / "run", scripted)
+    store = RunStore.open(run)
+    try:
+        counts = {}
+        for only in (None, "tasks", "traces"):
+            out = tmp_path / f"{only}.jsonl"
+            [counts[only]] = export_run(store, "openai", out, only=only).values()
+            rows = read_jsonl(out)
+            with_tools = [r for r in rows if "tools" in r]
+            if only == "traces":
+                assert rows and rows == with_tools
+            if only == "tasks":
+                assert rows and not with_tools
+    finally:
+        store.close()
+    assert counts[None] == counts["tasks"] + counts["traces"]

@@ -272,3 +272,58 @@ def test_run_scores_in_the_loop_and_rejects_by_score(tmp_path, child_env):
     ):
         assert reason.startswith("ifd=") and reason.endswith("(needs ifd<0.8)")
     assert db.execute("SELECT COUNT(*) FROM candidates WHERE fate = 'kept'").fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("threshold", [-100, 100])
+def test_traces_are_scored_in_the_loop_and_rejected_by_score(tmp_path, scripted, llama, threshold):
+    """The run's traces come from a scripted model (fast); toolformer scores them with the
+    bundled model. Every trace that passes the semantic check is scored; with a condition no
+    trace can meet, each is rejected at stage `score`; with one every trace meets, the kept
+    trace's score is stored with the scorer's settings."""
+    from inspect_fixtures import scripted_model
+
+    from selfgen.scoring.select import ScoreCondition
+    from selfgen.seeds import load_tool_seeds
+    from selfgen.stages.score import ScoreStage
+    from selfgen.tooling import tool_specs
+
+    cfg = build_config(
+        {},
+        {
+            "backend": "scripted",
+            "prompts_per_round": 2,
+            "num_tasks": 1,
+            "num_traces": 1,
+            "trace_prompts_per_round": 1,
+            "max_rounds": 1,
+            "tools": str(ROOT / "tools"),
+            "tool_seeds": str(ROOT / "seeds" / "tool_seed_tasks.jsonl"),
+        },
+    )
+    scripted(scripted_model(cfg.seed))
+    store = RunStore.create(tmp_path / "run", cfg.to_dict(), load_seed_tasks(SEEDS), {}, "test")
+    store.save_tools(tool_specs(cfg.tools), load_tool_seeds(cfg.tool_seeds))
+    condition = ScoreCondition.parse(f"toolformer>={threshold}", minimum=True)
+    scoring = ScoreStage([get_scorer("toolformer", llama)], [condition], {"toolformer": "bundled"})
+    with ToolSandbox(cfg.tools) as sandbox:
+        Loop(cfg, store, get_backend("scripted"), sandbox=sandbox, scoring=scoring).run()
+    db = store.db
+    answered = db.execute(
+        "SELECT fate, stage, reason, checks FROM traces WHERE stage IN ('score', 'verified')"
+    ).fetchall()
+    assert answered, "no trace passed the semantic check"
+    stored = db.execute(
+        "SELECT t.fate, s.value, s.settings FROM scores s JOIN traces t ON t.id = s.item_id"
+        " WHERE s.kind = 'trace' AND s.scorer = 'toolformer'"
+    ).fetchall()
+    if threshold < 0:
+        assert [fate for fate, *_ in answered].count("kept") == 1
+        [(fate, value, settings)] = stored  # the kept trace's, with how it was made
+        assert fate == "kept" and value > threshold and json.loads(settings)["tau"] == 0.5
+    else:
+        assert stored == []  # a rejected trace's score is in its reason
+        for fate, stage, reason, checks in answered:
+            assert (fate, stage) == ("rejected", "score")
+            assert reason.startswith("toolformer=") and reason.endswith("(needs toolformer>=100)")
+            assert json.loads(checks)["semantic"]["ok"] and not json.loads(checks)["score"]["ok"]
+    store.close()

@@ -358,6 +358,39 @@ def test_cli_resumes_from_the_last_checkpoint_and_merges(trained, child_env):
 
 
 @pytest.mark.slow
+def test_an_adapter_is_refused_on_the_model_it_was_merged_into(trained, child_env):
+    job, _, _, _ = trained
+    merged = job.out_dir / "merged"
+    if not (merged / "config.json").is_file():  # when run without the test above
+        job.merge()
+    proc = run_cli(
+        ["eval", "--tasks", str(SEEDS), "--model", str(merged), "--adapter", str(job.out_dir)]
+        + ["--limit", "1", "--threads", "1"],
+        child_env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"--adapter: {job.out_dir} is already merged into {merged}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_trl_collator_trains_on_the_assistant_turns_only(trained):
+    """What reaches the model's loss is what TRL's collator makes of our labels: the tool call
+    and the answer are trained on, the system turn, the request and the tool result are not."""
+    job, _, _, _ = trained
+    trainer = job._trainer(quiet=True)
+    texts = []
+    for batch in trainer.get_train_dataloader():
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            if "<tool_response>" in job.tokenizer.decode(ids):
+                texts.append(job.tokenizer.decode(labels[labels != -100]))
+    assert texts == [
+        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17 * 23 + 4"}}\n'
+        "</tool_call><|im_end|>\n17 * 23 + 4 = 395.<|im_end|>\n"
+    ]
+
+
+@pytest.mark.slow
 def test_eval_compares_base_and_tuned_on_the_252_tasks(trained, tmp_path, child_env):
     job, _, _, _ = trained
     tasks = shared_file(USER_252)
@@ -491,3 +524,70 @@ def test_validation_split_holds_out_whole_rows_with_a_seed():
     assert len(valid) == 2 and len(train) == 8
     assert {e.where for e in train} | {e.where for e in valid} == {e.where for e in examples}
     assert split_rows(examples, 0.2, seed=3) == (train, valid)
+
+
+def test_vllm_lora_rank_is_the_next_rank_vllm_takes():
+    from selfgen.tune.evaluate import vllm_lora_rank
+
+    assert [vllm_lora_rank(r) for r in (1, 2, 4, 8, 9, 16, 300, 512)] == [
+        1,
+        8,
+        8,
+        8,
+        16,
+        16,
+        320,
+        512,
+    ]
+    with pytest.raises(TuneError, match="LoRA rank 600 is more than vLLM takes .512."):
+        vllm_lora_rank(600)
+
+
+def test_eval_on_vllm_passes_what_vllm_takes(tmp_path, monkeypatch):
+    """Control flow only, on the scripted stand-in (tests/vllm_standin.py): the rank, the
+    tokenization and the progress. tests/test_vllm_contract.py runs it through vLLM."""
+    import vllm_standin
+
+    from selfgen.tune.evaluate import _generate_vllm
+    from selfgen.tune.models import ModelSource
+
+    vllm = vllm_standin.install(monkeypatch)
+    made = []
+
+    def llm(**options):
+        made.append(options)
+        engine = vllm_standin.LLM(reply=lambda prompt: (f" answer to {prompt} ", "stop"))
+        made.append(engine)
+        return engine
+
+    vllm.LLM = llm
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    progress = []
+    source = ModelSource("folder", tmp_path)
+    answers = _generate_vllm(
+        source,
+        adapter,
+        prompts=["p1", "p2"],
+        runs=["base", "tuned"],
+        max_new_tokens=5,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    options, engine = made
+    assert options == {"model": str(tmp_path), "enable_lora": True, "max_lora_rank": 8}
+    # The prompts are chat-formatted already: no second BOS, as on the transformers path.
+    assert [c.kwargs["tokenization_kwargs"] for c in engine.calls] == [
+        {"add_special_tokens": False}
+    ] * 2
+    assert [c.kwargs["lora_request"] for c in engine.calls][0] is None
+    assert engine.calls[1].kwargs["lora_request"].lora_path == str(adapter)
+    assert answers == {"base": ["answer to p1", "answer to p2"], "tuned": answers["base"]}
+    assert progress == [(2, 4), (4, 4)]
+
+    def refuse(**_):
+        raise ValueError("1 validation error for LoRAConfig\nmax_lora_rank\n  Input should be 8")
+
+    vllm.LLM = refuse
+    with pytest.raises(TuneError, match="--model: vLLM cannot load folder .1 validation error"):
+        _generate_vllm(source, None, prompts=["p"], runs=["base"], max_new_tokens=5)

@@ -349,17 +349,24 @@ class ToolAgent:
             shared_prefix=shared_prefix(prompt, f"Request: {trace.request}"),
         )
 
-    def verify(self, traces: list[Trace], still_needed: int) -> list[Trace]:
-        """The semantic check of every answered trace; keep those that pass, up to
-        `still_needed` (the rest are surplus). Returns the traces kept."""
-        kept = []
+    def check_answers(self, traces: list[Trace]) -> list[Trace]:
+        """The semantic check of every answered trace; returns those that pass, in order."""
+        passed = []
         for t in traces:
             if t.fate is Fate.REJECTED or t.answer is None:
                 if t.fate is not Fate.REJECTED:
                     t.reject(Stage.SEMANTIC, "no_answer")
                 continue
-            if not t.check(Stage.SEMANTIC, semantic_check(t.calls[-1].output or "", t.answer)):
-                continue
+            if t.check(Stage.SEMANTIC, semantic_check(t.calls[-1].output or "", t.answer)):
+                passed.append(t)
+        return passed
+
+    @staticmethod
+    def keep(traces: list[Trace], still_needed: int) -> list[Trace]:
+        """Keep the traces that passed every check, up to `still_needed` (the rest are
+        surplus). Returns the traces kept."""
+        kept = []
+        for t in traces:
             if len(kept) >= still_needed:
                 t.reject(Stage.VERIFIED, TARGET_REACHED)
                 continue

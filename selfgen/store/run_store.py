@@ -375,26 +375,14 @@ class RunStore:
                             " VALUES (?, ?, ?, ?)",
                             (cur.lastrowid, i, x.input, x.output),
                         )
-                        for name, (value, detail) in (c.scores[i] if c.scores else {}).items():
-                            meta = rnd.scorers[name]
-                            db.execute(
-                                "INSERT INTO scores VALUES ('instance', ?, ?, ?, ?, ?, ?, ?)",
-                                (
-                                    row.lastrowid,
-                                    name,
-                                    value,
-                                    json.dumps(detail),
-                                    json.dumps(meta["model"]),
-                                    json.dumps(meta["settings"]),
-                                    now(),
-                                ),
-                            )
+                        scores = c.scores[i] if c.scores else {}
+                        self._insert_scores(rnd, "instance", row.lastrowid, scores)
 
     def _insert_traces(self, rnd: RoundRecord, gen_ids: list[int]) -> None:
         for t in rnd.traces:
             if t.fate not in _FATES:
                 raise ValueError(f"trace {t.request!r} has no fate")
-            self.db.execute(
+            row = self.db.execute(
                 "INSERT INTO traces (round_id, generation_id, request, stage, fate, reason,"
                 " nearest, rouge_l, messages, checks, step_generation_ids)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -410,6 +398,32 @@ class RunStore:
                     json.dumps(t.messages()),
                     json.dumps({k: {"ok": ok, "reason": why} for k, (ok, why) in t.checks.items()}),
                     json.dumps([gen_ids[i] for i in t.step_generation_indexes]),
+                ),
+            )
+            if t.fate == Fate.KEPT:
+                self._insert_scores(rnd, "trace", row.lastrowid, t.scores)
+
+    def _insert_scores(
+        self,
+        rnd: RoundRecord,
+        kind: str,
+        item_id: int,
+        scores: dict[str, tuple[float | None, dict[str, Any]]],
+    ) -> None:
+        """Store an item's in-loop scores, with the model and settings of the scorers."""
+        for name, (value, detail) in scores.items():
+            meta = rnd.scorers[name]
+            self.db.execute(
+                "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    kind,
+                    item_id,
+                    name,
+                    value,
+                    json.dumps(detail),
+                    json.dumps(meta["model"]),
+                    json.dumps(meta["settings"]),
+                    now(),
                 ),
             )
 

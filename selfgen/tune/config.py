@@ -40,7 +40,8 @@ class TuneConfig:
         default_factory=lambda: ["all-linear"],
         help="Comma-separated module names, or all-linear.",
     )
-    max_length: int = setting(1024, help="Tokens per example; longer ones are cut.")
+    # A tool-use row with the fallback's tool schemas is about 1,400 tokens on SmolLM2.
+    max_length: int = setting(2048, help="Tokens per example; longer ones are cut.")
     batch_size: int = setting(4, help="Examples per step.")
     grad_accum: int = setting(1, help="Gradient accumulation steps.")
     seed: int = setting(0, help="Seed.")

@@ -35,6 +35,7 @@ from selfgen.tune.models import (
     load_model,
     load_tokenizer,
     read_record,
+    refuse_merged_adapter,
     resolve_model,
     use_threads,
 )
@@ -138,6 +139,7 @@ def evaluate(
     use_threads(threads)
     if adapter is not None:
         read_record(adapter)  # a missing or empty adapter folder fails before the model loads
+        refuse_merged_adapter(source, adapter)
     tokenizer = load_tokenizer(source)
     prompts = [
         tokenizer.apply_chat_template(
@@ -154,7 +156,12 @@ def evaluate(
             actual = fingerprint_files(source) or fingerprint(load_model(source))
             check_adapter_base(adapter, actual, model_spec)
         answers = _generate_vllm(
-            source, adapter, prompts=prompts, runs=runs, max_new_tokens=max_new_tokens
+            source,
+            adapter,
+            prompts=prompts,
+            runs=runs,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
         )
         generator = "vllm"
     else:
@@ -269,6 +276,24 @@ def _vllm_usable(source: ModelSource) -> bool:
     )
 
 
+# The LoRA ranks vLLM's engine takes (`LoRAConfig.max_lora_rank`); an adapter of another rank
+# runs with the next larger one.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Prompts per `LLM.generate` call: vLLM batches within a call, and the progress bar moves
+# between calls.
+VLLM_CHUNK = 256
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM takes that holds an adapter of `rank`, or a TuneError."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise TuneError(
+        f"--adapter: its LoRA rank {rank} is more than vLLM takes ({VLLM_LORA_RANKS[-1]})"
+    )
+
+
 def _generate_vllm(
     source: ModelSource,
     adapter: Path | None,
@@ -276,17 +301,48 @@ def _generate_vllm(
     prompts: list[str],
     runs: list[str],
     max_new_tokens: int,
+    progress: Progress | None = None,
 ) -> dict[str, list[str]]:
     """The GPU path: one vLLM engine for both runs, the adapter applied per request."""
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    rank = json.loads((adapter / "adapter_config.json").read_text())["r"] if adapter else None
-    llm = LLM(model=str(source.folder), enable_lora=adapter is not None, max_lora_rank=rank or 16)
+    lora: dict[str, Any] = {}
+    if adapter is not None:
+        rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
+        lora = {"enable_lora": True, "max_lora_rank": vllm_lora_rank(int(rank))}
+    try:
+        llm = LLM(model=str(source.folder), **lora)
+    except Exception as exc:  # vLLM raises many kinds; the user needs the message
+        raise TuneError(f"--model: vLLM cannot load {source.spec} ({_one_line(exc)})") from None
     params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-    answers = {}
+    answers: dict[str, list[str]] = {}
+    done, total = 0, len(prompts) * len(runs)
     for run in runs:
-        lora = LoRARequest("tuned", 1, str(adapter)) if run == "tuned" else None
-        outputs = llm.generate(prompts, params, lora_request=lora)
-        answers[run] = [o.outputs[0].text.strip() for o in outputs]
+        request = LoRARequest("tuned", 1, str(adapter)) if run == "tuned" else None
+        answers[run] = []
+        for start in range(0, len(prompts), VLLM_CHUNK):
+            chunk = prompts[start : start + VLLM_CHUNK]
+            try:
+                outputs = llm.generate(
+                    chunk,
+                    params,
+                    lora_request=request,
+                    use_tqdm=False,
+                    # The prompts are chat-formatted: the template wrote the special tokens,
+                    # as for the transformers path (a second BOS would change the answers).
+                    tokenization_kwargs={"add_special_tokens": False},
+                )
+            except Exception as exc:
+                raise TuneError(f"vLLM failed to answer ({_one_line(exc)})") from None
+            answers[run] += [o.outputs[0].text.strip() for o in outputs]
+            done += len(chunk)
+            if progress:
+                progress(done, total)
     return answers
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (pydantic's span several), cut at 300 characters."""
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__

@@ -21,6 +21,8 @@ from typing import Any
 from selfgen.tune import TuneError
 
 RECORD = "selfgen_tune.json"
+# Written into a merged model folder: which adapter was folded into it.
+MERGED_RECORD = "selfgen_merged.json"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,22 @@ def load_model(source: ModelSource) -> Any:
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model
+
+
+def save_hf_folder(source: ModelSource, folder: Path) -> Path:
+    """Write the model of `source` (a GGUF such as the bundled one) to `folder` as a Hugging
+    Face model folder with dense weights, which vLLM loads; returns `folder`.
+
+    The weights are de-quantised and the GGUF quantizer removed (`load_model`): transformers
+    refuses to save a model that still carries it ("QuantizationMethod.GGUF ... is not
+    serializable")."""
+    from transformers import AutoTokenizer
+
+    name, kwargs = source.pretrained_args()
+    folder.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(name, **kwargs).save_pretrained(folder)
+    load_model(source).save_pretrained(folder)
+    return folder
 
 
 def _dequantize_gguf() -> dict[str, Any]:
@@ -192,3 +210,42 @@ def attach_adapter(model: Any, adapter_dir: Path, model_spec: str) -> Any:
         raise TuneError(f"--adapter: {adapter_dir} does not fit {model_spec} ({first})") from None
     tuned.eval()
     return tuned
+
+
+def adapter_hash(adapter_dir: Path) -> str | None:
+    """A short hash of an adapter's weights file (None when it has none we know)."""
+    import hashlib
+
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        path = adapter_dir / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            return digest.hexdigest()[:16]
+    return None
+
+
+def write_merged_record(folder: Path, adapter_dir: Path) -> None:
+    """Mark a merged model folder with the adapter folded into it."""
+    record = {"adapter": str(adapter_dir.resolve()), "adapter_hash": adapter_hash(adapter_dir)}
+    (folder / MERGED_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def refuse_merged_adapter(source: ModelSource, adapter_dir: Path) -> None:
+    """Refuse to apply an adapter to a model it was already merged into: the adapter's change
+    would count twice, and the numbers would describe neither model."""
+    try:
+        record = json.loads((source.folder / MERGED_RECORD).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return  # not a model selfgen merged
+    same_folder = Path(record.get("adapter", "")) == adapter_dir.resolve()
+    same_weights = record.get("adapter_hash") and record["adapter_hash"] == adapter_hash(
+        adapter_dir
+    )
+    if same_folder or same_weights:
+        raise TuneError(
+            f"--adapter: {adapter_dir} is already merged into {source.spec}; evaluate "
+            f"--model {source.spec} alone, or the base model with --adapter {adapter_dir}"
+        )

@@ -36,6 +36,7 @@ from selfgen.tune.models import (
     load_tokenizer,
     resolve_model,
     use_threads,
+    write_merged_record,
 )
 
 # (step, max_steps, logged dict or None), after each optimizer step and each log.
@@ -104,6 +105,7 @@ class TuneJob:
         folder = self.out_dir / MERGED
         merged.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
+        write_merged_record(folder, self.out_dir)
         return folder
 
     def _trainer(self, quiet: bool) -> Any:
@@ -228,8 +230,10 @@ def prepare(data_path: Path, out_dir: Path, config: TuneConfig, resume: bool = F
     use_threads(config.threads)
     tokenizer = load_tokenizer(source)
     native = template_renders_tools(tokenizer)
-    train_dataset = _tokenized(tokenizer, train_rows, native)
-    eval_dataset = _tokenized(tokenizer, valid_rows, native) if valid_rows else None
+    train_dataset = _tokenized(tokenizer, train_rows, native, config.max_length)
+    eval_dataset = (
+        _tokenized(tokenizer, valid_rows, native, config.max_length) if valid_rows else None
+    )
     model = load_model(source)
     base_fp = fingerprint(model)
     peft_model = _with_lora(model, config)
@@ -250,13 +254,26 @@ def prepare(data_path: Path, out_dir: Path, config: TuneConfig, resume: bool = F
     )
 
 
-def _tokenized(tokenizer: Any, examples: list[ChatExample], native_tools: bool) -> Any:
+def _tokenized(
+    tokenizer: Any, examples: list[ChatExample], native_tools: bool, max_length: int
+) -> Any:
+    """The rows as token ids and labels. The trainer cuts a row at `max_length` tokens; a row
+    that would lose every trained token is refused (a tool-use row starts with the schemas of
+    every tool, which can be more than a thousand tokens: it would train on nothing)."""
     from datasets import Dataset
 
     rows = []
     for example in examples:
         messages, tools = template_messages(example, native_tools)
-        rows.append(tokenize_example(tokenizer, messages, tools, example.where))
+        row = tokenize_example(tokenizer, messages, tools, example.where)
+        first = next((i for i, label in enumerate(row["labels"]) if label != -100), None)
+        if first is not None and first >= max_length:
+            raise TuneError(
+                f"{example.where}: the row's first trained token is token {first + 1}, beyond "
+                f"--max-length {max_length}: raise --max-length to at least "
+                f"{len(row['input_ids'])} (this row's length)"
+            )
+        rows.append(row)
     return Dataset.from_list(rows)
 
 

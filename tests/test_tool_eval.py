@@ -1,0 +1,239 @@
+"""selfgen eval --tool-tasks: parsing the model's calls, the metrics, rendering tools exactly as
+`tune` does, and the real path: the bundled model, base and tuned on a handful of verified
+traces, its calls executed in the real sandbox.
+
+The control-flow tests drive `ToolEval` with scripted model turns (a stand-in for the model,
+nothing else); everything else is real: the tokenizer, the chat template, the sandbox and the
+tools."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+from conftest import ROOT, selfgen_cmd  # noqa: E402
+
+from selfgen.records import ToolCall, ToolSeed  # noqa: E402
+from selfgen.sandbox import ToolSandbox  # noqa: E402
+from selfgen.tooling import tool_specs  # noqa: E402
+from selfgen.tune.data import ChatExample, template_messages, tokenize_example  # noqa: E402
+from selfgen.tune.tool_eval import (  # noqa: E402
+    ToolEval,
+    parse_calls,
+    summarize,
+    task_metrics,
+)
+
+TOOLS = ROOT / "tools"
+
+
+def call_block(name: str, arguments: dict) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from selfgen.tune.models import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model("bundled"))
+
+
+@pytest.fixture(scope="module")
+def evaluator(tokenizer):
+    with ToolSandbox(TOOLS) as sandbox:
+        yield ToolEval(tokenizer, tool_specs(TOOLS), sandbox, max_steps=3)
+
+
+# Parsing
+
+
+def test_calls_are_parsed_from_tool_call_blocks():
+    text = (
+        "Let me compute.\n"
+        + call_block("calculator", {"expression": "2+2"})
+        + '\n<tool_call>\n{"name": "weekday", "arguments": "{\\"day\\": \\"2025-01-01\\"}"}'
+    )
+    first, second = parse_calls(text)
+    assert (first.name, first.arguments, first.error) == ("calculator", {"expression": "2+2"}, None)
+    # Arguments given as a JSON string, and a last block cut off before its closing tag.
+    assert (second.name, second.arguments) == ("weekday", {"day": "2025-01-01"})
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("<tool_call>calculator(2+2)</tool_call>", "not JSON"),
+        ('<tool_call>{"arguments": {}}</tool_call>', "no tool name"),
+        ('<tool_call>{"name": "calculator", "arguments": [1]}</tool_call>', "arguments are not"),
+    ],
+)
+def test_a_block_that_is_no_call_says_why(text, error):
+    [call] = parse_calls(text)
+    assert call.error.startswith(error) and call.arguments is None
+
+
+def test_text_without_a_block_is_no_call():
+    assert parse_calls("The answer is 4. I used no tool_call here.") == []
+
+
+# The conversation and the metrics, with scripted model turns
+
+
+def scripted(turns_by_request: dict[str, list[str]]):
+    """A `generate` that answers each request's turns in order (read from the prompt)."""
+    seen: dict[str, int] = {}
+
+    def generate(prompts: list[str]) -> list[str]:
+        out = []
+        for prompt in prompts:
+            request = next(r for r in turns_by_request if r in prompt)
+            k = seen.get(request, 0)
+            seen[request] = k + 1
+            out.append(turns_by_request[request][k])
+        return out
+
+    return generate
+
+
+def test_equivalent_calls_match_by_their_outputs_across_turns(evaluator):
+    task = ToolSeed(
+        "t1",
+        "How many days from 2025-01-06 to 2025-06-30, in whole weeks?",
+        (
+            ToolCall("date_diff", {"start": "2025-01-06", "end": "2025-06-30"}),
+            ToolCall("calculator", {"expression": "175 // 7"}),
+        ),
+        "25 weeks.",
+    )
+    generate = scripted(
+        {
+            task.request: [
+                call_block("date_diff", {"start": "2025-01-06", "end": "2025-06-30"}),
+                # Written differently from the gold call, with the same result.
+                call_block("calculator", {"expression": "(175)//7"}),
+                "That is 25 whole weeks.",
+            ]
+        }
+    )
+    [attempt] = evaluator.run([task], generate)
+    assert len(attempt.turns) == 3 and attempt.answer == "That is 25 whole weeks."
+    assert [c["output"] for c in attempt.calls] == ["175 days", "25"]
+    metrics = task_metrics(task, attempt, evaluator.gold_outputs(task))
+    assert metrics["right_tool"] and metrics["execution_match"]
+
+
+def test_a_wrong_call_an_invalid_one_and_a_needless_one(evaluator):
+    wrong = ToolSeed(
+        "w", "What is 17 times 23?", (ToolCall("calculator", {"expression": "17*23"}),), "391"
+    )
+    invalid = ToolSeed(
+        "i", "What weekday is 2025-12-25?", (ToolCall("weekday", {"day": "2025-12-25"}),), ""
+    )
+    needless = ToolSeed("n", "Say hello to my friend Ana.", (), "Hello, Ana!")
+    generate = scripted(
+        {
+            wrong.request: [call_block("calculator", {"expression": "17+23"}), "It is 40."],
+            invalid.request: [call_block("weekday", {"day": "December 25"}), "A Thursday."],
+            needless.request: [call_block("kb_search", {"query": "Ana"}), "Hello, Ana!"],
+        }
+    )
+    tasks = [wrong, invalid, needless]
+    attempts = evaluator.run(tasks, generate)
+    metrics = [
+        task_metrics(t, a, evaluator.gold_outputs(t)) for t, a in zip(tasks, attempts, strict=True)
+    ]
+    assert metrics[0]["right_tool"] and not metrics[0]["execution_match"]
+    assert attempts[1].calls[0]["schema_valid"] is False and not metrics[1]["execution_match"]
+    assert metrics[2]["called"]  # a call where none was needed: not an abstention
+    summary = summarize(tasks, metrics)
+    assert summary["overall"] == {
+        "tasks": 3,
+        "need_call": 2,
+        "call_rate": 1.0,
+        "abstain_rate": 0.0,
+        "parseable_rate": 1.0,
+        "schema_valid_rate": 2 / 3,
+        "right_tool_rate": 1.0,
+        "execution_match": 0.0,
+    }
+    assert set(summary["per_tool"]) == {"calculator", "weekday", "none"}
+
+
+# Rendering: eval asks exactly what tune trained on
+
+
+def test_eval_renders_requests_and_results_as_tune_renders_the_training_row(evaluator, tokenizer):
+    """The training text of a verified trace begins with eval's prompt for the first turn, and
+    with eval's prompt for the answer once the call and its result are in the conversation."""
+    messages = [
+        {"role": "user", "content": "What is 17 * 23 + 4?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {
+                        "name": "calculator",
+                        "arguments": '{"expression": "17 * 23 + 4"}',
+                    },
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "name": "calculator", "content": "395"},
+        {"role": "assistant", "content": "17 * 23 + 4 = 395."},
+    ]
+    example = ChatExample(messages, evaluator.tools, "t:1")
+    rendered, tools = template_messages(example, evaluator.native)
+    tokens = tokenize_example(tokenizer, rendered, tools, example.where)
+    training_text = tokenizer.decode(tokens["input_ids"])
+    first = evaluator.render(messages[:1])
+    after_result = evaluator.render(messages[:3])
+    assert training_text.startswith(first) and training_text.startswith(after_result)
+    # What follows each prompt in training is exactly what eval wants the model to write.
+    assert training_text[len(first) :].startswith("<tool_call>\n")
+    assert training_text[len(after_result) :].startswith("17 * 23 + 4 = 395.")
+
+
+# Bad task files
+
+
+def test_a_bad_tool_task_file_is_one_error_with_its_line(tmp_path, child_env):
+    bad = tmp_path / "tasks.jsonl"
+    bad.write_text('{"id": "a", "request": "Hi", "calls": [], "answer": "Hello"}\n{"id": "b"\n')
+    proc = subprocess.run(
+        [*selfgen_cmd(), "eval", "--tool-tasks", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: --tool-tasks: {bad}:2: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_task_calling_a_tool_that_does_not_exist_is_refused(tmp_path, child_env):
+    bad = tmp_path / "tasks.jsonl"
+    bad.write_text(
+        json.dumps(
+            {"id": "a", "request": "Hi", "calls": [{"name": "nope", "arguments": {}}], "answer": ""}
+        )
+        + "\n"
+    )
+    proc = subprocess.run(
+        [*selfgen_cmd(), "eval", "--tool-tasks", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "tool task 'a': no tool named 'nope'" in proc.stderr
