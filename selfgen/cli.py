@@ -6,11 +6,12 @@ that `selfgen --help` answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from inspect import Parameter, Signature, signature
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -53,6 +54,77 @@ RUN_ERROR = 1  # a backend or store that cannot work
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+# Every long-running command takes this option; a terminal gets the live display, anything
+# else (a file, a pipe, a cluster job's log) whole lines it can show as they come.
+LOG_FORMAT = typer.Option(
+    "--log-format",
+    help="auto (a live display on a terminal, plain lines otherwise), plain (a line per round"
+    " or finished task, and at least every 30 s) or json (the events as JSON lines) on stderr.",
+)
+
+
+def _log_mode(log_format: str, quiet: bool) -> str:
+    """How a command shows its progress: "rich" (the live display), "plain", "json" or "off".
+    `--quiet` turns the display and plain lines off; JSON events, asked for by name, still go."""
+    from selfgen.logs import FORMATS
+
+    if log_format not in FORMATS:
+        fail(f"--log-format: '{log_format}' is not one of {', '.join(FORMATS)}")
+    if log_format == "json":
+        return "json"
+    if quiet:
+        return "off"
+    if log_format == "plain":
+        return "plain"
+    from rich.console import Console
+
+    return "rich" if Console(stderr=True).is_terminal else "plain"
+
+
+@contextlib.contextmanager
+def _task_progress(
+    mode: str, command: str, unit: str, columns: Sequence[Any] = ()
+) -> Iterator[Callable[..., None]]:
+    """The progress of a command that works through a known number of units: yields
+    ``update(done, total, *, name=None, **figures)``, shown as `mode` says (see _log_mode): a
+    Rich bar per task `name` on a terminal (`columns` after the bar; done/total by default),
+    lines (selfgen.logs.TaskLog) otherwise."""
+    if mode in ("plain", "json"):
+        from selfgen.logs import TaskLog
+
+        with TaskLog(sys.stderr, mode, command, unit) as log:
+            yield log.update
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        *(columns or [MofNCompleteColumn()]),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=mode != "rich",
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(done: int, total: int | None, *, name: str | None = None, **_: Any) -> None:
+        name = name or command
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    with bar:
+        yield update
 
 
 def _version(value: bool) -> None:
@@ -236,6 +308,7 @@ def run(
         typer.Option("--resume", help="Only resume the run in --out; refuse to start a new one."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
     **settings: Any,
 ) -> None:
     """Run the Self-Instruct loop until N tasks are kept (or a budget is spent).
@@ -244,8 +317,9 @@ def run(
     from selfgen.backends.base import BackendError
     from selfgen.config import build_config, conflicts, load_toml
     from selfgen.seeds import SeedFileError, load_seed_tasks
-    from selfgen.store import RunStore, StoreError
+    from selfgen.store import DiskFullError, RunStore, StoreError
 
+    mode = _log_mode(log_format, quiet)
     flags = _given(RunConfig, settings)
     sources = _Sources(config_class=RunConfig, flags=flags, other_flags={"api_key": "--api-key"})
     try:
@@ -262,7 +336,8 @@ def run(
                 else "--resume: give the run folder to resume with --out"
             )
         if RunStore.exists(out_dir):
-            store = RunStore.open(out_dir)
+            # As the run's writer: a second run on this store stops here, having written nothing.
+            store = RunStore.open(out_dir, writer=True)
             stored = _stored_config(store.config())
             bad = conflicts(stored, requested)
             if bad:
@@ -275,7 +350,7 @@ def run(
             store.update_config(cfg.to_dict())
             backend_obj = _make_backend(cfg, options, sources)
             scoring = _make_scoring(cfg, backend_obj)
-            _announce_resume(out_dir, cfg, store.totals())
+            _announce_resume(out_dir, cfg, store.totals(), as_json=mode == "json")
         else:
             cfg = build_config({}, requested)
             options = _backend_options(cfg, api_key)
@@ -284,7 +359,7 @@ def run(
             # The backend is loaded before the run folder is made: a bad --model leaves nothing.
             backend_obj = _make_backend(cfg, options, sources)
             scoring = _make_scoring(cfg, backend_obj)
-            _announce_new(out_dir, cfg, len(seed_tasks))
+            _announce_new(out_dir, cfg, len(seed_tasks), as_json=mode == "json")
             store = RunStore.create(
                 out_dir, cfg.to_dict(), seed_tasks, backend_obj.describe(), __version__
             )
@@ -296,11 +371,33 @@ def run(
         fail(sources.message(exc))
     except SeedFileError as exc:
         fail(str(exc))
+    except DiskFullError as exc:
+        _disk_full(exc, out_dir)
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     _run_loop(
-        cfg=cfg, store=store, backend=backend_obj, scoring=scoring, out_dir=out_dir, quiet=quiet
+        cfg=cfg,
+        store=store,
+        backend=backend_obj,
+        scoring=scoring,
+        out_dir=out_dir,
+        mode=mode,
+        quiet=quiet,
     )
+
+
+def _disk_full(exc: Exception, out_dir: Path) -> NoReturn:
+    """One line for a run stopped by a full disk: which disk, what is kept, how to go on."""
+    from selfgen.store import DB_NAME, RunStore
+
+    if RunStore.exists(out_dir):
+        kept = (
+            f"finished rounds are saved in {out_dir / DB_NAME}; free some space, then resume"
+            f" with `selfgen run --out {out_dir} --resume`"
+        )
+    else:
+        kept = "no run store was written; free some space and run again"
+    fail(f"{exc}; {kept}", RUN_ERROR)
 
 
 def _make_scoring(cfg: RunConfig, backend: Backend) -> ScoreStage | None:
@@ -364,25 +461,38 @@ def _stored_config(values: dict[str, Any]) -> RunConfig:
     return RunConfig(**values)
 
 
-def _announce_new(out_dir: Path, cfg: RunConfig, num_seeds: int) -> None:
+def _announce_new(out_dir: Path, cfg: RunConfig, num_seeds: int, *, as_json: bool) -> None:
     """The first line of a new run: where it goes, from what, and how far."""
     target = f"{cfg.num_tasks} kept tasks"
     if cfg.num_traces:
         target += f" and {cfg.num_traces} verified traces"
-    typer.echo(
+    _announce(
         f"new run in {out_dir}: {num_seeds} seed tasks from {cfg.seeds}, target {target}",
-        err=True,
+        as_json=as_json,
+        out=str(out_dir),
+        resumed=False,
     )
 
 
-def _announce_resume(out_dir: Path, cfg: RunConfig, progress: RunTotals) -> None:
+def _announce_resume(out_dir: Path, cfg: RunConfig, progress: RunTotals, *, as_json: bool) -> None:
     """The first line of a resumed run: what is done so far, against the target."""
     done = f"{progress.kept} of {cfg.num_tasks} tasks kept"
     if cfg.num_traces:
         done += f", {progress.traces} of {cfg.num_traces} traces verified"
-    typer.echo(
-        f"resuming the run in {out_dir}: {done} in {progress.rounds} rounds so far", err=True
+    _announce(
+        f"resuming the run in {out_dir}: {done} in {progress.rounds} rounds so far",
+        as_json=as_json,
+        out=str(out_dir),
+        resumed=True,
     )
+
+
+def _announce(message: str, *, as_json: bool, **fields: Any) -> None:
+    """A command's first line on stderr; with --log-format json, the "start" event that says
+    it, so that every line of a JSON log is an event."""
+    from selfgen.logs import json_line
+
+    typer.echo(json_line("start", message=message, **fields) if as_json else message, err=True)
 
 
 def _prepare_tools(cfg: RunConfig) -> tuple[dict[str, ToolSpec], list[ToolSeed]] | None:
@@ -451,17 +561,36 @@ def _run_loop(
     backend: Backend,
     scoring: ScoreStage | None,
     out_dir: Path,
+    mode: str,
     quiet: bool,
 ) -> None:
+    """Run the loop with the progress display of `mode` (see _log_mode), then print why it
+    stopped and the run's statistics on stdout (unless `quiet`)."""
     from rich.console import Console
 
     from selfgen.backends.base import BackendError
     from selfgen.display import LoopDisplay
+    from selfgen.logs import RunLog
     from selfgen.loop import Loop
     from selfgen.stats import run_stats
+    from selfgen.store import DiskFullError
 
     console = Console(stderr=True, quiet=quiet)
-    display = LoopDisplay(console, store.totals(), cfg.num_tasks, enabled=not quiet)
+    start = store.totals()
+    display: LoopDisplay | RunLog
+    if mode in ("plain", "json"):
+        display = RunLog(
+            sys.stderr,
+            mode,
+            rounds=start.rounds,
+            kept=start.kept,
+            candidates=start.candidates,
+            traces=start.traces,
+            target=cfg.num_tasks,
+            traces_target=cfg.num_traces,
+        )
+    else:
+        display = LoopDisplay(console, start, cfg.num_tasks, enabled=mode == "rich")
     sandbox = None
     if cfg.num_traces:
         from selfgen.sandbox import ToolSandbox
@@ -484,6 +613,9 @@ def _run_loop(
             f"{exc} (finished rounds are saved; resume with `selfgen run --out {out_dir} --resume`)",
             RUN_ERROR,
         )
+    except DiskFullError as exc:
+        store.close()
+        _disk_full(exc, out_dir)
     finally:
         if scoring is not None:
             scoring.close(keep_open=backend)
@@ -657,20 +789,18 @@ def score(
         bool, typer.Option("--rescore", help="Score again what a run has scored already.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:
     """Score data for quality: a finished run (stored with the run) or any JSONL data set.
 
     ifd (lower is better) and judge (1-5, higher is better) score tasks; toolformer scores
     tool-use traces. `export --min-score/--max-score/--top-fraction` selects by the scores."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-    from rich.progress import Progress as Bar
-
     from selfgen.backends.base import BackendError, get_backend
     from selfgen.scoring import ScorerError, get_scorer
     from selfgen.scoring.apply import ScoreFileError, read_rows, score_file, score_run
-    from selfgen.store import RunStore, StoreError
+    from selfgen.store import DiskFullError, RunStore, StoreError
 
+    mode = _log_mode(log_format, quiet)
     names = [n.strip() for n in scorer.split(",") if n.strip()]
     is_run = target.is_dir()
     if not is_run and out is None:
@@ -701,23 +831,12 @@ def score(
     except ScorerError as exc:
         engine.close()
         fail(f"--scorer: {exc}")
-    bar = Bar(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-        transient=True,
-    )
-    tasks: dict[str, Any] = {}
-
-    def progress(name: str, done: int, total: int) -> None:
-        if name not in tasks:
-            tasks[name] = bar.add_task(name, total=total)
-        bar.update(tasks[name], completed=done, total=total)
-
     try:
-        with bar:
+        with _task_progress(mode, "score", "items") as update:
+
+            def progress(name: str, done: int, total: int) -> None:
+                update(done, total, name=name)
+
             if store is not None:
                 counts = score_run(
                     store, built, model=engine.describe(), rescore=rescore, on_progress=progress
@@ -727,6 +846,12 @@ def score(
                 rows = score_file(target, out, built, on_progress=progress)
     except BackendError as exc:
         fail(f"{exc} (scores finished so far are saved)" if store else str(exc), RUN_ERROR)
+    except DiskFullError as exc:
+        fail(
+            f"{exc}; scores finished so far are saved; free some space, then score again"
+            " (what is scored already is skipped)",
+            RUN_ERROR,
+        )
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     except OSError as exc:
@@ -839,32 +964,40 @@ def dedupe(
         typer.Option("--strict", help="Stop at the first malformed line instead of skipping it."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:
     """Greedy ROUGE-L de-duplication of any instruction data set (JSONL or text)."""
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from rich.progress import DownloadColumn
 
     from selfgen.dedupe import DedupeError
     from selfgen.dedupe import dedupe as run_dedupe
+    from selfgen.logs import json_line
 
+    mode = _log_mode(log_format, quiet)
     err = Console(stderr=True)
     if not input.is_file():
         fail(f"{input}: no such file")
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-        transient=True,
-    )
-    task = progress.add_task("dedupe", total=input.stat().st_size)
+    total = input.stat().st_size
+    read = 0
+
+    def skipped(message: str) -> None:
+        if mode == "json":
+            typer.echo(json_line("skipped", message=message), err=True)
+        else:
+            err.print(f"skipped {message}", markup=False, highlight=False, soft_wrap=True)
+
     started = time.perf_counter()
     try:
-        with progress:
+        with _task_progress(mode, "dedupe", "bytes read", [DownloadColumn()]) as update:
+
+            def advance(n: int) -> None:
+                nonlocal read
+                read += n
+                update(read, total)
+
             summary = run_dedupe(
                 input,
                 out,
@@ -875,10 +1008,8 @@ def dedupe(
                 fmt=format,
                 tokenizer=tokenizer,
                 strict=strict,
-                on_progress=lambda n: progress.advance(task, n),
-                on_malformed=lambda message: err.print(
-                    f"skipped {message}", markup=False, highlight=False, soft_wrap=True
-                ),
+                on_progress=advance,
+                on_malformed=skipped,
             )
     except DedupeError as exc:
         flag = DEDUPE_FLAGS.get(exc.param or "")
@@ -1024,8 +1155,11 @@ def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) 
         fail(str(exc), RUN_ERROR)
     finally:
         store.close()
+    from selfgen.terminal import printable
+
     for trace_id, tool_name, old, new in differ:
-        typer.echo(f"trace {trace_id}: {tool_name} gave {new!r}, recorded {old!r}")
+        # The tool's name is the model's text too; repr() escapes the outputs already.
+        typer.echo(f"trace {trace_id}: {printable(tool_name)} gave {new!r}, recorded {old!r}")
     typer.echo(f"replayed {calls} tool calls: {same} reproduced, {len(differ)} differ")
     if differ:
         raise typer.Exit(RUN_ERROR)
@@ -1046,12 +1180,14 @@ def tune(
         bool, typer.Option("--merge", help="Also write the merged model to OUT/merged.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
     **settings: Any,
 ) -> None:
     """Fine-tune a LoRA adapter on exported data (TRL SFTTrainer; loss on assistant turns)."""
     from selfgen.tune import TuneError, quiet_libraries, require_extra
     from selfgen.tune.config import build_tune_config, load_tune_toml, resume_conflicts
 
+    mode = _log_mode(log_format, quiet)
     flags = _given(TuneConfig, settings)
     sources = _Sources(config_class=TuneConfig, flags=flags)
     try:
@@ -1075,14 +1211,29 @@ def tune(
             cfg = build_tune_config(requested)
         quiet_libraries()
         job = prepare(data, out, cfg, resume)
-        typer.echo(
+        _announce(
             f"tuning {cfg.base_model} on {job.train_rows} rows"
             + (f" ({job.valid_rows} for validation)" if job.valid_rows else "")
             + (f", {job.unverified_rows} unverified traces left out" if job.unverified_rows else "")
             + f"; tools rendered by the {job.tools_rendering}",
-            err=True,
+            as_json=mode == "json",
         )
-        record = job.train(resume=resume, merge=merge, quiet=quiet)
+        if mode in ("plain", "json"):
+            # Lines of our own replace the trainer's bar, which a log would get as a stream
+            # of carriage returns.
+            from selfgen.logs import TaskLog
+
+            with TaskLog(sys.stderr, mode, "tune", "steps") as log:
+                record = job.train(
+                    resume=resume,
+                    merge=merge,
+                    quiet=True,
+                    on_step=lambda step, steps, logs: log.update(
+                        step, steps, **_train_figures(logs)
+                    ),
+                )
+        else:
+            record = job.train(resume=resume, merge=merge, quiet=mode == "off")
     except ConfigError as exc:
         fail(sources.message(exc))
     except TuneError as exc:
@@ -1101,6 +1252,12 @@ def tune(
     typer.echo(f"adapter: {out}")
     if merge:
         typer.echo(f"merged model: {out / 'merged'}")
+
+
+def _train_figures(logs: dict[str, Any] | None) -> dict[str, Any]:
+    """The figures of a trainer's logged dict worth a line: losses and the learning rate."""
+    wanted = ("loss", "eval_loss", "learning_rate", "grad_norm")
+    return {k: logs[k] for k in wanted if logs and isinstance(logs.get(k), int | float)}
 
 
 @app.command("eval")
@@ -1143,6 +1300,7 @@ def eval_(
         typer.Option("--out", "--json", help="Write every answer and score as JSON."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:
     """Score answers with ROUGE-L against the reference outputs, per category and overall;
     with --tool-tasks, measure tool use: call, abstain, parse, schema and execution-match rates
@@ -1157,6 +1315,7 @@ def eval_(
         write_json_atomic,
     )
 
+    mode = _log_mode(log_format, quiet)
     if compare and adapter is None:
         fail("--compare: needs --adapter (the tuned model to compare with the base)")
     for name, value in (
@@ -1172,24 +1331,17 @@ def eval_(
         require_extra()
     except TuneError as exc:
         fail(str(exc), RUN_ERROR)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from selfgen.tune.evaluate import evaluate
 
     quiet_libraries()
-    console = Console(stderr=True, quiet=quiet)
-    with Progress(
-        "answers", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-    ) as bar:
-        task = bar.add_task("answers", total=None)
+    with _task_progress(mode, "eval", "answers") as update:
         common = {
             "model_spec": model,
             "adapter": adapter,
             "compare": compare,
             "limit": limit,
             "batch_size": batch_size,
-            "progress": lambda done, total: bar.update(task, completed=done, total=total),
+            "progress": lambda done, total: update(done, total),
             "threads": threads,
         }
         try:

@@ -8,8 +8,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from selfgen.store import RunTotals
+from selfgen.terminal import printable
 
 
 class LoopDisplay:
@@ -71,6 +73,12 @@ class LoopDisplay:
         )
 
 
+def _shown(text: str) -> Text:
+    """Stored text (the model's words, a reason) as a cell: control characters escaped, and
+    never read as Rich markup (a leading word such as "[red]" is shown as it is)."""
+    return Text(printable(text))
+
+
 def _bar(value: int, largest: int, width: int = 30) -> str:
     return "█" * max(1 if value else 0, round(width * value / largest)) if largest else ""
 
@@ -105,7 +113,7 @@ def stats_tables(s: dict[str, Any]) -> list[Table]:
         reasons.add_column("count", justify="right")
         for stage, by_reason in s["reasons"].items():
             for reason, count in by_reason.items():
-                reasons.add_row(stage, reason, str(count))
+                reasons.add_row(_shown(stage), _shown(reason), str(count))
         tables.append(reasons)
 
     totals = Table(title="Totals", title_justify="left", show_header=False)
@@ -141,7 +149,7 @@ def _histogram(title: str, rows: list[tuple[str, int]]) -> Table:
     table.add_column("")
     largest = max((n for _, n in rows), default=0)
     for label, n in rows:
-        table.add_row(label, str(n), _bar(n, largest))
+        table.add_row(_shown(label), str(n), _bar(n, largest))
     return table
 
 
@@ -169,7 +177,7 @@ def _distribution_tables(s: dict[str, Any]) -> list[Table]:
             tools.add_column(column, justify="left" if column == "tool" else "right")
         for t in s["tools"]:
             tools.add_row(
-                t["tool"] or "(no valid call)",
+                _shown(t["tool"] or "(no valid call)"),
                 str(t["traces"]),
                 str(t["format"]),
                 str(t["execution"]),

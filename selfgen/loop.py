@@ -47,8 +47,12 @@ class RunResult:
     totals: RunTotals
 
 
-# Events for a display: ("generated", {stage, tokens, completion_tokens}) after each call and
-# ("round", {round, candidates, kept, traces}) after each commit.
+# Events for a display or a log, in the order they happen:
+# - ("generated", {stage, tokens, completion_tokens}) after each generation call, and
+#   ("generation_failed", {round, stage, error}) after one the backend answered with an error;
+# - after each commit, ("rejected", {round, kind, stage, reason, text}) for each candidate
+#   ("task") and trace the round rejected, then ("round", {round, candidates, kept, traces});
+# - ("stopped", {reason, rounds, kept, traces}) when the run stops.
 Callback = Callable[[str, dict], None]
 
 
@@ -143,6 +147,15 @@ class Loop:
                 self.config.num_traces - totals.traces,
             )
             totals = self.store.totals()
+        self.on_event(
+            "stopped",
+            {
+                "reason": reason,
+                "rounds": totals.rounds,
+                "kept": totals.kept,
+                "traces": totals.traces,
+            },
+        )
         return RunResult(reason, totals)
 
     def run_round(self, number: int, still_needed: int, traces_needed: int = 0) -> RoundRecord:
@@ -167,6 +180,23 @@ class Loop:
         rnd.rng_state = self.rng.getstate()
         rnd.elapsed_s = time.perf_counter() - started
         self.store.commit_round(rnd)
+        # Reported once committed, so that a log never names a rejection the store lacks.
+        for kind, items, text in (
+            ("task", rnd.candidates, "instruction"),
+            ("trace", rnd.traces, "request"),
+        ):
+            for item in items:
+                if item.fate is Fate.REJECTED:
+                    self.on_event(
+                        "rejected",
+                        {
+                            "round": number,
+                            "kind": kind,
+                            "stage": str(item.stage),
+                            "reason": item.reason,
+                            "text": getattr(item, text),
+                        },
+                    )
         self.on_event(
             "round",
             {
@@ -285,7 +315,8 @@ class Loop:
         self, rnd: RoundRecord, stage: str, req: GenerationRequest, comp: Completion
     ) -> int:
         """Record one generation call in the round; return its index there."""
-        rnd.generations.append(_generation_record(stage, req, comp))
+        record = _generation_record(stage, req, comp)
+        rnd.generations.append(record)
         self.on_event(
             "generated",
             {
@@ -294,6 +325,11 @@ class Loop:
                 "completion_tokens": comp.completion_tokens,
             },
         )
+        if comp.finish_reason == "error":
+            self.on_event(
+                "generation_failed",
+                {"round": rnd.number, "stage": stage, "error": record.error or "unknown error"},
+            )
         return len(rnd.generations) - 1
 
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +24,9 @@ def shared_file(name: str) -> Path:
 
 
 class ScriptedBackend(Backend):
-    """A fake model for unit tests of control flow: `reply(request)` gives each completion."""
+    """A fake model for unit tests of control flow: `reply(request)` gives each completion,
+    as text or (text, finish reason); ("message", "error") is a call that failed, as a
+    backend reports one."""
 
     name = "scripted"
 
@@ -36,6 +40,9 @@ class ScriptedBackend(Backend):
             self.requests.append(r)
             answer = self.reply(r)
             text, finish = answer if isinstance(answer, tuple) else (answer, "stop")
+            if finish == "error":
+                out.append(Completion("", "error", 10, 0, extra={"error": text}))
+                continue
             out.append(Completion(text, finish, prompt_tokens=10, completion_tokens=5))
         return out
 
@@ -80,3 +87,43 @@ def child_env():
     env.pop("COLUMNS", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class Lines:
+    """The lines a child process writes to a pipe, gathered by a thread as they come, so that a
+    test can wait for a line (a state it sees) instead of for some time."""
+
+    def __init__(self, pipe) -> None:
+        self.lines: list[str] = []
+        self.closed = False
+        self._added = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe) -> None:
+        for line in pipe:
+            with self._added:
+                self.lines.append(line.rstrip("\n"))
+                self._added.notify_all()
+        with self._added:
+            self.closed = True
+            self._added.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool], seconds: float = 1200) -> str:
+        """The first line that satisfies `predicate`, once written; `seconds` only stops a
+        hung test."""
+        deadline = time.monotonic() + seconds
+        with self._added:
+            while True:
+                found = next((line for line in self.lines if predicate(line)), None)
+                if found is not None:
+                    return found
+                assert not self.closed, "the process ended first:\n" + "\n".join(self.lines)
+                left = deadline - time.monotonic()
+                assert left > 0, f"no such line in {seconds} s:\n" + "\n".join(self.lines)
+                self._added.wait(left)
+
+    def all(self) -> list[str]:
+        """Every line, once the pipe is closed (the process ended)."""
+        self._thread.join()
+        return self.lines

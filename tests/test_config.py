@@ -32,13 +32,17 @@ RUN_FLAGS = {
     "--score", "--min-score", "--max-score", "--judge-backend", "--judge-model",
     "--judge-base-url", "--judge-api-model",
 }  # fmt: skip
-RUN_OWN_FLAGS = {"--out", "--config", "--api-key", "--resume", "--quiet", "-q", "--help"}
+RUN_OWN_FLAGS = {
+    "--out", "--config", "--api-key", "--resume", "--quiet", "-q", "--log-format", "--help",
+}  # fmt: skip
 TUNE_FLAGS = {
     "--base-model", "--epochs", "--max-steps", "--learning-rate", "--lora-r", "--lora-alpha",
     "--lora-dropout", "--target-modules", "--max-length", "--batch-size", "--grad-accum",
     "--seed", "--valid-split", "--valid-file", "--save-steps", "--logging-steps", "--threads",
 }  # fmt: skip
-TUNE_OWN_FLAGS = {"--out", "--config", "--resume", "--merge", "--quiet", "-q", "--help"}
+TUNE_OWN_FLAGS = {
+    "--out", "--config", "--resume", "--merge", "--quiet", "-q", "--log-format", "--help",
+}  # fmt: skip
 
 
 def command(name):

@@ -760,3 +760,61 @@ def test_replay_of_the_stored_tool_calls(run_dir, store, child_env):
         timeout=120,
     )
     assert f"replayed {len(calls)} tool calls" in proc.stdout, proc.stderr
+
+
+def test_model_text_shows_escaped_not_acting_on_the_terminal(store):
+    # An ANSI colour, an OSC window title and a carriage return inside the model's text, in
+    # every place the table and the detail view show it.
+    evil = "\x1b[31mred\x1b[0m\x1b]0;pwned\x07\rback"
+    with store.db:
+        store.db.execute("BEGIN")
+        store.db.execute(
+            "UPDATE candidates SET instruction = ? || instruction, nearest = ? WHERE id = 1",
+            (evil, evil),
+        )
+        store.db.execute("UPDATE instances SET output = ? WHERE candidate_id = 1", (evil,))
+        store.db.execute(
+            "UPDATE generations SET response = ? WHERE id ="
+            " (SELECT generation_id FROM candidates WHERE id = 1)",
+            (evil,),
+        )
+    shown = "\\x1b[31mred\\x1b[0m\\x1b]0;pwned\\x07\\rback"
+    app = InspectApp(store, "run")
+    screens = []
+
+    async def scenario(app, pilot):
+        screens.append(app.export_screenshot())
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        screens.append(app.export_screenshot())
+        await pilot.press("escape", "q")
+
+    drive(app, scenario)
+    table, detail = screens
+    for screen in screens:
+        assert "\x1b" not in screen and "\x07" not in screen and "\r" not in screen
+    assert "\\x1b[31mred" in table
+    # The instruction, its nearest neighbour, an instance and the raw generation.
+    assert detail.count(shown[:20]) >= 4
+
+
+def test_replay_shows_a_tool_name_with_escapes_escaped(run_dir, child_env):
+    # The tool's name in a trace is the model's text: an escape sequence there is shown, not
+    # obeyed (the outputs are shown by repr(), which escapes them already).
+    db = sqlite3.connect(run_dir / DB_NAME, isolation_level=None)
+    messages = json.loads(db.execute("SELECT messages FROM traces WHERE id = 1").fetchone()[0])
+    call = next(m for m in messages if m.get("tool_calls"))["tool_calls"][0]
+    call["function"]["name"] = "calc\x1b]0;pwned\x07ulator"
+    db.execute("UPDATE traces SET messages = ? WHERE id = 1", (json.dumps(messages),))
+    db.close()
+    proc = subprocess.run(
+        [*selfgen_cmd(), "traces", "replay", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 1  # the renamed tool does not exist: its call differs
+    assert "trace 1: calc\\x1b]0;pwned\\x07ulator gave " in proc.stdout
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout

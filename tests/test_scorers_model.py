@@ -136,9 +136,18 @@ def test_score_a_data_set_in_each_format(tmp_path, child_env):
     ]
     src = write_jsonl(tmp_path / "data.jsonl", rows)
     out = tmp_path / "scored.jsonl"
-    proc = score_cli([str(src), "--scorer", "ifd,toolformer", "--out", str(out), "-q"], child_env)
+    proc = score_cli(
+        [str(src), "--scorer", "ifd,toolformer", "--out", str(out), "--log-format", "json"],
+        child_env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"wrote 4 scored rows to {out}"
+    # Its log: a "done" event for each scorer, with what it scored.
+    done = [json.loads(line) for line in proc.stderr.splitlines() if '"event": "done"' in line]
+    assert {(e["task"], e["done"], e["total"]) for e in done} == {
+        ("ifd", 3, 3),
+        ("toolformer", 1, 1),
+    }
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in scored] == [r["id"] for r in rows]  # the rows' own fields kept
     ifds = [r["scores"]["ifd"] for r in scored[:3]]

@@ -327,7 +327,7 @@ def test_cli_resumes_from_the_last_checkpoint_and_merges(trained, child_env):
     job, _, _, data = trained
     proc = subprocess.run(
         [*selfgen_cmd(), "tune", str(data), "--out", str(job.out_dir), "--resume"]
-        + ["--max-steps", "10", "--merge", "--quiet", "--threads", "1"],
+        + ["--max-steps", "10", "--merge", "--log-format", "json", "--threads", "1"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -341,6 +341,20 @@ def test_cli_resumes_from_the_last_checkpoint_and_merges(trained, child_env):
     assert (job.out_dir / "checkpoints" / "checkpoint-10").is_dir()
     assert (job.out_dir / "merged" / "config.json").is_file()
     assert "train loss:" in proc.stdout and "merged model:" in proc.stdout
+    # Its log: the start, a line for each logged step (with its loss), the end.
+    # (Lines that are not JSON would be the libraries' own warnings.)
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert events[0]["event"] == "start" and events[0]["message"].startswith("tuning ")
+    logged = [e for e in events if e["event"] == "progress" and "loss" in e]
+    assert [(e["done"], e["total"]) for e in logged] == [(9, 10), (10, 10)]
+    assert events[-1] | {"time": None} == {
+        "event": "done",
+        "time": None,
+        "task": "tune",
+        "done": 10,
+        "total": 10,
+        "unit": "steps",
+    }
 
 
 @pytest.mark.slow
@@ -384,7 +398,7 @@ def test_eval_compares_base_and_tuned_on_the_252_tasks(trained, tmp_path, child_
     proc = subprocess.run(
         [*selfgen_cmd(), "eval", "--tasks", str(tasks), "--adapter", str(job.out_dir)]
         + ["--compare", "--limit", "4", "--max-new-tokens", "16", "--out", str(results_path)]
-        + ["--threads", "1"],
+        + ["--threads", "1", "--log-format", "json"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -404,6 +418,8 @@ def test_eval_compares_base_and_tuned_on_the_252_tasks(trained, tmp_path, child_
         scores = [row[f"{run}_rouge_l"] for row in results["items"]]
         assert summary["overall"]["rouge_l"] == pytest.approx(sum(scores) / 4)
     assert "overall" in proc.stdout and "Grammarly" in proc.stdout and "change" in proc.stdout
+    done = [json.loads(line) for line in proc.stderr.splitlines() if '"event": "done"' in line]
+    assert [(e["task"], e["done"], e["total"]) for e in done] == [("eval", 8, 8)]
 
 
 # Bad input on the command line: one message, exit code 2, nothing written

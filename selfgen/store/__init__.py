@@ -5,11 +5,15 @@
 - `figures`: the aggregates of `selfgen stats`;
 - `browse`: the paged queries of `selfgen inspect` (an :class:`Inspector` from
   :meth:`RunStore.inspector`);
-- `sql`: the conditions several queries share (kept, passed novelty, surplus).
+- `sql`: the conditions several queries share (kept, passed novelty, surplus);
+- `lock`: the lock that keeps a second run from writing a store (:class:`StoreLockedError`);
+- `disk`: a full disk told apart from a broken store (:class:`DiskFullError`).
 
 The store imports records and tooling, never a stage, a backend or a user interface.
 """
 
+from selfgen.store.disk import DiskFullError
+from selfgen.store.lock import LOCK_NAME, LockHolder, RunLock, StoreLockedError
 from selfgen.store.run_store import (
     DB_NAME,
     GenerationRecord,
@@ -31,6 +35,11 @@ from selfgen.store.schema import (
 
 __all__ = [
     "DB_NAME",
+    "LOCK_NAME",
+    "DiskFullError",
+    "LockHolder",
+    "RunLock",
+    "StoreLockedError",
     "MIGRATIONS",
     "GenerationRecord",
     "RecordedCall",

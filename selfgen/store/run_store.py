@@ -21,7 +21,15 @@ from typing import Any
 from selfgen.records import Candidate, Fate, Instance, SeedTask, ToolCall, ToolSeed, Trace
 from selfgen.store import sql
 from selfgen.store.browse import Inspector
+from selfgen.store.disk import (
+    LOW_SPACE_BYTES,
+    DiskFullError,
+    disk_full,
+    free_bytes,
+    is_disk_full,
+)
 from selfgen.store.figures import run_figures
+from selfgen.store.lock import RunLock
 from selfgen.store.schema import StoreError, migrate, now
 from selfgen.tooling import ToolSpec
 
@@ -84,6 +92,15 @@ class RunTotals:
     elapsed_s: float
 
 
+def _check_space(folder: Path) -> None:
+    """Refuse to start writing on a disk that is already full: the first commit would fail only
+    after a whole round of generation, and opening may even succeed there (SQLite reuses the
+    space its WAL already holds)."""
+    free = free_bytes(folder)
+    if free is not None and free < LOW_SPACE_BYTES:
+        raise DiskFullError(folder, free)
+
+
 def _rng_to_json(state: tuple[Any, ...]) -> str:
     return json.dumps(state, default=list)
 
@@ -96,9 +113,11 @@ def _rng_from_json(text: str) -> tuple[Any, ...]:
 class RunStore:
     """An open run store. Use :meth:`create` for a new run and :meth:`open` for an existing one."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path, lock: RunLock | None = None) -> None:
         self.db = db
         self.path = path
+        # Held by the store a run writes (see selfgen.store.lock); readers hold none.
+        self.lock = lock
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -117,51 +136,93 @@ class RunStore:
         backend: dict[str, Any],
         version: str,
     ) -> RunStore:
-        """Create `out_dir/selfgen.db` with the run's config and seeds.
+        """Create `out_dir/selfgen.db` with the run's config and seeds, and open it as the
+        run's writer (holding its lock, like ``open(out_dir, writer=True)``).
 
         The database is built under a temporary name and renamed into place, so a run killed
-        while starting leaves either no store or a whole one.
+        while starting leaves either no store or a whole one. :class:`StoreLockedError` if
+        another run is starting in the same folder, :class:`DiskFullError` (with nothing left
+        behind) if the disk is full.
         """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         final = out / DB_NAME
         tmp = out / f".{DB_NAME}.tmp"
-        tmp.unlink(missing_ok=True)
-        with closing(cls._connect(tmp)) as db:
-            migrate(db)
-            with db:
-                db.execute("BEGIN")
-                db.execute(
-                    "INSERT INTO run VALUES (1, ?, ?, ?, ?)",
-                    (now(), version, json.dumps(config), json.dumps(backend)),
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if is_disk_full(exc, out):
+                raise disk_full(out) from None
+            raise
+        lock = RunLock.acquire(out)
+        try:
+            _check_space(out)
+            if final.exists():  # another run created it since this one looked
+                raise StoreError(
+                    f"{out}: another selfgen run has just started here; run again to resume it"
                 )
-                db.executemany(
-                    "INSERT INTO seed_tasks (seed_id, name, instruction, is_classification,"
-                    " instances) VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (
-                            s.id,
-                            s.name,
-                            s.instruction,
-                            int(s.is_classification),
-                            json.dumps(
-                                [{"input": i.input, "output": i.output} for i in s.instances]
-                            ),
-                        )
-                        for s in seeds
-                    ],
-                )
-        os.replace(tmp, final)
-        return cls.open(out)
+            tmp.unlink(missing_ok=True)
+            with closing(cls._connect(tmp)) as db:
+                migrate(db)
+                with db:
+                    db.execute("BEGIN")
+                    db.execute(
+                        "INSERT INTO run VALUES (1, ?, ?, ?, ?)",
+                        (now(), version, json.dumps(config), json.dumps(backend)),
+                    )
+                    db.executemany(
+                        "INSERT INTO seed_tasks (seed_id, name, instruction, is_classification,"
+                        " instances) VALUES (?, ?, ?, ?, ?)",
+                        [
+                            (
+                                s.id,
+                                s.name,
+                                s.instruction,
+                                int(s.is_classification),
+                                json.dumps(
+                                    [{"input": i.input, "output": i.output} for i in s.instances]
+                                ),
+                            )
+                            for s in seeds
+                        ],
+                    )
+            os.replace(tmp, final)
+            return cls._open(final, lock)
+        except (sqlite3.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            lock.release()
+            if is_disk_full(exc, out):
+                raise disk_full(out) from None
+            raise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            lock.release()
+            raise
 
     @classmethod
-    def open(cls, out_dir: str | Path) -> RunStore:
-        """Open an existing run, applying pending migrations."""
+    def open(cls, out_dir: str | Path, *, writer: bool = False) -> RunStore:
+        """Open an existing run, applying pending migrations.
+
+        A `writer` (a run that will add rounds) first takes the run's lock, so that a second
+        writer is refused with :class:`StoreLockedError` naming the first; readers take no
+        lock and can read while a run writes.
+        """
         path = Path(out_dir) / DB_NAME
         if not path.is_file():
             raise StoreError(f"{out_dir}: no selfgen run here (no {DB_NAME})")
         if path.stat().st_size == 0:
             raise StoreError(f"{path}: the run store is empty (0 bytes)")
+        lock = RunLock.acquire(path.parent) if writer else None
+        try:
+            if writer:
+                _check_space(path.parent)
+            return cls._open(path, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _open(cls, path: Path, lock: RunLock | None) -> RunStore:
         try:
             db = cls._connect(path)
             db.execute("PRAGMA journal_mode = WAL")
@@ -170,8 +231,10 @@ class RunStore:
             if db.execute("SELECT COUNT(*) FROM run").fetchone()[0] != 1:
                 raise StoreError(f"{path}: the store has no run configuration")
         except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc, path.parent):
+                raise disk_full(path.parent) from None
             raise StoreError(f"{path}: cannot read the run store ({exc})") from None
-        return cls(db, path)
+        return cls(db, path, lock)
 
     @staticmethod
     def exists(out_dir: str | Path) -> bool:
@@ -179,13 +242,15 @@ class RunStore:
 
     def close(self) -> None:
         self.db.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def config(self) -> dict[str, Any]:
         return json.loads(self.db.execute("SELECT config FROM run").fetchone()[0])
 
     def update_config(self, config: dict[str, Any]) -> None:
         """Store new stopping limits (the only settings a resumed run may change)."""
-        with self.db:
+        with self._writing(), self.db:
             self.db.execute("BEGIN")
             self.db.execute("UPDATE run SET config = ?", (json.dumps(config),))
 
@@ -234,9 +299,9 @@ class RunStore:
         return RunTotals(row[0], row[1], row[2], row[3], row[4], row[5], streak, row[6])
 
     def commit_round(self, rnd: RoundRecord) -> None:
-        """Write a whole round, or nothing of it."""
+        """Write a whole round, or nothing of it (:class:`DiskFullError` on a full disk)."""
         db = self.db
-        with db:
+        with self._writing(), db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
                 "INSERT INTO rounds (id, started_at, finished_at, rng_state, num_candidates,"
@@ -364,7 +429,7 @@ class RunStore:
 
     def save_tools(self, specs: dict[str, ToolSpec], seeds: list[ToolSeed]) -> None:
         """Store the run's tool schemas and its tool seeds (with their executed outputs)."""
-        with self.db:
+        with self._writing(), self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
                 "INSERT INTO run_tools VALUES (?, ?)",
@@ -410,7 +475,7 @@ class RunStore:
     ) -> None:
         """Record a person's decision on a task or trace (`accepted`, `rejected`, or None to
         forget it). One short transaction: a run may be writing the store at the same time."""
-        with self.db:
+        with self._writing(), self.db:
             self.db.execute("BEGIN IMMEDIATE")
             if decision is None:
                 self.db.execute(
@@ -423,6 +488,18 @@ class RunStore:
                     " decided_at = excluded.decided_at",
                     (kind, item_id, decision, note or None, now()),
                 )
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write that fails for want of disk space raises :class:`DiskFullError` naming the
+        run folder, not SQLite's "database or disk is full"; the transaction is rolled back,
+        so nothing of the write is kept. Other errors pass unchanged."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            if is_disk_full(exc, self.path.parent):
+                raise disk_full(self.path.parent) from None
+            raise
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -533,7 +610,7 @@ class RunStore:
     ) -> None:
         """Store (item id, value, detail) scores of `scorer` in one transaction, replacing the
         item's earlier score by the same scorer."""
-        with self.db:
+        with self._writing(), self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
                 "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?)"

@@ -53,6 +53,7 @@ from selfgen.store.browse import (
     StoredScore,
     score_sort,
 )
+from selfgen.terminal import printable
 
 STATUS_STYLE = {
     "kept": "green",
@@ -95,6 +96,12 @@ KEYS = (
 )
 
 
+def _text(text: str, style: str = "") -> Text:
+    """Stored text as shown: the model's words may hold escape sequences, which would act on
+    the terminal and shift the borders around them; they show escaped instead."""
+    return Text(printable(text), style=style)
+
+
 def _line(text: str, limit: int) -> str:
     one = " ".join(text.split())
     return one if len(one) <= limit else one[: limit - 1] + "…"
@@ -120,7 +127,7 @@ def _cells(item: Item, scorers: list[str]) -> list[Text]:
         _line(f"{item.stage}: {item.reason}" if item.reason else item.stage, REASON_CHARS),
         _line(item.text, TEXT_CHARS),
     )
-    cells = [Text(v) for v in values]
+    cells = [_text(v) for v in values]
     cells[1].stylize(STATUS_STYLE[item.status])
     # A scorer that never saw the item leaves its cell empty; "n/a": it could not score it.
     scores = [_score(item.scores[s]) if s in item.scores else Text("") for s in scorers]
@@ -415,7 +422,7 @@ class DetailScreen(Screen):
             with Horizontal(classes="pair"):
                 yield Static(
                     Panel(
-                        Text(item.text), title="instruction" if item.kind == "task" else "request"
+                        _text(item.text), title="instruction" if item.kind == "task" else "request"
                     )
                 )
                 yield Static(self._nearest())
@@ -428,9 +435,9 @@ class DetailScreen(Screen):
             if d.scores or any(d.instance_scores):
                 yield Static(self._scores(), id="scores")
             for stage, prompt, response in d.generations:
-                yield Static(Panel(Text(response), title=f"raw generation · {stage}"))
+                yield Static(Panel(_text(response), title=f"raw generation · {stage}"))
                 with Collapsible(title=f"prompt of the {stage} generation", collapsed=True):
-                    yield Static(Text(prompt))
+                    yield Static(_text(prompt))
         yield Footer()
 
     def _summary(self) -> Text:
@@ -440,7 +447,7 @@ class DetailScreen(Screen):
         text.append(item.status, style=STATUS_STYLE[item.status])
         text.append(f" · stage {item.stage}")
         if item.reason:
-            text.append(f" · reason {item.reason}")
+            text.append(f" · reason {printable(item.reason)}")
         if item.clf is not None:
             text.append(f" · classification: {'yes' if item.clf else 'no'}")
         if item.scores:
@@ -448,16 +455,16 @@ class DetailScreen(Screen):
             if item.kind == "task":
                 text.append(" (mean over the instances)")
             for scorer, value in item.scores.items():
-                text.append(f" · {scorer} ")
+                text.append(f" · {printable(scorer)} ")
                 text.append(_score(value))
         if d.note:
-            text.append(f"\nnote: {d.note}")
+            text.append(f"\nnote: {printable(d.note)}")
         return text
 
     def _nearest(self) -> Panel:
         d = self.detail
         score = "-" if d.item.score is None else f"{d.item.score:.2f}"
-        body = Text(d.nearest) if d.nearest else Text("(none: not compared)", style="dim")
+        body = _text(d.nearest) if d.nearest else Text("(none: not compared)", style="dim")
         return Panel(body, title=f"nearest neighbour · ROUGE-L {score}")
 
     def _instances(self) -> Table | Text:
@@ -468,12 +475,12 @@ class DetailScreen(Screen):
         table.add_column("output", ratio=1)
         scorers = sorted({name for scores in self.detail.instance_scores for name in scores})
         for scorer in scorers:
-            table.add_column(scorer, justify="right")
+            table.add_column(_text(scorer), justify="right")
         for (inp, out), scores in zip(
             self.detail.instances, self.detail.instance_scores, strict=True
         ):
             values = [_score(scores[s].value) if s in scores else Text("") for s in scorers]
-            table.add_row(Text(inp), Text(out), *values)
+            table.add_row(_text(inp), _text(out), *values)
         return table
 
     def _scores(self) -> Table:
@@ -495,7 +502,7 @@ class DetailScreen(Screen):
             rows = [([], name, score) for name, score in d.scores.items()]
         for first, name, score in rows:
             better = higher_is_better(name)
-            scorer = Text(name)
+            scorer = _text(name)
             if better is not None:
                 scorer.append(f" ({'higher' if better else 'lower'} is better)", style="dim")
             value = _score(score.value)
@@ -506,17 +513,17 @@ class DetailScreen(Screen):
         tree: Tree[None] = Tree(Text(f"trace {self.detail.item.id}"), id="messages")
         for m in self.detail.messages:
             if m["role"] == "user":
-                tree.root.add_leaf(Text(f"user: {m['content']}"))
+                tree.root.add_leaf(_text(f"user: {m['content']}"))
             elif m.get("tool_calls"):
                 for call in m["tool_calls"]:
                     fn = call["function"]
-                    node = tree.root.add(Text(f"call {fn['name']}"), expand=True)
+                    node = tree.root.add(_text(f"call {fn['name']}"), expand=True)
                     for key, value in json.loads(fn["arguments"]).items():
-                        node.add_leaf(Text(f"{key} = {json.dumps(value)}"))
+                        node.add_leaf(_text(f"{key} = {json.dumps(value)}"))
             elif m["role"] == "tool":
-                tree.root.add_leaf(Text(f"{m.get('name', 'tool')} returned: {m['content']}"))
+                tree.root.add_leaf(_text(f"{m.get('name', 'tool')} returned: {m['content']}"))
             else:
-                tree.root.add_leaf(Text(f"answer: {m['content']}"))
+                tree.root.add_leaf(_text(f"answer: {m['content']}"))
         tree.root.expand()
         tree.show_root = True
         return tree
@@ -529,7 +536,7 @@ class DetailScreen(Screen):
             table.add_column(column)
         for name, check in self.detail.checks.items():
             ok = Text("pass", style="green") if check["ok"] else Text("fail", style="red")
-            table.add_row(name, ok, Text(check["reason"] or ""))
+            table.add_row(_text(name), ok, _text(check["reason"] or ""))
         return table
 
     def _marked(self, item: Item | None) -> None:
@@ -549,13 +556,13 @@ class DetailScreen(Screen):
 
 def _computed_from(score: StoredScore) -> Text:
     if score.value is None and "error" in score.detail:
-        return Text(f"could not score: {score.detail['error']}", style="dim")
-    return Text(", ".join(f"{key}: {json.dumps(value)}" for key, value in score.detail.items()))
+        return _text(f"could not score: {score.detail['error']}", style="dim")
+    return _text(", ".join(f"{key}: {json.dumps(value)}" for key, value in score.detail.items()))
 
 
 def _model(score: StoredScore) -> Text:
     parts = [str(score.model[key]) for key in ("backend", "model") if key in score.model]
-    return Text(" · ".join(parts) if parts else json.dumps(score.model))
+    return _text(" · ".join(parts) if parts else json.dumps(score.model))
 
 
 class StatsScreen(Screen):
@@ -611,7 +618,7 @@ class FilterScreen(ModalScreen[Filters | None]):
             for name, values, value in choices:
                 yield Label(name)
                 yield Select(
-                    [(v, v) for v in values],
+                    [(printable(v), v) for v in values],
                     prompt="any",
                     value=Select.NULL if value is None else value,
                     id=name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from selfgen.tune.models import (
     write_merged_record,
 )
 
+# (step, max_steps, logged dict or None), after each optimizer step and each log.
+StepCallback = Callable[[int, int, "dict[str, Any] | None"], None]
 CHECKPOINTS = "checkpoints"
 MERGED = "merged"
 
@@ -63,14 +66,24 @@ class TuneJob:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def train(
-        self, resume: bool = False, merge: bool = False, quiet: bool = False
+        self,
+        resume: bool = False,
+        merge: bool = False,
+        quiet: bool = False,
+        on_step: StepCallback | None = None,
     ) -> dict[str, Any]:
-        """Train, save the adapter (and the merged model), and return the run record."""
+        """Train, save the adapter (and the merged model), and return the run record.
+
+        `quiet` silences the trainer's own progress bar and printed logs; `on_step(step,
+        max_steps, logs)` is called after each optimizer step (logs None) and with each
+        logged dict (loss, learning rate, ...), for a display of one's own."""
         checkpoint = last_checkpoint(self.out_dir) if resume else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # Written first so that `--resume` finds the settings of an interrupted run.
         write_json_atomic(self.out_dir / RECORD, self._record([], {}, "training"))
         trainer = self._trainer(quiet)
+        if on_step is not None:
+            trainer.add_callback(_step_reporter(on_step))
         with warnings.catch_warnings():
             # PEFT looks for the base model's config.json beside a GGUF file at every save, to
             # see whether the vocabulary grew; there is none, and the vocabulary is unchanged.
@@ -159,6 +172,25 @@ class TuneJob:
                 {"step": e["step"], "loss": e["eval_loss"]} for e in log_history if "eval_loss" in e
             ],
         }
+
+
+def _step_reporter(on_step: StepCallback) -> Any:
+    """A TrainerCallback that hands each step and each logged dict to `on_step`."""
+    from transformers import TrainerCallback
+
+    class StepReporter(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # A step about to be logged is reported once, with its figures, by on_log.
+            if not control.should_log:
+                on_step(state.global_step, state.max_steps, None)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            if logs:
+                on_step(state.global_step, state.max_steps, dict(logs))
+
+    return StepReporter()
 
 
 def last_checkpoint(out_dir: Path) -> str:

@@ -1,0 +1,278 @@
+"""Progress written as lines, for output that is not a terminal.
+
+A live progress bar redraws one line in place. Sent to a file or a pipe (`nohup`, CI,
+`| tee run.log`, a cluster job) it shows nothing until the command ends. The logs here write
+whole lines instead: one for each event worth a line (a round finished, a scorer done, a
+training step logged) and, from a heartbeat thread, the current state whenever nothing was
+written for `interval_s` seconds, so a log that stops growing means a process that stopped.
+
+In the `plain` format a line is a sentence (``round 3 done: kept 3/20, ...``); in the `json`
+format it is one JSON object with an ``event`` and a ``time`` key, for monitoring, and the run
+also reports each rejected candidate, each failed generation call and why it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from selfgen.terminal import printable
+
+FORMATS = ("auto", "plain", "json")
+HEARTBEAT_S = 30.0
+
+
+def json_line(event: str, **fields: Any) -> str:
+    """One event as a JSON line's text (without the newline)."""
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return json.dumps({"event": event, "time": stamp, **fields})
+
+
+def duration(seconds: float | None) -> str:
+    """`seconds` as ``1h02m``, ``4m30s`` or ``12s``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+class LineLog:
+    """Lines to `stream`, written whole, from the caller's thread and the heartbeat's.
+
+    Use as a context manager: entering starts the heartbeat, leaving stops it. A subclass says
+    what the heartbeat writes in :meth:`status`.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        fmt: str,
+        *,
+        interval_s: float = HEARTBEAT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if fmt not in ("plain", "json"):
+            raise ValueError(f"a log is plain or json, not {fmt!r}")
+        self.stream = stream
+        self.fmt = fmt
+        self.interval_s = interval_s
+        self.clock = clock
+        self.started = clock()
+        self._last = self.started
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def __enter__(self) -> LineLog:
+        self._heartbeat = threading.Thread(target=self._beat, name="log heartbeat", daemon=True)
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+
+    def write(self, event: str, plain: str | None, /, **fields: Any) -> None:
+        """Write one event: `plain` in the plain format (None: no plain line for this event),
+        `fields` in the JSON one."""
+        if self.fmt == "json":
+            line = json_line(event, **fields)
+        elif plain is not None:
+            line = printable(plain)
+        else:
+            return
+        with self._write_lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self._last = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def status(self) -> tuple[str, dict[str, Any]]:
+        """The heartbeat's line: (plain text, JSON fields)."""
+        return f"running for {duration(self.elapsed())}", {}
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(0.0, self._last + self.interval_s - self.clock())):
+            if self.clock() - self._last >= self.interval_s:
+                text, fields = self.status()
+                try:
+                    self.write("progress", text, **fields)
+                except (OSError, ValueError):  # the log's reader went away (a closed pipe)
+                    return
+
+
+class RunLog(LineLog):
+    """The log of `selfgen run`, fed by the loop's events (see selfgen.loop.Callback).
+
+    Plain: a line per round and the heartbeat. JSON: also every rejected candidate or trace
+    (stage, reason, text), every failed generation call, and the stop.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        fmt: str,
+        *,
+        rounds: int,
+        kept: int,
+        candidates: int,
+        traces: int,
+        target: int,
+        traces_target: int = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__(stream, fmt, **options)
+        self.round = rounds  # the last finished round
+        self.kept = kept
+        self.kept_at_start = kept
+        self.candidates = candidates
+        self.traces = traces
+        self.target = target
+        self.traces_target = traces_target
+        self.tokens = 0  # completion tokens generated by this process
+
+    def on_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "generated":
+            self.tokens += data["completion_tokens"]
+        elif kind == "round":
+            self.round = data["round"]
+            self.kept += data["kept"]
+            self.candidates += data["candidates"]
+            self.traces += data["traces"]
+            text, fields = self._summary()
+            # "kept" and "candidates" are the run's so far; the round's own have a round_ prefix.
+            self.write(
+                "round",
+                f"round {self.round} done: {text}",
+                round=self.round,
+                round_candidates=data["candidates"],
+                round_kept=data["kept"],
+                round_traces=data["traces"],
+                **fields,
+            )
+        elif kind == "rejected":
+            self.write("rejected", None, **data)
+        elif kind == "generation_failed":
+            self.write(
+                "generation_failed",
+                f"round {data['round']}: a {data['stage']} call failed: {data['error']}",
+                **data,
+            )
+        elif kind == "stopped":
+            # The command prints the reason on stdout; a plain log would say it twice.
+            self.write("stopped", None, **data)
+
+    def status(self) -> tuple[str, dict[str, Any]]:
+        text, fields = self._summary()
+        return f"round {self.round + 1} running: {text}", {"round": self.round + 1, **fields}
+
+    def _summary(self) -> tuple[str, dict[str, Any]]:
+        elapsed = self.elapsed()
+        tps = self.tokens / elapsed if elapsed > 0 else None
+        eta = self._eta(elapsed)
+        accepted = self.kept / self.candidates if self.candidates else None
+        parts = [f"kept {self.kept}/{self.target}"]
+        if self.traces_target:
+            parts.append(f"traces {self.traces}/{self.traces_target}")
+        parts += [
+            f"{self.candidates} candidates",
+            f"{accepted:.0%} accepted" if accepted is not None else "- accepted",
+            f"{tps:.1f} tok/s" if tps is not None else "- tok/s",
+            f"elapsed {duration(elapsed)}",
+            f"ETA {duration(eta)}",
+        ]
+        fields = {
+            "kept": self.kept,
+            "target": self.target,
+            "candidates": self.candidates,
+            "acceptance": None if accepted is None else round(accepted, 4),
+            "tokens_per_s": None if tps is None else round(tps, 2),
+            "elapsed_s": round(elapsed, 3),
+            "eta_s": None if eta is None else round(eta, 1),
+        }
+        if self.traces_target:
+            fields |= {"traces": self.traces, "traces_target": self.traces_target}
+        return ", ".join(parts), fields
+
+    def _eta(self, elapsed: float) -> float | None:
+        """Time to the task target at this process's pace so far (None before it keeps any)."""
+        left = self.target - self.kept
+        if left <= 0:
+            return 0.0
+        done = self.kept - self.kept_at_start
+        return elapsed / done * left if done > 0 and elapsed > 0 else None
+
+
+class TaskLog(LineLog):
+    """The log of a command that works through a known number of units (`dedupe`, `score`,
+    `eval`, `tune`): the heartbeat's line, a line when a task is done, and a line for each
+    update that carries figures worth logging (a training step's loss)."""
+
+    def __init__(self, stream: TextIO, fmt: str, command: str, unit: str, **options: Any):
+        super().__init__(stream, fmt, **options)
+        self.command = command
+        self.unit = unit
+        self.name = command
+        self.done = 0
+        self.total: int | None = None
+        self._since = self.started  # when the current task started, for its ETA
+        self._finished: set[str] = set()
+
+    def update(
+        self, done: int, total: int | None, *, name: str | None = None, **figures: Any
+    ) -> None:
+        """`done` of `total` units of the task `name` (the command's own by default); with
+        `figures`, also write a line now."""
+        name = name or self.command
+        if name != self.name:
+            self.name, self._since = name, self.clock()
+        self.done, self.total = done, total
+        if figures:
+            text, fields = self.status()
+            shown = ", ".join(f"{k} {_figure(v)}" for k, v in figures.items())
+            self.write("progress", f"{text}, {shown}", **fields, **figures)
+        if total is not None and done >= total and name not in self._finished:
+            self._finished.add(name)
+            self.write(
+                "done",
+                f"{self._label()}: {done}/{total} {self.unit}, done in"
+                f" {duration(self.clock() - self._since)}",
+                task=name,
+                done=done,
+                total=total,
+                unit=self.unit,
+            )
+
+    def status(self) -> tuple[str, dict[str, Any]]:
+        spent = self.clock() - self._since
+        eta = None
+        if self.total is not None and self.done > 0:
+            eta = spent / self.done * max(self.total - self.done, 0)
+        share = f" ({self.done / self.total:.0%})" if self.total else ""
+        of = f"/{self.total}" if self.total is not None else ""
+        text = f"{self._label()}: {self.done}{of} {self.unit}{share}, ETA {duration(eta)}"
+        return text, {
+            "task": self.name,
+            "done": self.done,
+            "total": self.total,
+            "unit": self.unit,
+            "eta_s": None if eta is None else round(eta, 1),
+        }
+
+    def _label(self) -> str:
+        return self.command if self.name == self.command else f"{self.command} {self.name}"
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
