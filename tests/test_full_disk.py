@@ -140,7 +140,7 @@ def selfgen(args, child_env):
         text=True,
         env=child_env,
         cwd=ROOT,
-        timeout=600,
+        timeout=1200,  # only stops a hung run
     )
 
 
