@@ -266,6 +266,12 @@ class RunConfig:
     trace_prompts_per_round: int = setting(
         2, toml_only=True, help="Tool-request generation prompts per round."
     )
+    target_tools: bool = setting(
+        True,
+        toml_only=True,
+        help="Write each tool request for one named tool, and reject a trace whose first call"
+        " uses another.",
+    )
     trace_demos: int = setting(4, toml_only=True, help="Worked tool-use examples shown per trace.")
     max_tool_steps: int = setting(3, toml_only=True, help="Most tool calls in a trace.")
     constrain_calls: bool = setting(

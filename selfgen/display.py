@@ -173,13 +173,22 @@ def _distribution_tables(s: dict[str, Any]) -> list[Table]:
     ]
     if s["tools"]:
         tools = Table(title="Tool-use traces by tool (first call)", title_justify="left")
-        for column in ("tool", "traces", "format ok", "execution ok", "semantic ok", "pass rate"):
+        for column in (
+            "tool",
+            "traces",
+            "format ok",
+            "target ok",
+            "execution ok",
+            "semantic ok",
+            "pass rate",
+        ):
             tools.add_column(column, justify="left" if column == "tool" else "right")
         for t in s["tools"]:
             tools.add_row(
                 _shown(t["tool"] or "(no valid call)"),
                 str(t["traces"]),
                 str(t["format"]),
+                str(t["target"]),
                 str(t["execution"]),
                 str(t["semantic"]),
                 f"{t['pass_rate']:.0%}",

@@ -279,7 +279,7 @@ class Loop:
             rnd.scorers = self.scoring.meta
             answered = self.scoring.apply_traces(answered)
         for trace in self.agent.keep(answered, traces_needed):
-            self.verified.append(trace.request)
+            self.verified.append((trace.request, trace.calls[0].name))
 
     def _queue(self) -> _Queue:
         """A new queue of requests, flushed with the others whenever the loop must wait."""

@@ -28,8 +28,8 @@ class Stage(_Word):
     """The last stage a record reached; a rejected record was rejected there.
 
     Tasks pass parse, rules, rouge, classify and instances (and score, when the run scores
-    them); traces pass parse, rules, rouge, then format, execution, semantic (and score) and
-    verified.
+    them); traces pass parse, rules, rouge, then format, target (when the request was written for
+    one tool), execution, semantic (and score) and verified.
     """
 
     GENERATED = "generated"
@@ -39,6 +39,7 @@ class Stage(_Word):
     CLASSIFY = "classify"
     INSTANCES = "instances"
     FORMAT = "format"
+    TARGET = "target"
     EXECUTION = "execution"
     SEMANTIC = "semantic"
     VERIFIED = "verified"
@@ -50,7 +51,7 @@ BEFORE_NOVELTY = (Stage.PARSE, Stage.RULES, Stage.ROUGE)
 # The stages of a task, in the order it passes them (the funnel's order).
 TASK_STAGES = (Stage.PARSE, Stage.RULES, Stage.ROUGE, Stage.CLASSIFY, Stage.INSTANCES)
 # The checks a trace passes once it reached a tool, in order (after APIGen).
-TRACE_CHECKS = (Stage.FORMAT, Stage.EXECUTION, Stage.SEMANTIC)
+TRACE_CHECKS = (Stage.FORMAT, Stage.TARGET, Stage.EXECUTION, Stage.SEMANTIC)
 
 
 class Fate(_Word):
@@ -159,6 +160,8 @@ class Trace(Record):
 
     request: str
     generation_index: int
+    # The tool the request was written for (the run's target_tools setting), else None.
+    target: str | None = None
     calls: list[ToolCall] = field(default_factory=list)
     answer: str | None = None
     checks: dict[str, tuple[bool, str | None]] = field(default_factory=dict)

@@ -77,13 +77,14 @@ def test_run_reaches_five_verified_traces(run_dir):
     for (checks,) in db.execute("SELECT checks FROM traces WHERE fate = 'kept'"):
         assert {k: v["ok"] for k, v in json.loads(checks).items()} == {
             "format": True,
+            "target": True,
             "execution": True,
             "semantic": True,
         }
     # Every trace that reached the call stage has its verification recorded with reasons.
     for _stage, reason in db.execute(
         "SELECT stage, reason FROM traces WHERE fate = 'rejected'"
-        " AND stage IN ('format', 'execution', 'semantic')"
+        " AND stage IN ('format', 'target', 'execution', 'semantic')"
     ):
         assert reason
 

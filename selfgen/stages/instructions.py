@@ -97,10 +97,12 @@ def parse_continuation(
 
 @dataclass(frozen=True)
 class ListPrompt:
-    """A numbered list for the model to continue; the prompt ends with `next_number`."""
+    """A numbered list for the model to continue; the prompt ends with `next_number`. `target`
+    is what the list asks for, where a stage asks for one thing per prompt (a tool)."""
 
     text: str
     next_number: int
+    target: str | None = None
 
 
 R = TypeVar("R", bound=Record)
@@ -122,7 +124,7 @@ class NumberedListStage(Generic[R]):
         """The prompt showing `shown` as a numbered list, ending with the next number."""
         raise NotImplementedError
 
-    def make(self, text: str, generation_index: int) -> R:
+    def make(self, text: str, generation_index: int, prompt: ListPrompt) -> R:
         raise NotImplementedError
 
     def per_round(self) -> int:
@@ -163,7 +165,7 @@ class NumberedListStage(Generic[R]):
         for item in parse_continuation(
             completion.text, prompt.next_number, completion.finish_reason, self.config.list_length
         ):
-            record = self.make(item.text, generation_index)
+            record = self.make(item.text, generation_index, prompt)
             records.append(record)
             if item.reason:
                 record.reject(Stage.PARSE, item.reason)
@@ -183,7 +185,7 @@ class InstructionStage(NumberedListStage[Candidate]):
     def render(self, shown: list[str]) -> str:
         return render_prompt(self.config.language, shown)
 
-    def make(self, text: str, generation_index: int) -> Candidate:
+    def make(self, text: str, generation_index: int, prompt: ListPrompt) -> Candidate:
         return Candidate(instruction=text, generation_index=generation_index)
 
     def per_round(self) -> int:

@@ -5,8 +5,9 @@ the tools' schemas where the backend can), selfgen validates its arguments and e
 the sandbox (a separate process with a timeout and a memory limit), the result goes back into
 the prompt, and the model chooses between another call and the answer (forced to answer at the
 step limit). Each trace is then verified stage by stage (after APIGen): format (the call
-parses, names a known tool, and its arguments validate), execution (the tool ran without error
-within its limits) and semantic (the final answer uses the tool's output).
+parses, names a known tool, and its arguments validate), target (a request written for one tool
+is first answered with a call of that tool), execution (the tool ran without error within its
+limits) and semantic (the final answer uses the tool's output).
 """
 
 from __future__ import annotations
@@ -278,6 +279,13 @@ class ToolAgent:
         if not trace.check(Stage.FORMAT, problem):
             return False
         assert call is not None
+        if trace.target is not None and not trace.calls:
+            if call.name != trace.target:
+                # Kept in the trace (not run), so that stats count it under the tool it named.
+                trace.calls.append(ToolCall(call.name, call.arguments, None, "not run"))
+            off = f"off_target: written for {trace.target}, called {call.name}"
+            if not trace.check(Stage.TARGET, None if call.name == trace.target else off):
+                return False
         result = self.sandbox.call(call.name, call.arguments)
         trace.calls.append(
             ToolCall(

@@ -12,7 +12,7 @@ import re
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from selfgen.records import TARGET_REACHED, TASK_STAGES, TRACE_CHECKS, Fate
+from selfgen.records import TARGET_REACHED, TASK_STAGES, TRACE_CHECKS, Fate, Stage
 from selfgen.store import sql
 
 if TYPE_CHECKING:
@@ -144,13 +144,19 @@ def distributions(db: sqlite3.Connection) -> dict[str, Any]:
 
 def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """For each tool, the traces whose first call named it and how many passed each check
-    (`format`, `execution`, `semantic`); `pass_rate` is the share that passed them all.
+    (`format`, `target`, `execution`, `semantic`); `pass_rate` is the share that passed them
+    all.
 
     Traces cut at parsing, rules or novelty never reached a tool and are not counted; a trace
     whose first call did not parse is listed under the tool name ''."""
-    passed = "".join(
-        f", SUM(COALESCE(json_extract(checks, '$.{check}.ok'), 0))" for check in TRACE_CHECKS
-    )
+
+    # A trace whose request named no tool has no `target` check: it counts as passed where
+    # its call was well-formed (nothing to disagree with).
+    def ok(check: str) -> str:
+        fallback = "json_extract(checks, '$.format.ok'), " if check == Stage.TARGET else ""
+        return f"SUM(COALESCE(json_extract(checks, '$.{check}.ok'), {fallback}0))"
+
+    passed = "".join(f", {ok(check)}" for check in TRACE_CHECKS)
     rows = db.execute(
         "SELECT COALESCE(json_extract(messages, '$[1].tool_calls[0].function.name'), '') AS tool,"
         f" COUNT(*){passed} FROM traces WHERE {sql.PASSED_NOVELTY}"

@@ -466,9 +466,13 @@ class RunStore:
         rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id")
         return [r[0] for r in rows]
 
-    def verified_requests(self) -> list[str]:
-        rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.KEPT} ORDER BY id")
-        return [r[0] for r in rows]
+    def verified_requests(self) -> list[tuple[str, str]]:
+        """Verified requests, in order, each with the tool of its first call."""
+        rows = self.db.execute(
+            "SELECT request, json_extract(messages, '$[1].tool_calls[0].function.name')"
+            f" FROM traces WHERE {sql.KEPT} ORDER BY id"
+        )
+        return [(request, tool or "") for request, tool in rows]
 
     def curate(
         self, kind: str, item_id: int, decision: str | None, *, note: str | None = None
