@@ -10,10 +10,12 @@
 #                                                     ranks best (same steps), on the 252 tasks
 #
 # A step whose output is already in OUT is not run again (a run is resumed), so the script can
-# be stopped and started again. Set EVAL_LIMIT to score only the first tasks of the 252.
+# be stopped and started again. Set EVAL_LIMIT to score only the first tasks of the 252,
+# THREADS for the model's CPU threads (default 2), EPOCHS for the tools mode's tune (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?give the mode: tools or tasks}
+threads=${THREADS:-2}  # CPU threads for the model in every step
 declare -A took
 step() {  # step NAME DONE-FILE COMMAND...: run COMMAND unless DONE-FILE exists; time it
     local name=$1 done=$2; shift 2
@@ -30,26 +32,34 @@ times() {
 if [ "$mode" = tools ]; then
     n=${2:-60}
     out=${3:-outputs/closed_loop_tools}
+    epochs=${EPOCHS:-3}
     mkdir -p "$out"
     resume=(); [ -e "$out/run/selfgen.db" ] && resume=(--resume)
     step run "$out/train.jsonl" selfgen run --seeds seeds/seed_tasks.jsonl --tools tools/ \
-        --num-traces "$n" -n 1 --seed 1 --out "$out/run" -q "${resume[@]}"
+        --num-traces "$n" -n 1 --seed 1 --threads "$threads" --out "$out/run" -q "${resume[@]}"
     # Traces only: the one kept task is left out, so the adapter learns tool use alone.
     step export "$out/train.jsonl" selfgen export "$out/run" --format openai --only traces \
         --out "$out/train.jsonl"
     step tune "$out/adapter/adapter_model.safetensors" selfgen tune "$out/train.jsonl" \
-        --out "$out/adapter" --epochs 3 --learning-rate 1e-3 --batch-size 1 --grad-accum 2 --threads 2 \
+        --out "$out/adapter" --epochs "$epochs" --learning-rate 1e-3 --batch-size 1 --grad-accum 2 \
+        --threads "$threads" \
         --seed 1 --quiet
-    step eval "$out/eval.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
-        --adapter "$out/adapter" --compare --threads 2 --json "$out/eval.json" -q
-    times run export tune eval
-    python3 - "$out/eval.json" <<'PY'
+    # Base and tuned are evaluated apart (the same code as `eval --compare`), so that a stopped
+    # script resumes after the slow base half, and one base result serves several runs.
+    step eval_base "$out/eval_base.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
+        --threads "$threads" --json "$out/eval_base.json" -q
+    step eval_tuned "$out/eval_tuned.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
+        --adapter "$out/adapter" --threads "$threads" --json "$out/eval_tuned.json" -q
+    times run export tune eval_base eval_tuned
+    python3 - "$out/eval_base.json" "$out/eval_tuned.json" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))
+base, tuned = (json.load(open(p))["models"] for p in sys.argv[1:])
+models = {"base": base["base"], "tuned": tuned["tuned"]}
+print(f"{'':18} {'base':>7} {'tuned':>7}")
 for key in ("call_rate", "abstain_rate", "parseable_rate", "schema_valid_rate",
             "right_tool_rate", "execution_match"):
-    cells = [r["models"][m]["overall"][key] for m in ("base", "tuned")]
-    print(f"{key:18} " + "  ".join("-" if c is None else f"{c:6.1%}" for c in cells))
+    cells = [models[m]["overall"][key] for m in ("base", "tuned")]
+    print(f"{key:18} " + " ".join("      -" if c is None else f"{c:7.1%}" for c in cells))
 PY
     exit 0
 fi
@@ -63,7 +73,7 @@ limit=(); [ -n "${EVAL_LIMIT:-}" ] && limit=(--limit "$EVAL_LIMIT")
 mkdir -p "$out"
 resume=(); [ -e "$out/run/selfgen.db" ] && resume=(--resume)
 step run "$out/all.jsonl" selfgen run --seeds seeds/seed_tasks.jsonl --out "$out/run" -n "$n" \
-    --seed 1 -q "${resume[@]}"
+    --seed 1 --threads "$threads" -q "${resume[@]}"
 step score "$out/all.jsonl" selfgen score "$out/run" --scorer ifd -q
 step export "$out/all.jsonl" selfgen export "$out/run" --format openai --out "$out/all.jsonl"
 step export_best "$out/best.jsonl" selfgen export "$out/run" --format openai \
@@ -72,13 +82,13 @@ step export_best "$out/best.jsonl" selfgen export "$out/run" --format openai \
 steps=$(( ($(wc -l < "$out/all.jsonl") * 3 + 3) / 4 ))
 for data in all best; do
     step "tune_$data" "$out/adapter_$data/adapter_model.safetensors" selfgen tune \
-        "$out/$data.jsonl" --out "$out/adapter_$data" --max-steps "$steps" --threads 2 --seed 1 \
+        "$out/$data.jsonl" --out "$out/adapter_$data" --max-steps "$steps" --threads "$threads" --seed 1 \
         --quiet
 done
 step eval_all "$out/eval_all.json" selfgen eval --tasks "$tasks" --adapter "$out/adapter_all" \
-    --compare --threads 2 --out "$out/eval_all.json" -q "${limit[@]}"
+    --compare --threads "$threads" --out "$out/eval_all.json" -q "${limit[@]}"
 step eval_best "$out/eval_best.json" selfgen eval --tasks "$tasks" \
-    --adapter "$out/adapter_best" --threads 2 --out "$out/eval_best.json" -q "${limit[@]}"
+    --adapter "$out/adapter_best" --threads "$threads" --out "$out/eval_best.json" -q "${limit[@]}"
 times run score export export_best tune_all tune_best eval_all eval_best
 python3 - "$out/eval_all.json" "$out/eval_best.json" <<'PY'
 import json, sys
