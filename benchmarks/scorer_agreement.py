@@ -13,6 +13,12 @@ number of responses: machine-dependent, compare them with each other, not across
     python benchmarks/scorer_agreement.py --limit 60 --scorers ifd
     python benchmarks/scorer_agreement.py --model other.gguf    # any GGUF through llama.cpp
     python benchmarks/scorer_agreement.py --backend openai --base-url http://127.0.0.1:8000/v1
+    python benchmarks/scorer_agreement.py --equal-length --scorers ifd   # length taken away
+
+Length alone separates the two sets (davinci's responses run on for thousands of characters,
+text-davinci-001's are a few sentences), so "the shorter wins" would score 100% here. With
+`--equal-length` each task's two responses are cut to the same number of words (the shorter
+one's), and a scorer must tell them apart by what the words say.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,6 +45,17 @@ GOOD, POOR = "text-davinci-001_predictions.jsonl", "davinci_predictions.jsonl"
 def load(path: Path) -> list[Example]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [Example(r["instruction"], r["input"] or "", r["response"].strip()) for r in rows]
+
+
+def equal_words(a: str, b: str) -> tuple[str, str]:
+    """`a` and `b` cut to the same number of words: as many as the shorter has."""
+    n = min(len(a.split()), len(b.split()))
+
+    def cut(text: str) -> str:
+        ends = [m.end() for m in re.finditer(r"\S+", text)]
+        return text[: ends[n - 1]] if n else ""
+
+    return cut(a), cut(b)
 
 
 def pairwise(good: list[float | None], poor: list[float | None], higher: bool) -> list[float]:
@@ -97,6 +115,11 @@ def main() -> None:
         default=None,
         help="ifd: score only the first N characters of each response (faster on a CPU)",
     )
+    parser.add_argument(
+        "--equal-length",
+        action="store_true",
+        help="cut each task's two responses to the same number of words (length taken away)",
+    )
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -105,6 +128,14 @@ def main() -> None:
     good, poor = load(args.data / GOOD), load(args.data / POOR)
     if args.limit:
         good, poor = good[: args.limit], poor[: args.limit]
+    if args.equal_length:
+        pairs = [equal_words(g.output, p.output) for g, p in zip(good, poor, strict=True)]
+        good = [
+            Example(g.instruction, g.input, cut) for g, (cut, _) in zip(good, pairs, strict=True)
+        ]
+        poor = [
+            Example(p.instruction, p.input, cut) for p, (_, cut) in zip(poor, pairs, strict=True)
+        ]
     options = {
         k: v
         for k, v in (
@@ -176,7 +207,8 @@ def main() -> None:
                     )
                 )
     backend.close()
-    table = Table(title=f"Scorer agreement with known quality: {len(good)} tasks, {model}")
+    cut = ", each pair cut to equal words" if args.equal_length else ""
+    table = Table(title=f"Scorer agreement with known quality: {len(good)} tasks{cut}, {model}")
     for column in ("scorer", "prefers the tuned response", "95% interval", "unscored", "s/item"):
         table.add_column(column, justify="left" if column == "scorer" else "right")
     for r in results:
