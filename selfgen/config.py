@@ -266,11 +266,13 @@ class RunConfig:
     trace_prompts_per_round: int = setting(
         2, toml_only=True, help="Tool-request generation prompts per round."
     )
-    target_tools: bool = setting(
-        True,
+    target_tools: str = setting(
+        "constrain",
         toml_only=True,
-        help="Write each tool request for one named tool, and reject a trace whose first call"
-        " uses another.",
+        help="Write each tool request for one named tool: 'constrain' (its first call is"
+        " constrained to that tool where calls are constrained), 'check' (the model chooses"
+        " among all the tools and a trace that calls another first is rejected) or 'off'"
+        " (one list under all the tools).",
     )
     trace_demos: int = setting(4, toml_only=True, help="Worked tool-use examples shown per trace.")
     max_tool_steps: int = setting(3, toml_only=True, help="Most tool calls in a trace.")
@@ -358,6 +360,11 @@ class RunConfig:
                 raise ConfigError(problem, field=field)
 
         need(self.language in ("en", "zh"), "language", "must be 'en' or 'zh'")
+        need(
+            self.target_tools in ("constrain", "check", "off"),
+            "target_tools",
+            "must be 'constrain', 'check' or 'off'",
+        )
         need(self.engine in ("local", "ray"), "engine", "must be 'local' or 'ray'")
         need(self.workers is None or self.workers >= 1, "workers", "must be at least 1")
         need(self.num_tasks >= 1, "num_tasks", "must be at least 1")

@@ -141,7 +141,7 @@ def fixture_run(out: Path, scripted) -> Path:
             "num_tasks": 4,
             "num_traces": 1,
             "trace_prompts_per_round": 1,
-            "target_tools": False,  # the scripted model writes one list for all the tools
+            "target_tools": "off",  # the scripted model writes one list for all the tools
             "tools": str(ROOT / "tools"),
             "tool_seeds": str(ROOT / "seeds" / "tool_seed_tasks.jsonl"),
         },

@@ -295,7 +295,7 @@ def test_traces_are_scored_in_the_loop_and_rejected_by_score(tmp_path, scripted,
             "num_tasks": 1,
             "num_traces": 1,
             "trace_prompts_per_round": 1,
-            "target_tools": False,  # the scripted model writes one list for all the tools
+            "target_tools": "off",  # the scripted model writes one list for all the tools
             "max_rounds": 1,
             "tools": str(ROOT / "tools"),
             "tool_seeds": str(ROOT / "seeds" / "tool_seed_tasks.jsonl"),

@@ -5,17 +5,20 @@ import json
 import random
 import re
 
+import pytest
 from conftest import ROOT, SEEDS
 from inspect_fixtures import scripted_model
 
 from selfgen.backends.base import get_backend
-from selfgen.config import build_config
+from selfgen.config import ConfigError, build_config
 from selfgen.filters.novelty import NoveltyFilter
 from selfgen.filters.rouge import TOKENIZERS
 from selfgen.filters.rules import RuleFilter
 from selfgen.loop import Loop
+from selfgen.records import ToolCall, Trace
 from selfgen.sandbox import ToolSandbox
 from selfgen.seeds import load_seed_tasks, load_tool_seeds
+from selfgen.stages.tool_agent import ToolAgent
 from selfgen.stages.tool_requests import ToolRequestStage
 from selfgen.store import RunStore
 from selfgen.store.figures import tool_pass_rates
@@ -62,7 +65,7 @@ def test_each_list_names_one_tool_and_shows_only_its_requests():
 
 
 def test_untargeted_lists_show_every_tool():
-    cfg = config(target_tools=False)
+    cfg = config(target_tools="off")
     specs, seeds = tool_specs(cfg.tools), load_tool_seeds(cfg.tool_seeds)
     [prompt] = ToolRequestStage(cfg, specs, seeds, novelty(cfg)).prompts(random.Random(0), [])[:1]
     assert prompt.target is None
@@ -83,6 +86,7 @@ def test_a_call_of_another_tool_is_rejected_at_target(tmp_path, scripted):
         num_tasks=1,
         trace_prompts_per_round=7,
         max_rounds=1,
+        target_tools="check",
     )
     others = scripted_model(cfg.seed)
 
@@ -124,3 +128,23 @@ def test_a_call_of_another_tool_is_rejected_at_target(tmp_path, scripted):
     # A resumed run lists the verified request under its tool.
     assert store.verified_requests() == [(ON_TARGET, "calculator")]
     store.close()
+
+
+def test_constrain_allows_only_the_target_tool_in_the_first_call():
+    cfg = config()
+    assert cfg.target_tools == "constrain"
+    specs, seeds = tool_specs(cfg.tools), load_tool_seeds(cfg.tool_seeds)
+    agent = ToolAgent(cfg, specs, seeds, sandbox=None)
+    trace = Trace(request="What weekday is 2024-07-04?", generation_index=0, target="weekday")
+    first = agent._call_constraint(trace).json_schema
+    assert [s["properties"]["name"]["const"] for s in first["anyOf"]] == ["weekday"]
+    trace.calls.append(ToolCall("weekday", {"day": "2024-07-04"}, "Thursday", None))
+    later = agent._call_constraint(trace).json_schema
+    assert len(later["anyOf"]) == len(specs)  # later calls may use any tool
+    untargeted = Trace(request="What is 2 + 2?", generation_index=0)
+    assert len(agent._call_constraint(untargeted).json_schema["anyOf"]) == len(specs)
+
+
+def test_an_unknown_target_mode_is_one_error():
+    with pytest.raises(ConfigError, match="target_tools"):
+        config(target_tools="sometimes")

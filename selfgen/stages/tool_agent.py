@@ -6,7 +6,7 @@ the sandbox (a separate process with a timeout and a memory limit), the result g
 the prompt, and the model chooses between another call and the answer (forced to answer at the
 step limit). Each trace is then verified stage by stage (after APIGen): format (the call
 parses, names a known tool, and its arguments validate), target (a request written for one tool
-is first answered with a call of that tool), execution (the tool ran without error within its
+is first answered with a call of that tool; see `selfgen.stages.tool_requests`), execution (the tool ran without error within its
 limits) and semantic (the final answer uses the tool's output).
 """
 
@@ -185,6 +185,7 @@ class ToolAgent:
         self.tool_seeds = tool_seeds
         self.sandbox = sandbox
         self.schema = call_schema(specs)
+        self.target_schemas = {name: call_schema({name: spec}) for name, spec in specs.items()}
 
     def round_demos(self, rng: random.Random) -> list[ToolSeed]:
         """The worked examples shown in every agent prompt of a round."""
@@ -216,7 +217,7 @@ class ToolAgent:
                             stop=("\n",),
                             seed=request_seed(c.seed, round_number, f"call{step}", j),
                         ),
-                        Constraint(json_schema=self.schema) if c.constrain_calls else None,
+                        self._call_constraint(t),
                     )
                     for j, t in enumerate(active)
                 ],
@@ -226,6 +227,16 @@ class ToolAgent:
                 for t, (gen_index, comp) in zip(active, calls, strict=True)
                 if self._call(t, gen_index, comp)
             ]
+
+    def _call_constraint(self, trace: Trace) -> Constraint | None:
+        """The grammar of the trace's next call: any tool's, or only its target tool's for the
+        first call of a targeted request (`target_tools = "constrain"`)."""
+        c = self.config
+        if not c.constrain_calls:
+            return None
+        if c.target_tools == "constrain" and trace.target is not None and not trace.calls:
+            return Constraint(json_schema=self.target_schemas[trace.target])
+        return Constraint(json_schema=self.schema)
 
     def _next_steps(
         self,

@@ -2,11 +2,13 @@
 tool seed requests (and verified machine ones) under the list of tools. Each item becomes a
 `Trace`, parsed, then judged by the rule and novelty filters like an instruction.
 
-With the `target_tools` setting (the default), each list is for one tool: it names that tool
-alone and shows the requests whose first call uses it, so every request is written for a known
-tool. The tool agent then checks that the model, shown all the tools, calls that one first: two
-independent choices agree, or the trace is rejected at `target` (a request that could be
-answered with another tool, or with none, is ambiguous as training data).
+With the `target_tools` setting on (the default), each list is for one tool: it names that
+tool alone and shows the requests whose first call uses it, so every request is written for a
+known tool. The tool agent then makes that tool the first call (`constrain`: the grammar allows
+no other), or lets the model, shown all the tools, choose and rejects the trace at `target`
+when it calls another tool first (`check`: two independent choices must agree, which leaves out
+requests another tool, or none, could answer, at the price of far fewer traces from a small
+model).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class ToolRequestStage(NumberedListStage[Trace]):
         """The round's lists. Targeted, they take the tools in turn from a random one, so that
         over the rounds every tool gets as many lists."""
         c = self.config
-        if not c.target_tools or not self.seeds_by_tool:
+        if c.target_tools == "off" or not self.seeds_by_tool:
             return super().prompts(rng, [request for request, _ in pool])
         tools = sorted(self.seeds_by_tool)
         start = rng.randrange(len(tools))
