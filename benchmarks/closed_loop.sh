@@ -91,10 +91,21 @@ step eval_best "$out/eval_best.json" selfgen eval --tasks "$tasks" \
     --adapter "$out/adapter_best" --threads "$threads" --out "$out/eval_best.json" -q "${limit[@]}"
 times run score export export_best tune_all tune_best eval_all eval_best
 python3 - "$out/eval_all.json" "$out/eval_best.json" <<'PY'
-import json, sys
+import json, random, sys
 every, best = (json.load(open(p)) for p in sys.argv[1:])
 rows = [("base", every, "base"), ("tuned on all", every, "tuned"), ("tuned on best half", best, "tuned")]
 for label, results, key in rows:
     m = results["models"][key]["overall"]
     print(f"{label:20} mean ROUGE-L {m['rouge_l']:.3f} over {m['n']} instances")
+# Paired differences over the same instances, with a 95% bootstrap interval (2,000 resamples).
+scores = {label: [i[f"{key}_rouge_l"] for i in results["items"]] for label, results, key in rows}
+def interval(d, resamples=2000):
+    rng = random.Random(0)
+    means = sorted(sum(rng.choices(d, k=len(d))) / len(d) for _ in range(resamples))
+    return sum(d) / len(d), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+for a, b in (("tuned on all", "base"), ("tuned on best half", "base"),
+             ("tuned on best half", "tuned on all")):
+    diff = [x - y for x, y in zip(scores[a], scores[b], strict=True)]
+    mean, low, high = interval(diff)
+    print(f"{a} - {b}: {mean:+.4f} (95% interval {low:+.4f} to {high:+.4f})")
 PY
