@@ -505,17 +505,26 @@ def _prepare_tools(cfg: RunConfig) -> tuple[dict[str, ToolSpec], list[ToolSeed]]
     from selfgen.tooling import ToolError, tool_specs, validate_arguments
 
     assert cfg.tools is not None, "validate() requires tools with num_traces"
+    files = cfg.tool_seed_files()
     try:
         specs = tool_specs(cfg.tools)
-        seeds = load_tool_seeds(cfg.tool_seeds)
+        loaded = [(path, seed) for path in files.values() for seed in load_tool_seeds(path)]
     except (ToolError, ToolSeedError) as exc:
         fail(str(exc))
-    executed = []
+    executed: list[ToolSeed] = []
+    seen: dict[str, str] = {}
     with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
-        for seed in seeds:
+        for path, seed in loaded:
+            if seed.id in seen:
+                fail(f"{path}: seed '{seed.id}' has the id of a seed in {seen[seed.id]}")
+            seen[seed.id] = path
+            # A parallel seed shows parallel calls; a file of the other kind must not hold one.
+            if seed.parallel != (path == files.get("parallel")):
+                wanted = "several calls in one turn" if not seed.parallel else "no parallel call"
+                fail(f"{path}: seed '{seed.id}' must have {wanted} in this file")
             calls = []
             for call in seed.calls:
-                where = f"{cfg.tool_seeds}: seed '{seed.id}', call '{call.name}'"
+                where = f"{path}: seed '{seed.id}', call '{call.name}'"
                 if call.name not in specs:
                     fail(f"{where}: no such tool in {cfg.tools}")
                 if problem := validate_arguments(specs[call.name], call.arguments):
@@ -523,7 +532,9 @@ def _prepare_tools(cfg: RunConfig) -> tuple[dict[str, ToolSpec], list[ToolSeed]]
                 result = sandbox.call(call.name, call.arguments)
                 if not result.ok:
                     fail(f"{where}: the tool failed ({result.error})")
-                calls.append(ToolCall(call.name, call.arguments, result.output))
+                calls.append(
+                    ToolCall(call.name, call.arguments, result.output, None, call.parallel)
+                )
             executed.append(ToolSeed(seed.id, seed.request, tuple(calls), seed.answer))
     return specs, executed
 

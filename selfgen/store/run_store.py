@@ -384,8 +384,8 @@ class RunStore:
                 raise ValueError(f"trace {t.request!r} has no fate")
             row = self.db.execute(
                 "INSERT INTO traces (round_id, generation_id, request, stage, fate, reason,"
-                " nearest, rouge_l, messages, checks, step_generation_ids)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " nearest, rouge_l, messages, checks, step_generation_ids, kind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rnd.number,
                     gen_ids[t.generation_index],
@@ -398,6 +398,7 @@ class RunStore:
                     json.dumps(t.messages()),
                     json.dumps({k: {"ok": ok, "reason": why} for k, (ok, why) in t.checks.items()}),
                     json.dumps([gen_ids[i] for i in t.step_generation_indexes]),
+                    t.kind,
                 ),
             )
             if t.fate == Fate.KEPT:
@@ -438,7 +439,7 @@ class RunStore:
             self.db.executemany(
                 "INSERT INTO tool_seeds (seed_id, request, calls, answer) VALUES (?, ?, ?, ?)",
                 [
-                    (s.id, s.request, json.dumps([c.__dict__ for c in s.calls]), s.answer)
+                    (s.id, s.request, json.dumps([c.to_dict() for c in s.calls]), s.answer)
                     for s in seeds
                 ],
             )
@@ -466,7 +467,13 @@ class RunStore:
         rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id")
         return [r[0] for r in rows]
 
-    def verified_requests(self) -> list[str]:
+    def verified_requests(self, kind: str | None = None) -> list[str]:
+        """The requests of the verified traces (of one kind, when given), in order."""
+        if kind is not None:
+            rows = self.db.execute(
+                f"SELECT request FROM traces WHERE {sql.KEPT} AND kind = ? ORDER BY id", (kind,)
+            )
+            return [r[0] for r in rows]
         rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.KEPT} ORDER BY id")
         return [r[0] for r in rows]
 

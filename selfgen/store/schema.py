@@ -184,12 +184,19 @@ def m005_scores(db: sqlite3.Connection) -> None:
     )
 
 
+def m006_trace_kinds(db: sqlite3.Connection) -> None:
+    # The shape of a trace: "single" (one call a turn) or "parallel" (several calls in one
+    # turn). Traces stored before it were all single.
+    _run_script(db, "ALTER TABLE traces ADD COLUMN kind TEXT NOT NULL DEFAULT 'single';")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_tool_traces,
     m003_curation,
     m004_generation_errors,
     m005_scores,
+    m006_trace_kinds,
 ]
 
 
