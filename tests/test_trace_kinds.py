@@ -326,3 +326,94 @@ def _validate_and_render(rows):
             conversations=[row["messages"]], tools=row["tools"], chat_template=TEMPLATE
         )
         assert chats[0].count("<tool_call>") == len(calls)
+
+
+ZH_SEEDS = ROOT / "seeds" / "tool_seed_tasks_zh.jsonl"
+ZH_PARALLEL_SEEDS = ROOT / "seeds" / "tool_seed_tasks_parallel_zh.jsonl"
+
+
+def test_chinese_traces_take_the_chinese_tool_seeds():
+    cfg = build_config(
+        {}, {"language": "zh", "tools": "tools", "num_traces": 1, "trace_kinds": "single,parallel"}
+    )
+    assert cfg.tool_seed_files() == {
+        "single": "seeds/tool_seed_tasks_zh.jsonl",
+        "parallel": "seeds/tool_seed_tasks_parallel_zh.jsonl",
+    }
+    given = build_config({}, {"language": "zh", "tool_seeds": "mine.jsonl"})
+    assert given.tool_seed_files() == {"single": "mine.jsonl"}
+    assert build_config({}, {}).tool_seed_files() == {"single": "seeds/tool_seed_tasks.jsonl"}
+
+
+@pytest.mark.parametrize("path", [ZH_SEEDS, ZH_PARALLEL_SEEDS])
+def test_the_chinese_tool_seeds_run_and_their_answers_pass_the_chinese_check(specs, path):
+    from selfgen.filters.rules import CJK_CHAR
+
+    seeds = load_tool_seeds(path)
+    assert len(seeds) >= 6
+    with ToolSandbox(ROOT / "tools") as sandbox:
+        for seed in seeds:
+            assert CJK_CHAR.search(seed.request) and CJK_CHAR.search(seed.answer), seed.id
+            calls = []
+            for call in seed.calls:
+                jsonschema.validate(call.arguments, specs[call.name].parameters)
+                result = sandbox.call(call.name, call.arguments)
+                assert result.ok, (seed.id, result.error)
+                calls.append(
+                    ToolCall(call.name, call.arguments, result.output, None, call.parallel)
+                )
+            if not calls:
+                continue
+            kind = "parallel" if seed.parallel else "single"
+            trace = Trace(request=seed.request, generation_index=0, kind=kind, calls=calls)
+            trace.answer = seed.answer
+            assert answer_problem(trace, "zh") is None, seed.id
+
+
+def test_the_chinese_semantic_check():
+    from selfgen.stages.tool_agent import semantic_check
+
+    assert semantic_check("Friday", "2008 年 8 月 8 日是星期五。", language="zh") is None
+    assert semantic_check("Friday", "那天是周五。", language="zh") is None
+    assert semantic_check("Friday", "2008 年 8 月 8 日是星期六。", language="zh") == (
+        "answer_ignores_tool_output"
+    )
+    assert semantic_check("Friday", "It was a Friday.") == "answer_ignores_tool_output"
+    assert semantic_check("n\n40", "一共 40 笔订单。", language="zh") is None
+    assert semantic_check("n\n40", "一共 41 笔订单。", language="zh") == (
+        "answer_ignores_tool_numbers"
+    )
+
+
+def test_the_chinese_agent_and_request_prompts(specs):
+    from selfgen.stages.tool_requests import render_request_prompt
+
+    seed = load_tool_seeds(ZH_SEEDS)[8]
+    seed = seed.__class__(
+        seed.id, seed.request, (ToolCall("weekday", {"day": "2008-08-08"}, "Friday"),), seed.answer
+    )
+    prompt = render_agent_prompt("zh", {"weekday": specs["weekday"]}, [seed], "今天星期几？", [])
+    assert prompt == (
+        "回答每个请求。需要工具时，写出一个 JSON 调用，它的结果随后给出；需要多个互不依赖的调用"
+        "时，把它们写成一个 JSON 列表，结果按顺序编号。然后用结果写出回答。\n\n工具：\n"
+        + json.dumps(
+            {
+                "name": "weekday",
+                "description": specs["weekday"].description,
+                "parameters": specs["weekday"].parameters,
+            }
+        )
+        + "\n\nRequest: 2008 年 8 月 8 日是星期几？\n"
+        'Call: {"name": "weekday", "arguments": {"day": "2008-08-08"}}\n'
+        "Result: Friday\nAnswer: 2008 年 8 月 8 日是星期五。\n\n"
+        "Request: 今天星期几？\nCall:"
+    )
+    listing = render_request_prompt(
+        "zh", {"weekday": specs["weekday"]}, ["甲？", "乙？"], "parallel"
+    )
+    assert listing == (
+        "助手可以调用这些工具：\n- weekday: "
+        + specs["weekday"].description
+        + "\n\n请想出用户可能提出、并且需要同时对这些工具进行多次互不依赖的调用的请求：\n\n"
+        "1. 甲？\n2. 乙？\n3."
+    )

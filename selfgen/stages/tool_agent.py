@@ -213,14 +213,31 @@ def _numbers(text: str) -> set[str]:
     return out
 
 
-def semantic_check(output: str, answer: str, *, short_outputs: bool = False) -> str | None:
+# Weekday names as the tools write them, and as a Chinese answer says them.
+_WEEKDAYS_ZH = {
+    "monday": ("星期一", "周一"),
+    "tuesday": ("星期二", "周二"),
+    "wednesday": ("星期三", "周三"),
+    "thursday": ("星期四", "周四"),
+    "friday": ("星期五", "周五"),
+    "saturday": ("星期六", "周六"),
+    "sunday": ("星期日", "星期天", "周日"),
+}
+
+
+def semantic_check(
+    output: str, answer: str, *, short_outputs: bool = False, language: str = "en"
+) -> str | None:
     """Why the final answer does not use the tool's output, or None when it does.
 
     The rule: an answer must repeat a number (or date) of the output when the output has one,
     and otherwise share at least two content words with it. With `short_outputs`, an output
-    of one content word ("Saturday") needs only that word (single traces keep the stricter
-    rule they were verified with, so stored runs reproduce). A model judge can be layered on
-    top where a capable backend is configured.
+    of one content word ("Saturday") needs only that word (single English traces keep the
+    stricter rule they were verified with, so stored runs reproduce). In Chinese (`language`
+    "zh"), where the answer translates the tools' English words, a weekday counts in its
+    Chinese name and the answer needs the output's words only as far as it has any (names of
+    products and people stay in Latin letters). A model judge can be layered on top where a
+    capable backend is configured.
     """
     if not answer.strip():
         return "empty_answer"
@@ -229,6 +246,11 @@ def semantic_check(output: str, answer: str, *, short_outputs: bool = False) -> 
         return None if numbers & _numbers(answer) else "answer_ignores_tool_numbers"
     out_words = {w for w in _WORD.findall(output.lower()) if len(w) > 3}
     ans_words = {w for w in _WORD.findall(answer.lower()) if len(w) > 3}
+    if language == "zh":
+        for day, names in _WEEKDAYS_ZH.items():
+            if day in out_words and any(n in answer for n in names):
+                ans_words.add(day)
+        short_outputs = True
     wanted = max(1, min(2, len(out_words))) if short_outputs else 2
     return None if len(out_words & ans_words) >= wanted else "answer_ignores_tool_output"
 
@@ -245,15 +267,18 @@ def interleave_kinds(traces: list[Trace]) -> list[Trace]:
     return out
 
 
-def answer_problem(trace: Trace) -> str | None:
+def answer_problem(trace: Trace, language: str = "en") -> str | None:
     """The semantic check of a trace's answer against its last turn: the answer must use the
     result of that turn's call, and after parallel calls the result of every one of them."""
     assert trace.answer is not None
     last = call_turns(trace.calls)[-1]
     if len(last) == 1:
-        return semantic_check(last[0].output or "", trace.answer)
+        return semantic_check(last[0].output or "", trace.answer, language=language)
     for n, call in enumerate(last, start=1):
-        if problem := semantic_check(call.output or "", trace.answer, short_outputs=True):
+        problem = semantic_check(
+            call.output or "", trace.answer, short_outputs=True, language=language
+        )
+        if problem:
             return f"{problem} (result {n})"
     return None
 
@@ -471,7 +496,7 @@ class ToolAgent:
                 if t.fate is not Fate.REJECTED:
                     t.reject(Stage.SEMANTIC, "no_answer")
                 continue
-            if t.check(Stage.SEMANTIC, answer_problem(t)):
+            if t.check(Stage.SEMANTIC, answer_problem(t, self.config.language)):
                 passed.append(t)
         return passed
 
