@@ -267,6 +267,11 @@ class RunConfig:
         default_text="seeds/tool_seed_tasks.jsonl (_zh.jsonl for zh)",
         help="Worked tool-use examples.",
     )
+    mcp_config: str | None = setting(
+        None,
+        path=True,
+        help="An mcpServers JSON file (stdio and streamable HTTP servers): use their tools too.",
+    )
     trace_kinds: str = setting(
         "single",
         help="Kinds of trace, comma-separated: single (one call a turn), parallel (several"
@@ -428,9 +433,9 @@ class RunConfig:
         need(self.max_instances >= 1, "max_instances", "must be at least 1")
         need(self.num_traces >= 0, "num_traces", "must be 0 or more")
         need(
-            self.num_traces == 0 or self.tools is not None,
+            self.num_traces == 0 or self.tools is not None or self.mcp_config is not None,
             "num_traces",
-            "needs a folder of tools (the tools setting)",
+            "needs a folder of tools (the tools setting) or MCP servers (mcp_config)",
         )
         need(self.max_tool_steps >= 1, "max_tool_steps", "must be at least 1")
         from selfgen.scoring.select import ScoreCondition

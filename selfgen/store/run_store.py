@@ -428,10 +428,23 @@ class RunStore:
                 ),
             )
 
-    def save_tools(self, specs: dict[str, ToolSpec], seeds: list[ToolSeed]) -> None:
-        """Store the run's tool schemas and its tool seeds (with their executed outputs)."""
+    def save_tools(
+        self,
+        specs: dict[str, ToolSpec],
+        seeds: list[ToolSeed],
+        sources: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """Store the run's tool schemas and its tool seeds (with their executed outputs), and
+        where each tool came from: (MCP server or '' for a tools folder, schema hash)."""
         with self._writing(), self.db:
             self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO tool_sources VALUES (?, ?, ?)",
+                [
+                    (name, server, digest)
+                    for name, (server, digest) in sorted((sources or {}).items())
+                ],
+            )
             self.db.executemany(
                 "INSERT INTO run_tools VALUES (?, ?)",
                 [(name, json.dumps(spec.openai())) for name, spec in sorted(specs.items())],
@@ -450,6 +463,11 @@ class RunStore:
             fn = json.loads(spec)["function"]
             out[name] = ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters", {}))
         return out
+
+    def tool_sources(self) -> dict[str, tuple[str, str]]:
+        """Each tool's (MCP server or '', schema hash), as recorded when the run started."""
+        rows = self.db.execute("SELECT name, server, schema_hash FROM tool_sources ORDER BY name")
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def tool_seeds(self) -> list[ToolSeed]:
         return [
