@@ -27,8 +27,9 @@ from typing import Any
 from selfgen.sandbox import MAX_OUTPUT, ToolResult
 from selfgen.tooling import ToolError, ToolSpec, validate_arguments
 
-# Seconds to start a server and list its tools.
-LOAD_TIMEOUT_S = 60.0
+# Seconds to start a server and list its tools (a server started with npx or uvx may first
+# install itself).
+LOAD_TIMEOUT_S = 120.0
 
 
 def read_mcp_config(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -296,6 +296,11 @@ def test_a_run_with_single_and_parallel_traces(tmp_path, scripted):
         "human", "function_call", "observation", "gpt",
     ]  # fmt: skip
     assert json.loads(parallel[0]["conversations"][2]["value"]) == ["Tuesday", "Wednesday"]
+    from selfgen.store.figures import trace_kind_pass_rates
+
+    by_kind = {k["kind"]: k for k in trace_kind_pass_rates(store.db)}
+    assert (by_kind["parallel"]["traces"], by_kind["parallel"]["format"]) == (2, 1)
+    assert (by_kind["parallel"]["verified"], by_kind["single"]["verified"]) == (1, 1)
     store.close()
 
 
