@@ -129,7 +129,8 @@ def test_streamable_http_server(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(600):  # until the server listens (it imports its framework first)
+        for _ in range(3000):  # until the server listens (it imports its framework first)
+            assert proc.poll() is None, "the HTTP server ended"
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
@@ -138,11 +139,15 @@ def test_streamable_http_server(tmp_path):
         path.write_text(
             json.dumps({"mcpServers": {"web": {"url": f"http://127.0.0.1:{port}/mcp"}}})
         )
-        mcp = McpTools(path, timeout_s=120.0)
+        mcp = McpTools(path, timeout_s=30.0)
         assert mcp.sources["add"].server == "web"
         assert mcp.call("add", {"a": 40, "b": 2}).output == "42"
+        # The server dies while it holds the request: the call runs into its timeout.
         crashed = mcp.call("crash", {"code": 1})
-        assert not crashed.ok and "server 'web'" in crashed.error
+        assert crashed.error == "timed out after 30 s (server 'web')"
+        proc.wait(timeout=60)
+        gone = mcp.call("add", {"a": 1, "b": 1})
+        assert not gone.ok and gone.error.startswith("failed (server 'web')")
     finally:
         proc.kill()
         proc.wait()
