@@ -160,7 +160,7 @@ def test_tools_commands_with_mcp(config, child_env):
         text=True,
         cwd=ROOT,
         env=child_env,
-        timeout=300,
+        timeout=900,
     )
     assert listed.returncode == 0, listed.stderr
     assert {t["function"]["name"] for t in json.loads(listed.stdout)} == {
@@ -172,7 +172,7 @@ def test_tools_commands_with_mcp(config, child_env):
         text=True,
         cwd=ROOT,
         env=child_env,
-        timeout=300,
+        timeout=900,
     )
     assert (called.returncode, called.stdout) == (0, "3\n"), called.stderr
     bad = subprocess.run(
@@ -181,7 +181,7 @@ def test_tools_commands_with_mcp(config, child_env):
         text=True,
         cwd=ROOT,
         env=child_env,
-        timeout=300,
+        timeout=900,
     )
     assert bad.returncode == 2
     assert bad.stderr == "error: ARGUMENTS: a: 'x' is not of type 'integer'\n"
@@ -243,7 +243,7 @@ def test_a_run_on_mcp_tools_records_them_and_replay_tells_a_changed_tool(
         text=True,
         cwd=ROOT,
         env=child_env,
-        timeout=300,
+        timeout=900,
     )
     assert same.returncode == 0, same.stdout + same.stderr
     assert "1 reproduced, 0 differ" in same.stdout
@@ -255,7 +255,7 @@ def test_a_run_on_mcp_tools_records_them_and_replay_tells_a_changed_tool(
         text=True,
         cwd=ROOT,
         env=child_env,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 1
     assert "tool 'add' of server 'fixture' has changed since the run (schema " in proc.stdout
