@@ -32,6 +32,7 @@ from selfgen.tune.config import TuneConfig
 if TYPE_CHECKING:
     from selfgen.backends.base import Backend, BackendError
     from selfgen.config import Config
+    from selfgen.mcp_tools import ToolBox
     from selfgen.records import ToolSeed
     from selfgen.scoring.select import Selection
     from selfgen.stages.score import ScoreStage
@@ -495,37 +496,76 @@ def _announce(message: str, *, as_json: bool, **fields: Any) -> None:
     typer.echo(json_line("start", message=message, **fields) if as_json else message, err=True)
 
 
-def _prepare_tools(cfg: RunConfig) -> tuple[dict[str, ToolSpec], list[ToolSeed]] | None:
+def _open_tools(
+    folder: str | Path | None, mcp_config: str | Path | None, timeout_s: float, memory_mb: int
+) -> tuple[ToolBox, dict[str, ToolSpec], dict[str, tuple[str, str]]]:
+    """The tools of a folder (run in the sandbox) and of MCP servers, with their schemas and
+    sources (server or '', schema hash); a defect ends with one message."""
+    from selfgen.mcp_tools import McpTools, ToolBox, schema_hash
+    from selfgen.sandbox import ToolSandbox
+    from selfgen.tooling import ToolError, tool_specs
+
+    try:
+        specs = tool_specs(folder) if folder is not None else {}
+        sources = {name: ("", schema_hash(spec)) for name, spec in specs.items()}
+        mcp = McpTools(mcp_config, timeout_s) if mcp_config is not None else None
+    except ToolError as exc:
+        fail(str(exc))
+    if mcp is not None:
+        for name, spec in mcp.specs.items():
+            if name in specs:
+                fail(f"{mcp_config}: the tool '{name}' is also in {folder}")
+            specs[name] = spec
+            sources[name] = (mcp.sources[name].server, mcp.sources[name].schema_hash)
+    sandbox = ToolSandbox(folder, timeout_s, memory_mb) if folder is not None else None
+    return ToolBox(sandbox, mcp), specs, sources
+
+
+def _prepare_tools(
+    cfg: RunConfig,
+) -> tuple[dict[str, ToolSpec], list[ToolSeed], dict[str, tuple[str, str]]] | None:
     """Load the tools and their seeds, and run every seed call to record its output."""
     if not cfg.num_traces:
         return None
     from selfgen.records import ToolCall, ToolSeed
-    from selfgen.sandbox import ToolSandbox
     from selfgen.seeds import ToolSeedError, load_tool_seeds
-    from selfgen.tooling import ToolError, tool_specs, validate_arguments
+    from selfgen.tooling import validate_arguments
 
-    assert cfg.tools is not None, "validate() requires tools with num_traces"
+    files = cfg.tool_seed_files()
     try:
-        specs = tool_specs(cfg.tools)
-        seeds = load_tool_seeds(cfg.tool_seeds)
-    except (ToolError, ToolSeedError) as exc:
+        loaded = [(path, seed) for path in files.values() for seed in load_tool_seeds(path)]
+    except ToolSeedError as exc:
         fail(str(exc))
-    executed = []
-    with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
-        for seed in seeds:
+    box, specs, sources = _open_tools(
+        cfg.tools, cfg.mcp_config, cfg.tool_timeout_s, cfg.tool_memory_mb
+    )
+    executed: list[ToolSeed] = []
+    seen: dict[str, str] = {}
+    where_tools = " and ".join(str(p) for p in (cfg.tools, cfg.mcp_config) if p is not None)
+    with box:
+        for path, seed in loaded:
+            if seed.id in seen:
+                fail(f"{path}: seed '{seed.id}' has the id of a seed in {seen[seed.id]}")
+            seen[seed.id] = path
+            # A parallel seed shows parallel calls; a file of the other kind must not hold one.
+            if seed.parallel != (path == files.get("parallel")):
+                wanted = "several calls in one turn" if not seed.parallel else "no parallel call"
+                fail(f"{path}: seed '{seed.id}' must have {wanted} in this file")
             calls = []
             for call in seed.calls:
-                where = f"{cfg.tool_seeds}: seed '{seed.id}', call '{call.name}'"
+                where = f"{path}: seed '{seed.id}', call '{call.name}'"
                 if call.name not in specs:
-                    fail(f"{where}: no such tool in {cfg.tools}")
+                    fail(f"{where}: no such tool in {where_tools}")
                 if problem := validate_arguments(specs[call.name], call.arguments):
                     fail(f"{where}: {problem}")
-                result = sandbox.call(call.name, call.arguments)
+                result = box.call(call.name, call.arguments)
                 if not result.ok:
                     fail(f"{where}: the tool failed ({result.error})")
-                calls.append(ToolCall(call.name, call.arguments, result.output))
+                calls.append(
+                    ToolCall(call.name, call.arguments, result.output, None, call.parallel)
+                )
             executed.append(ToolSeed(seed.id, seed.request, tuple(calls), seed.answer))
-    return specs, executed
+    return specs, executed, sources
 
 
 def _backend_options(cfg: RunConfig, api_key: str | None) -> dict[str, Any]:
@@ -593,10 +633,7 @@ def _run_loop(
         display = LoopDisplay(console, start, cfg.num_tasks, enabled=mode == "rich")
     sandbox = None
     if cfg.num_traces:
-        from selfgen.sandbox import ToolSandbox
-
-        assert cfg.tools is not None, "validate() requires tools with num_traces"
-        sandbox = ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb)
+        sandbox = _open_tools(cfg.tools, cfg.mcp_config, cfg.tool_timeout_s, cfg.tool_memory_mb)[0]
     try:
         with display:
             result = Loop(
@@ -1061,36 +1098,53 @@ traces_app = typer.Typer(help="Work with the tool-use traces of a run.", no_args
 app.add_typer(tools_app, name="tools")
 app.add_typer(traces_app, name="traces")
 
-TOOLS_DIR = typer.Option("--tools", help="Folder of langchain-core tool modules.")
+TOOLS_DIR = typer.Option(
+    "--tools", help="Folder of langchain-core tool modules.", show_default="tools"
+)
+MCP_CONFIG = typer.Option(
+    "--mcp-config", help="An mcpServers JSON file: the tools of these MCP servers."
+)
+
+
+def _tool_sources(tools: Path | None, mcp_config: Path | None) -> Path | None:
+    """The tools folder: as given, or tools/ when no MCP servers are given either."""
+    return tools if tools is not None or mcp_config is not None else Path("tools")
 
 
 @tools_app.command("list")
 def tools_list(
-    tools: Annotated[Path, TOOLS_DIR] = Path("tools"),
+    tools: Annotated[Path | None, TOOLS_DIR] = None,
+    mcp_config: Annotated[Path | None, MCP_CONFIG] = None,
     as_json: Annotated[bool, typer.Option("--json", help="OpenAI tool schemas as JSON.")] = False,
 ) -> None:
-    """Name, description and argument schema of every tool."""
-    from selfgen.tooling import ToolError, tool_specs
-
-    try:
-        specs = tool_specs(tools)
-    except ToolError as exc:
-        fail(str(exc))
+    """Name, description and argument schema of every tool (and its MCP server)."""
+    folder = _tool_sources(tools, mcp_config)
+    box, specs, sources = _open_tools(folder, mcp_config, 5.0, 512)
+    box.close()
     if as_json:
         typer.echo(json.dumps([s.openai() for s in specs.values()], indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Tools in {tools}", title_justify="left")
-    for column in ("name", "description", "arguments"):
+    title = " and ".join(str(p) for p in (folder, mcp_config) if p is not None)
+    table = Table(title=f"Tools in {title}", title_justify="left")
+    columns = (
+        ("name", "server", "description", "arguments")
+        if mcp_config
+        else ("name", "description", "arguments")
+    )
+    for column in columns:
         table.add_column(column)
     for spec in specs.values():
         args = ", ".join(
             f"{k}: {v.get('type', 'enum' if 'enum' in v else '?')}"
             for k, v in spec.parameters.get("properties", {}).items()
         )
-        table.add_row(spec.name, spec.description, args)
+        row = [spec.name, spec.description, args]
+        if mcp_config:
+            row.insert(1, sources[spec.name][0] or str(folder))
+        table.add_row(*row)
     Console().print(table)
 
 
@@ -1098,54 +1152,74 @@ def tools_list(
 def tools_call(
     name: Annotated[str, typer.Argument(help="Tool name.")],
     arguments: Annotated[str, typer.Argument(help="Arguments as a JSON object.")],
-    tools: Annotated[Path, TOOLS_DIR] = Path("tools"),
+    tools: Annotated[Path | None, TOOLS_DIR] = None,
+    mcp_config: Annotated[Path | None, MCP_CONFIG] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before the tool is killed.")] = 5.0,
     memory_mb: Annotated[int, typer.Option(help="Memory a call may allocate, MiB.")] = 512,
 ) -> None:
-    """Validate the arguments and run one tool in the sandbox, as the loop does."""
-    from selfgen.sandbox import ToolSandbox
-    from selfgen.tooling import ToolError, tool_specs, validate_arguments
+    """Validate the arguments and run one tool (in the sandbox, or on its MCP server), as the
+    loop does."""
+    from selfgen.tooling import validate_arguments
 
-    try:
-        specs = tool_specs(tools)
-    except ToolError as exc:
-        fail(str(exc))
-    if name not in specs:
-        fail(f"unknown tool '{name}' (known: {', '.join(sorted(specs))})")
-    try:
-        args = json.loads(arguments)
-    except json.JSONDecodeError as exc:
-        fail(f"ARGUMENTS: not valid JSON ({exc.msg})")
-    if problem := validate_arguments(specs[name], args):
-        fail(f"ARGUMENTS: {problem}")
-    with ToolSandbox(tools, timeout, memory_mb) as sandbox:
-        result = sandbox.call(name, args)
+    box, specs, _ = _open_tools(_tool_sources(tools, mcp_config), mcp_config, timeout, memory_mb)
+    with box:
+        if name not in specs:
+            fail(f"unknown tool '{name}' (known: {', '.join(sorted(specs))})")
+        try:
+            args = json.loads(arguments)
+        except json.JSONDecodeError as exc:
+            fail(f"ARGUMENTS: not valid JSON ({exc.msg})")
+        if problem := validate_arguments(specs[name], args):
+            fail(f"ARGUMENTS: {problem}")
+        result = box.call(name, args)
     if not result.ok:
         fail(f"{name} failed: {result.error}", RUN_ERROR)
     typer.echo(result.output)
 
 
 @traces_app.command("replay")
-def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
-    """Re-execute every stored tool call and report outputs that differ from the record."""
+def traces_replay(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    mcp_config: Annotated[
+        Path | None,
+        typer.Option("--mcp-config", help="The run's MCP servers from this file instead."),
+    ] = None,
+) -> None:
+    """Re-execute every stored tool call and report outputs that differ from the record, and
+    tools whose schema has changed since the run."""
     from selfgen.config import RunConfig
-    from selfgen.sandbox import ToolSandbox
     from selfgen.store import RunStore, StoreError
+    from selfgen.terminal import printable
 
     try:
         store = RunStore.open(run_dir)
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     cfg = RunConfig(**store.config())
-    if not cfg.tools:
+    mcp = mcp_config or cfg.mcp_config
+    if not cfg.tools and not mcp:
         fail(f"{run_dir}: this run has no tools")
     calls = same = 0
     differ = []
+    changed = []
     try:
-        with ToolSandbox(cfg.tools, cfg.tool_timeout_s, cfg.tool_memory_mb) as sandbox:
+        recorded_sources = store.tool_sources()
+        box, specs, sources = _open_tools(cfg.tools, mcp, cfg.tool_timeout_s, cfg.tool_memory_mb)
+        for name, (server, digest) in sorted(recorded_sources.items()):
+            where = f"tool '{printable(name)}'" + (f" of server '{server}'" if server else "")
+            if name not in sources:
+                changed.append(f"{where} is gone")
+            elif sources[name][1] != digest:
+                changed.append(
+                    f"{where} has changed since the run (schema {digest} -> {sources[name][1]})"
+                )
+        with box:
             for call in store.replayable_calls():
-                result = sandbox.call(call.name, call.arguments)
-                fresh = result.output if result.ok else f"error: {result.error}"
+                if call.name in specs:
+                    result = box.call(call.name, call.arguments)
+                    fresh = result.output if result.ok else f"error: {result.error}"
+                else:
+                    fresh = f"error: no tool named '{call.name}'"
                 calls += 1
                 if fresh == call.recorded:
                     same += 1
@@ -1155,13 +1229,17 @@ def traces_replay(run_dir: Annotated[Path, typer.Argument(help="Run folder.")]) 
         fail(str(exc), RUN_ERROR)
     finally:
         store.close()
-    from selfgen.terminal import printable
 
+    for line in changed:
+        typer.echo(line)
     for trace_id, tool_name, old, new in differ:
         # The tool's name is the model's text too; repr() escapes the outputs already.
         typer.echo(f"trace {trace_id}: {printable(tool_name)} gave {new!r}, recorded {old!r}")
-    typer.echo(f"replayed {calls} tool calls: {same} reproduced, {len(differ)} differ")
-    if differ:
+    typer.echo(
+        f"replayed {calls} tool calls: {same} reproduced, {len(differ)} differ"
+        + (f"; {len(changed)} tools changed" if changed else "")
+    )
+    if differ or changed:
         raise typer.Exit(RUN_ERROR)
 
 

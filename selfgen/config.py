@@ -100,6 +100,10 @@ def default_of(field: dataclasses.Field[Any]) -> Any:
     return None if field.default is MISSING else field.default
 
 
+# The shapes of tool-use trace a run can generate (trace_kinds).
+TRACE_KINDS = ("single", "parallel")
+
+
 @dataclass
 class RunConfig:
     # Where and with what.
@@ -257,8 +261,27 @@ class RunConfig:
     tools: str | None = setting(
         None, path=True, help="Folder of langchain-core tool modules (e.g. tools/)."
     )
-    tool_seeds: str = setting(
-        "seeds/tool_seed_tasks.jsonl", path=True, help="Worked tool-use examples."
+    tool_seeds: str | None = setting(
+        None,
+        path=True,
+        default_text="seeds/tool_seed_tasks.jsonl (_zh.jsonl for zh)",
+        help="Worked tool-use examples.",
+    )
+    mcp_config: str | None = setting(
+        None,
+        path=True,
+        help="An mcpServers JSON file (stdio and streamable HTTP servers): use their tools too.",
+    )
+    trace_kinds: str = setting(
+        "single",
+        help="Kinds of trace, comma-separated: single (one call a turn), parallel (several"
+        " independent calls in one turn).",
+    )
+    parallel_tool_seeds: str | None = setting(
+        None,
+        path=True,
+        default_text="seeds/tool_seed_tasks_parallel.jsonl (_parallel_zh.jsonl for zh)",
+        help="Worked examples of parallel calls (trace kind parallel).",
     )
     num_traces: int = setting(
         0, resumable=True, help="Also stop only when this many traces are verified."
@@ -318,6 +341,22 @@ class RunConfig:
             for part in (text or "").split(","):
                 if part.strip():
                     out.append(ScoreCondition.parse(part, minimum=minimum))
+        return out
+
+    def trace_kind_list(self) -> list[str]:
+        """The kinds of trace to generate, in the order given."""
+        return [k.strip() for k in self.trace_kinds.split(",") if k.strip()]
+
+    def tool_seed_files(self) -> dict[str, str]:
+        """The tool seed file of each kind of trace (by language where not given)."""
+        suffix = "_zh" if self.language == "zh" else ""
+        out = {}
+        if "single" in self.trace_kind_list():
+            out["single"] = self.tool_seeds or f"seeds/tool_seed_tasks{suffix}.jsonl"
+        if "parallel" in self.trace_kind_list():
+            out["parallel"] = (
+                self.parallel_tool_seeds or f"seeds/tool_seed_tasks_parallel{suffix}.jsonl"
+            )
         return out
 
     def scorer_names(self) -> list[str]:
@@ -407,9 +446,9 @@ class RunConfig:
         need(self.max_instances >= 1, "max_instances", "must be at least 1")
         need(self.num_traces >= 0, "num_traces", "must be 0 or more")
         need(
-            self.num_traces == 0 or self.tools is not None,
+            self.num_traces == 0 or self.tools is not None or self.mcp_config is not None,
             "num_traces",
-            "needs a folder of tools (the tools setting)",
+            "needs a folder of tools (the tools setting) or MCP servers (mcp_config)",
         )
         need(self.max_tool_steps >= 1, "max_tool_steps", "must be at least 1")
         from selfgen.scoring.select import ScoreCondition
@@ -426,11 +465,14 @@ class RunConfig:
         need(
             not unscored, "score", f"must include {', '.join(unscored)} (a score condition uses it)"
         )
+        kinds = self.trace_kind_list()
+        unknown_kinds = sorted(set(kinds) - set(TRACE_KINDS))
         need(
-            self.num_traces == 0 or self.language == "en",
-            "num_traces",
-            "tool-use traces have English prompts only (language 'en')",
+            bool(kinds) and not unknown_kinds,
+            "trace_kinds",
+            f"must be one or more of {', '.join(TRACE_KINDS)}, comma-separated",
         )
+        need(len(set(kinds)) == len(kinds), "trace_kinds", "names a kind twice")
 
 
 class Config(Protocol):

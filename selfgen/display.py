@@ -194,6 +194,21 @@ def _distribution_tables(s: dict[str, Any]) -> list[Table]:
                 f"{t['pass_rate']:.0%}",
             )
         tables.append(tools)
+    kinds = s.get("trace_kinds", [])
+    if any(k["kind"] != "single" for k in kinds):
+        by_kind = Table(title="Tool-use traces by kind", title_justify="left")
+        for column in ("kind", "traces", "format ok", "execution ok", "semantic ok", "verified"):
+            by_kind.add_column(column, justify="left" if column == "kind" else "right")
+        for k in kinds:
+            by_kind.add_row(
+                k["kind"],
+                str(k["traces"]),
+                str(k["format"]),
+                str(k["execution"]),
+                str(k["semantic"]),
+                str(k["verified"]),
+            )
+        tables.append(by_kind)
     for d in s.get("scores", []):
         q = ", ".join(f"{v:.3g}" for v in d["quartiles"]) or "-"
         title = (

@@ -128,15 +128,31 @@ def trace_rows(
 
 def sharegpt_turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     """OpenAI messages as ShareGPT turns the way LLaMA-Factory reads tool use:
-    human, function_call (a JSON string of name and arguments), observation, gpt."""
+    human, function_call (a JSON string of name and arguments), observation, gpt.
+
+    Parallel calls (one assistant message with several tool_calls) are one function_call turn
+    holding a JSON list of the calls, followed by one observation turn holding a JSON list of
+    their results in the same order: LLaMA-Factory reads a list of calls as parallel calls,
+    and its turns must alternate, so the results cannot be separate observation turns."""
     turns = []
+    results_of_parallel = 0  # tool messages still to gather into one observation
     for m in messages:
-        if m["role"] == "user":
+        if m["role"] == "tool" and results_of_parallel:
+            gathered = json.loads(turns[-1]["value"]) + [m["content"]]
+            turns[-1]["value"] = json.dumps(gathered, ensure_ascii=False)
+            results_of_parallel -= 1
+        elif m["role"] == "user":
             turns.append({"from": "human", "value": m["content"]})
         elif m["role"] == "assistant" and m.get("tool_calls"):
-            fn = m["tool_calls"][0]["function"]
-            call = {"name": fn["name"], "arguments": json.loads(fn["arguments"])}
-            turns.append({"from": "function_call", "value": json.dumps(call, ensure_ascii=False)})
+            calls = [
+                {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+                for c in m["tool_calls"]
+            ]
+            value = calls[0] if len(calls) == 1 else calls
+            turns.append({"from": "function_call", "value": json.dumps(value, ensure_ascii=False)})
+            if len(calls) > 1:
+                turns.append({"from": "observation", "value": "[]"})
+                results_of_parallel = len(calls)
         elif m["role"] == "tool":
             turns.append({"from": "observation", "value": m["content"]})
         elif m["role"] == "assistant":

@@ -32,7 +32,7 @@ from selfgen.records import TARGET_REACHED, Candidate, Fate, Stage
 from selfgen.stages.classify import ClassifyStage
 from selfgen.stages.instances import InstanceStage
 from selfgen.stages.instructions import InstructionStage
-from selfgen.stages.tool_agent import ToolAgent
+from selfgen.stages.tool_agent import ToolAgent, interleave_kinds, seeds_of_kind
 from selfgen.stages.tool_requests import ToolRequestStage
 from selfgen.store import GenerationRecord, RoundRecord, RunStore, RunTotals
 
@@ -116,9 +116,15 @@ class Loop:
             specs, tool_seeds = store.tool_specs(), store.tool_seeds()
             pool = [s.request for s in tool_seeds] + store.trace_pool()
             novelty = NoveltyFilter(rules, tokenizer, config.rouge_threshold, pool)
-            self.tool_requests = ToolRequestStage(config, specs, tool_seeds, novelty)
+            # One request stage per kind of trace, sharing one novelty pool.
+            self.tool_requests = [
+                ToolRequestStage(config, specs, seeds_of_kind(tool_seeds, kind), novelty, kind)
+                for kind in config.trace_kind_list()
+            ]
             self.agent = ToolAgent(config, specs, tool_seeds, sandbox)
-            self.verified = store.verified_requests()
+            self.verified = {
+                kind: store.verified_requests(kind) for kind in config.trace_kind_list()
+            }
 
     def _should_stop(self, totals: RunTotals) -> str | None:
         c = self.config
@@ -259,16 +265,20 @@ class Loop:
     def _trace_round(self, rnd: RoundRecord, traces_needed: int) -> None:
         """Tool requests, then the tool agent on the novel ones, then verification (and the
         trace scorers, when the run scores)."""
-        prompts = self.tool_requests.prompts(self.rng, self.verified)
-        lists = self._queue()
-        for j, prompt in enumerate(prompts):
-            lists.add(self.tool_requests.request(prompt, rnd.number, j))
+        asked = []
+        for stage in self.tool_requests:
+            prompts = stage.prompts(self.rng, self.verified[stage.kind])
+            lists = self._queue()
+            for j, prompt in enumerate(prompts):
+                lists.add(stage.request(prompt, rnd.number, j))
+            asked.append((stage, prompts, lists))
         novel = []
-        for j, prompt in enumerate(prompts):
-            gen_index, comp = self._take(rnd, lists, j, self.tool_requests.name)
-            traces = self.tool_requests.apply(prompt, comp, gen_index)
-            rnd.traces.extend(traces)
-            novel += [t for t in traces if t.fate is Fate.PENDING]
+        for stage, prompts, lists in asked:
+            for j, prompt in enumerate(prompts):
+                gen_index, comp = self._take(rnd, lists, j, stage.name)
+                traces = stage.apply(prompt, comp, gen_index)
+                rnd.traces.extend(traces)
+                novel += [t for t in traces if t.fate is Fate.PENDING]
 
         demos = self.agent.round_demos(self.rng)
         self.agent.run(
@@ -278,8 +288,8 @@ class Loop:
         if self.scoring is not None and answered:
             rnd.scorers = self.scoring.meta
             answered = self.scoring.apply_traces(answered)
-        for trace in self.agent.keep(answered, traces_needed):
-            self.verified.append((trace.request, trace.calls[0].name))
+        for trace in self.agent.keep(interleave_kinds(answered), traces_needed):
+            self.verified[trace.kind].append((trace.request, trace.calls[0].name))
 
     def _queue(self) -> _Queue:
         """A new queue of requests, flushed with the others whenever the loop must wait."""

@@ -94,6 +94,27 @@ class ToolCall:
     arguments: dict[str, Any]
     output: str | None = None
     error: str | None = None
+    # Made in the same assistant turn as the call before it (parallel calls).
+    parallel: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The call as stored: `parallel` only where it is set, so that the records of runs
+        without parallel calls stay as they were."""
+        out = dict(self.__dict__)
+        if not self.parallel:
+            del out["parallel"]
+        return out
+
+
+def call_turns(calls: list[ToolCall] | tuple[ToolCall, ...]) -> list[list[ToolCall]]:
+    """The calls grouped by assistant turn: a call marked `parallel` joins the turn before."""
+    turns: list[list[ToolCall]] = []
+    for call in calls:
+        if call.parallel and turns:
+            turns[-1].append(call)
+        else:
+            turns.append([call])
+    return turns
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,11 @@ class ToolSeed:
     request: str
     calls: tuple[ToolCall, ...]
     answer: str
+
+    @property
+    def parallel(self) -> bool:
+        """Whether the example makes several calls in one turn."""
+        return any(c.parallel for c in self.calls)
 
 
 @dataclass(kw_only=True)
@@ -160,6 +186,8 @@ class Trace(Record):
 
     request: str
     generation_index: int
+    # "single" (one call a turn) or "parallel" (several independent calls in the first turn).
+    kind: str = "single"
     # The tool the request was written for (the run's target_tools setting), else None.
     target: str | None = None
     calls: list[ToolCall] = field(default_factory=list)
@@ -181,10 +209,13 @@ class Trace(Record):
         return reason is None
 
     def messages(self) -> list[dict[str, Any]]:
-        """The trace as OpenAI chat messages (assistant tool_calls, tool messages, answer)."""
+        """The trace as OpenAI chat messages: each turn's calls in one assistant message
+        (several `tool_calls` for parallel calls), then one tool message per call."""
         out: list[dict[str, Any]] = [{"role": "user", "content": self.request}]
-        for i, call in enumerate(self.calls):
-            call_id = f"call_{i}"
+        i = 0
+        for turn in call_turns(self.calls):
+            ids = [f"call_{i + k}" for k in range(len(turn))]
+            i += len(turn)
             out.append(
                 {
                     "role": "assistant",
@@ -198,17 +229,21 @@ class Trace(Record):
                                 "arguments": json.dumps(call.arguments),
                             },
                         }
+                        for call_id, call in zip(ids, turn, strict=True)
                     ],
                 }
             )
-            out.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": call_id,
-                    "name": call.name,
-                    "content": call.output if call.output is not None else f"error: {call.error}",
-                }
-            )
+            for call_id, call in zip(ids, turn, strict=True):
+                out.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call_id,
+                        "name": call.name,
+                        "content": call.output
+                        if call.output is not None
+                        else f"error: {call.error}",
+                    }
+                )
         if self.answer is not None:
             out.append({"role": "assistant", "content": self.answer})
         return out

@@ -3,7 +3,8 @@
 A seed task file holds one JSON object a line: ``id``, ``name``, ``instruction``,
 ``instances`` (a list of ``{"input", "output"}``) and ``is_classification``. The original
 175-task Self-Instruct file loads unchanged. A tool seed file holds ``{"id", "request",
-"calls": [{"name", "arguments"}], "answer"}`` lines. Both are read by selfgen.io's JSONL
+"calls": [{"name", "arguments"}], "answer"}`` lines; a list of calls in place of one call is
+a turn of parallel calls. Both are read by selfgen.io's JSONL
 reader; any defect stops with a :class:`SeedFileError` or :class:`ToolSeedError` naming
 ``file:line``.
 """
@@ -82,14 +83,20 @@ def parse_tool_seed(obj: dict[str, Any], where: str) -> ToolSeed:
         if not isinstance(obj.get(key), kind):
             raise ToolSeedError(f"{where}: field '{key}' is missing or not a {type_name(kind())}")
     calls = []
-    for i, call in enumerate(obj["calls"]):
-        if not (
-            isinstance(call, dict)
-            and isinstance(call.get("name"), str)
-            and isinstance(call.get("arguments"), dict)
-        ):
-            raise ToolSeedError(f"{where}: calls[{i}] needs a 'name' and an 'arguments' object")
-        calls.append(ToolCall(call["name"], call["arguments"]))
+    for i, item in enumerate(obj["calls"]):
+        # A list of calls is one turn of parallel calls.
+        group = item if isinstance(item, list) else [item]
+        if isinstance(item, list) and len(item) < 2:
+            raise ToolSeedError(f"{where}: calls[{i}] lists parallel calls: give at least two")
+        for k, call in enumerate(group):
+            if not (
+                isinstance(call, dict)
+                and isinstance(call.get("name"), str)
+                and isinstance(call.get("arguments"), dict)
+            ):
+                at = f"calls[{i}][{k}]" if isinstance(item, list) else f"calls[{i}]"
+                raise ToolSeedError(f"{where}: {at} needs a 'name' and an 'arguments' object")
+            calls.append(ToolCall(call["name"], call["arguments"], parallel=k > 0))
     return ToolSeed(obj["id"], obj["request"].strip(), tuple(calls), obj["answer"])
 
 

@@ -148,3 +148,12 @@ def test_constrain_allows_only_the_target_tool_in_the_first_call():
 def test_an_unknown_target_mode_is_one_error():
     with pytest.raises(ConfigError, match="target_tools"):
         config(target_tools="sometimes")
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_a_targeted_list_has_a_prompt_in_each_language(language):
+    from selfgen.stages.tool_requests import render_request_prompt
+
+    specs = tool_specs(str(ROOT / "tools"))
+    text = render_request_prompt(language, specs, ["一", "二"], target="weekday")
+    assert "- weekday:" in text and "- calculator:" not in text and text.endswith("3.")

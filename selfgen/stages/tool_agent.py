@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from selfgen.backends.base import Completion, Constraint, GenerationRequest, SamplingParams
 from selfgen.config import RunConfig
 from selfgen.prompts import load_prompt
-from selfgen.records import TARGET_REACHED, Fate, Stage, ToolCall, ToolSeed, Trace
+from selfgen.records import TARGET_REACHED, Fate, Stage, ToolCall, ToolSeed, Trace, call_turns
 from selfgen.stages import request_seed, shared_prefix
 from selfgen.tooling import ToolSpec, validate_arguments
 
@@ -67,6 +67,20 @@ def call_schema(specs: dict[str, ToolSpec]) -> dict[str, Any]:
     }
 
 
+# Most calls in one turn of parallel calls.
+PARALLEL_MAX = 3
+
+
+def parallel_schema(specs: dict[str, ToolSpec]) -> dict[str, Any]:
+    """JSON schema of one turn of parallel calls: a list of two to PARALLEL_MAX calls."""
+    return {
+        "type": "array",
+        "items": call_schema(specs),
+        "minItems": 2,
+        "maxItems": PARALLEL_MAX,
+    }
+
+
 def tool_list(specs: dict[str, ToolSpec]) -> str:
     return "\n".join(
         json.dumps({"name": s.name, "description": s.description, "parameters": s.parameters})
@@ -74,11 +88,30 @@ def tool_list(specs: dict[str, ToolSpec]) -> str:
     )
 
 
+def _call_json(call: ToolCall) -> dict[str, Any]:
+    return {"name": call.name, "arguments": call.arguments}
+
+
+def _turn_lines(turn: list[ToolCall]) -> tuple[str, list[str]]:
+    """One turn's calls as the text protocol writes them: one call as a JSON object and its
+    "Result:"; parallel calls as a JSON list and a numbered "Result N:" line each."""
+    if len(turn) == 1:
+        call = turn[0]
+        shown = call.output if call.output is not None else "error: " + (call.error or "")
+        return json.dumps(_call_json(call)), [f"Result: {_one_line(shown)}"]
+    results = []
+    for n, call in enumerate(turn, start=1):
+        shown = call.output if call.output is not None else "error: " + (call.error or "")
+        results.append(f"Result {n}: {_one_line(shown)}")
+    return json.dumps([_call_json(c) for c in turn]), results
+
+
 def _demo(seed: ToolSeed) -> str:
     lines = [f"Request: {seed.request}"]
-    for call in seed.calls:
-        lines.append("Call: " + json.dumps({"name": call.name, "arguments": call.arguments}))
-        lines.append(f"Result: {_one_line(call.output or '')}")
+    for turn in call_turns(seed.calls):
+        calls, results = _turn_lines([ToolCall(c.name, c.arguments, c.output or "") for c in turn])
+        lines.append("Call: " + calls)
+        lines += results
     lines.append(f"Answer: {_one_line(seed.answer)}")
     return "\n".join(lines) + "\n\n"
 
@@ -103,17 +136,20 @@ def render_agent_prompt(
     text = load_prompt(language, "tool_agent").format(
         tools=tool_list(specs), demos="".join(_demo(d) for d in demos), request=request
     )
-    for i, call in enumerate(steps):
-        text += ("Call: " if i else " ") + json.dumps(
-            {"name": call.name, "arguments": call.arguments}
-        )
-        text += f"\nResult: {_one_line(call.output if call.output is not None else 'error: ' + (call.error or ''))}\n"
+    for i, turn in enumerate(call_turns(steps)):
+        calls, results = _turn_lines(turn)
+        text += ("Call: " if i else " ") + calls + "\n" + "\n".join(results) + "\n"
     return text
 
 
 def pick_demos(rng: random.Random, seeds: list[ToolSeed], count: int) -> list[ToolSeed]:
     with_calls = [s for s in seeds if s.calls]
     return rng.sample(with_calls, min(count, len(with_calls)))
+
+
+def seeds_of_kind(seeds: list[ToolSeed], kind: str) -> list[ToolSeed]:
+    """The seeds that demonstrate a kind of trace: parallel calls, or one call a turn."""
+    return [s for s in seeds if s.parallel == (kind == "parallel")]
 
 
 def parse_call(
@@ -136,6 +172,31 @@ def parse_call(
     return ToolCall(obj["name"], arguments), None
 
 
+def parse_parallel_calls(
+    text: str, finish_reason: str, specs: dict[str, ToolSpec]
+) -> tuple[list[ToolCall], str | None]:
+    """One turn of parallel calls from the model's JSON list, or the format failure."""
+    if finish_reason == "length":
+        return [], "cut_off"
+    try:
+        items = json.loads(text.strip())
+    except json.JSONDecodeError:
+        return [], "not_json"
+    if not isinstance(items, list) or len(items) < 2:
+        return [], "not_parallel: one turn needs a list of at least two calls"
+    calls = []
+    for n, item in enumerate(items, start=1):
+        call, problem = parse_call(json.dumps(item), "stop", specs)
+        if problem:
+            return [], f"call {n}: {problem}"
+        assert call is not None
+        calls.append(ToolCall(call.name, call.arguments, parallel=n > 1))
+    keys = {json.dumps(_call_json(c), sort_keys=True) for c in calls}
+    if len(keys) < len(calls):
+        return [], "duplicate_calls"
+    return calls, None
+
+
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -153,12 +214,31 @@ def _numbers(text: str) -> set[str]:
     return out
 
 
-def semantic_check(output: str, answer: str) -> str | None:
+# Weekday names as the tools write them, and as a Chinese answer says them.
+_WEEKDAYS_ZH = {
+    "monday": ("星期一", "周一"),
+    "tuesday": ("星期二", "周二"),
+    "wednesday": ("星期三", "周三"),
+    "thursday": ("星期四", "周四"),
+    "friday": ("星期五", "周五"),
+    "saturday": ("星期六", "周六"),
+    "sunday": ("星期日", "星期天", "周日"),
+}
+
+
+def semantic_check(
+    output: str, answer: str, *, short_outputs: bool = False, language: str = "en"
+) -> str | None:
     """Why the final answer does not use the tool's output, or None when it does.
 
     The rule: an answer must repeat a number (or date) of the output when the output has one,
-    and otherwise share at least two content words with it. A model judge can be layered on
-    top where a capable backend is configured.
+    and otherwise share at least two content words with it. With `short_outputs`, an output
+    of one content word ("Saturday") needs only that word (single English traces keep the
+    stricter rule they were verified with, so stored runs reproduce). In Chinese (`language`
+    "zh"), where the answer translates the tools' English words, a weekday counts in its
+    Chinese name and the answer needs the output's words only as far as it has any (names of
+    products and people stay in Latin letters). A model judge can be layered on top where a
+    capable backend is configured.
     """
     if not answer.strip():
         return "empty_answer"
@@ -167,7 +247,41 @@ def semantic_check(output: str, answer: str) -> str | None:
         return None if numbers & _numbers(answer) else "answer_ignores_tool_numbers"
     out_words = {w for w in _WORD.findall(output.lower()) if len(w) > 3}
     ans_words = {w for w in _WORD.findall(answer.lower()) if len(w) > 3}
-    return None if len(out_words & ans_words) >= 2 else "answer_ignores_tool_output"
+    if language == "zh":
+        for day, names in _WEEKDAYS_ZH.items():
+            if day in out_words and any(n in answer for n in names):
+                ans_words.add(day)
+        short_outputs = True
+    wanted = max(1, min(2, len(out_words))) if short_outputs else 2
+    return None if len(out_words & ans_words) >= wanted else "answer_ignores_tool_output"
+
+
+def interleave_kinds(traces: list[Trace]) -> list[Trace]:
+    """The traces with their kinds taken in turn (the first of each kind, then the second...),
+    so that a round short of its target keeps traces of every kind; one kind stays in order."""
+    by_kind: dict[str, list[Trace]] = {}
+    for t in traces:
+        by_kind.setdefault(t.kind, []).append(t)
+    out = []
+    for i in range(max((len(v) for v in by_kind.values()), default=0)):
+        out += [v[i] for v in by_kind.values() if i < len(v)]
+    return out
+
+
+def answer_problem(trace: Trace, language: str = "en") -> str | None:
+    """The semantic check of a trace's answer against its last turn: the answer must use the
+    result of that turn's call, and after parallel calls the result of every one of them."""
+    assert trace.answer is not None
+    last = call_turns(trace.calls)[-1]
+    if len(last) == 1:
+        return semantic_check(last[0].output or "", trace.answer, language=language)
+    for n, call in enumerate(last, start=1):
+        problem = semantic_check(
+            call.output or "", trace.answer, short_outputs=True, language=language
+        )
+        if problem:
+            return f"{problem} (result {n})"
+    return None
 
 
 class ToolAgent:
@@ -186,13 +300,21 @@ class ToolAgent:
         self.sandbox = sandbox
         self.schema = call_schema(specs)
         self.target_schemas = {name: call_schema({name: spec}) for name, spec in specs.items()}
+        self.parallel_schema = parallel_schema(specs)
 
-    def round_demos(self, rng: random.Random) -> list[ToolSeed]:
-        """The worked examples shown in every agent prompt of a round."""
-        return pick_demos(rng, self.tool_seeds, self.config.trace_demos)
+    def round_demos(self, rng: random.Random) -> dict[str, list[ToolSeed]]:
+        """The worked examples shown in every agent prompt of a round, by kind of trace."""
+        return {
+            kind: pick_demos(rng, seeds_of_kind(self.tool_seeds, kind), self.config.trace_demos)
+            for kind in self.config.trace_kind_list()
+        }
 
     def run(
-        self, traces: list[Trace], demos: list[ToolSeed], round_number: int, generate: Generate
+        self,
+        traces: list[Trace],
+        demos: dict[str, list[ToolSeed]],
+        round_number: int,
+        generate: Generate,
     ) -> None:
         """Take every trace through its calls to an answer, or reject it where it fails."""
         c = self.config
@@ -213,13 +335,15 @@ class ToolAgent:
                         "Call:",
                         SamplingParams(
                             temperature=0.0,
-                            max_tokens=c.call_max_tokens,
+                            max_tokens=c.call_max_tokens * (PARALLEL_MAX if p else 1),
                             stop=("\n",),
                             seed=request_seed(c.seed, round_number, f"call{step}", j),
                         ),
-                        self._call_constraint(t),
+                        self._call_constraint(t, parallel=p),
                     )
                     for j, t in enumerate(active)
+                    # A parallel trace makes its parallel calls in its first turn.
+                    for p in [t.kind == "parallel" and step == 0]
                 ],
             )
             active = [
@@ -228,12 +352,15 @@ class ToolAgent:
                 if self._call(t, gen_index, comp)
             ]
 
-    def _call_constraint(self, trace: Trace) -> Constraint | None:
-        """The grammar of the trace's next call: any tool's, or only its target tool's for the
-        first call of a targeted request (`target_tools = "constrain"`)."""
+    def _call_constraint(self, trace: Trace, parallel: bool = False) -> Constraint | None:
+        """The grammar of the trace's next call: a list of calls for a parallel turn; any
+        tool's call, or only its target tool's for the first call of a targeted request
+        (`target_tools = "constrain"`)."""
         c = self.config
         if not c.constrain_calls:
             return None
+        if parallel:
+            return Constraint(json_schema=self.parallel_schema)
         if c.target_tools == "constrain" and trace.target is not None and not trace.calls:
             return Constraint(json_schema=self.target_schemas[trace.target])
         return Constraint(json_schema=self.schema)
@@ -241,7 +368,7 @@ class ToolAgent:
     def _next_steps(
         self,
         active: list[Trace],
-        demos: list[ToolSeed],
+        demos: dict[str, list[ToolSeed]],
         round_number: int,
         step: int,
         generate: Generate,
@@ -279,39 +406,53 @@ class ToolAgent:
         return calling
 
     def _call(self, trace: Trace, gen_index: int, comp: Completion) -> bool:
-        """Parse, validate and execute the call the model wrote; False when the trace failed."""
+        """Parse, validate and execute the call (or, in a parallel trace's first turn, the
+        parallel calls) the model wrote; False when the trace failed."""
         trace.step_generation_indexes.append(gen_index)
-        call, problem = parse_call(comp.text, comp.finish_reason, self.specs)
+        calls: list[ToolCall] = []
+        if trace.kind == "parallel" and not trace.calls:
+            calls, problem = parse_parallel_calls(comp.text, comp.finish_reason, self.specs)
+        else:
+            call, problem = parse_call(comp.text, comp.finish_reason, self.specs)
+            calls = [call] if call is not None else []
         if comp.finish_reason == "error":
-            problem = f"call_not_generated: {comp.extra.get('error', '')}"[:200]
-        if call is not None:
-            problem = validate_arguments(self.specs[call.name], call.arguments)
-            problem = f"invalid_arguments: {problem}" if problem else None
+            problem, calls = f"call_not_generated: {comp.extra.get('error', '')}"[:200], []
+        for n, call in enumerate(calls, start=1):
+            if invalid := validate_arguments(self.specs[call.name], call.arguments):
+                where = f"call {n}: " if len(calls) > 1 else ""
+                problem = f"{where}invalid_arguments: {invalid}"
+                break
         if not trace.check(Stage.FORMAT, problem):
             return False
-        assert call is not None
         if trace.target is not None and not trace.calls:
+            [call] = calls  # a targeted trace makes one call a turn
             if call.name != trace.target:
                 # Kept in the trace (not run), so that stats count it under the tool it named.
                 trace.calls.append(ToolCall(call.name, call.arguments, None, "not run"))
             off = f"off_target: written for {trace.target}, called {call.name}"
             if not trace.check(Stage.TARGET, None if call.name == trace.target else off):
                 return False
-        result = self.sandbox.call(call.name, call.arguments)
-        trace.calls.append(
-            ToolCall(
-                call.name,
-                call.arguments,
-                result.output if result.ok else None,
-                None if result.ok else result.error,
+        failures = []
+        for n, call in enumerate(calls, start=1):
+            result = self.sandbox.call(call.name, call.arguments)
+            trace.calls.append(
+                ToolCall(
+                    call.name,
+                    call.arguments,
+                    result.output if result.ok else None,
+                    None if result.ok else result.error,
+                    call.parallel,
+                )
             )
-        )
-        return trace.check(Stage.EXECUTION, None if result.ok else f"tool_failed: {result.error}")
+            if not result.ok:
+                where = f"call {n}: " if len(calls) > 1 else ""
+                failures.append(f"{where}tool_failed: {result.error}")
+        return trace.check(Stage.EXECUTION, "; ".join(failures)[:500] if failures else None)
 
     def _answer(
         self,
         traces: list[Trace],
-        demos: list[ToolSeed],
+        demos: dict[str, list[ToolSeed]],
         round_number: int,
         step: int,
         generate: Generate,
@@ -347,14 +488,14 @@ class ToolAgent:
 
     def _request(
         self,
-        demos: list[ToolSeed],
+        demos: dict[str, list[ToolSeed]],
         trace: Trace,
         closing: str,
         params: SamplingParams,
         constraint: Constraint | None = None,
     ) -> GenerationRequest:
         prompt = render_agent_prompt(
-            self.config.language, self.specs, demos, trace.request, trace.calls
+            self.config.language, self.specs, demos[trace.kind], trace.request, trace.calls
         )
         # render_agent_prompt ends with "Call:" before the first call and with "Result: ...\n"
         # after each; `closing` is what the model is asked to continue from.
@@ -376,7 +517,7 @@ class ToolAgent:
                 if t.fate is not Fate.REJECTED:
                     t.reject(Stage.SEMANTIC, "no_answer")
                 continue
-            if t.check(Stage.SEMANTIC, semantic_check(t.calls[-1].output or "", t.answer)):
+            if t.check(Stage.SEMANTIC, answer_problem(t, self.config.language)):
                 passed.append(t)
         return passed
 

@@ -28,22 +28,28 @@ Verified = tuple[str, str]
 
 
 def render_request_prompt(
-    language: str, specs: dict[str, ToolSpec], requests: list[str], target: str | None = None
+    language: str,
+    specs: dict[str, ToolSpec],
+    requests: list[str],
+    kind: str = "single",
+    target: str | None = None,
 ) -> str:
-    """The numbered list of `requests` under the tools (or under `target` alone)."""
+    """The numbered list of `requests` of one kind under the tools (or under `target` alone)."""
     numbered = "\n".join(f"{i}. {r}" for i, r in enumerate(requests, start=1))
     shown = [specs[target]] if target else [s for _, s in sorted(specs.items())]
     names = "\n".join(f"- {s.name}: {s.description}" for s in shown)
-    template = "tool_requests_for_tool" if target else "tool_requests"
+    if target:
+        template = "tool_requests_for_tool"
+    else:
+        template = "tool_requests" if kind == "single" else f"tool_requests_{kind}"
     return load_prompt(language, template).format(
         tools=names, numbered_requests=numbered, next_number=len(requests) + 1
     )
 
 
 class ToolRequestStage(NumberedListStage[Trace]):
-    """New tool-use requests from lists of seed and verified requests."""
-
-    name = "tool_requests"
+    """New tool-use requests of one kind (single or parallel calls) from lists of seed and
+    verified requests of that kind."""
 
     def __init__(
         self,
@@ -51,9 +57,13 @@ class ToolRequestStage(NumberedListStage[Trace]):
         specs: dict[str, ToolSpec],
         tool_seeds: list[ToolSeed],
         novelty: NoveltyFilter,
+        kind: str = "single",
     ) -> None:
         super().__init__(config, [s.request for s in tool_seeds if s.calls], novelty)
         self.specs = specs
+        self.kind = kind
+        # The generation stage's label (and part of each request's seed).
+        self.name = "tool_requests" if kind == "single" else f"tool_requests_{kind}"
         # The seed requests of each tool that opens a seed's calls (only those tools can be a
         # list's target: the list needs examples).
         self.seeds_by_tool: dict[str, list[str]] = {}
@@ -62,10 +72,10 @@ class ToolRequestStage(NumberedListStage[Trace]):
                 self.seeds_by_tool.setdefault(s.calls[0].name, []).append(s.request)
 
     def prompts(self, rng: random.Random, pool: list[Verified]) -> list[ListPrompt]:
-        """The round's lists. Targeted, they take the tools in turn from a random one, so that
-        over the rounds every tool gets as many lists."""
+        """The round's lists. Targeted (single-call requests only), they take the tools in turn
+        from a random one, so that over the rounds every tool gets as many lists."""
         c = self.config
-        if c.target_tools == "off" or not self.seeds_by_tool:
+        if c.target_tools == "off" or self.kind != "single" or not self.seeds_by_tool:
             return super().prompts(rng, [request for request, _ in pool])
         tools = sorted(self.seeds_by_tool)
         start = rng.randrange(len(tools))
@@ -79,15 +89,17 @@ class ToolRequestStage(NumberedListStage[Trace]):
                 c.seed_instructions,
                 c.machine_instructions,
             )
-            text = render_request_prompt(c.language, self.specs, shown, tool)
+            text = render_request_prompt(c.language, self.specs, shown, target=tool)
             out.append(ListPrompt(text, len(shown) + 1, tool))
         return out
 
     def render(self, shown: list[str]) -> str:
-        return render_request_prompt(self.config.language, self.specs, shown)
+        return render_request_prompt(self.config.language, self.specs, shown, self.kind)
 
     def make(self, text: str, generation_index: int, prompt: ListPrompt) -> Trace:
-        return Trace(request=text, generation_index=generation_index, target=prompt.target)
+        return Trace(
+            request=text, generation_index=generation_index, kind=self.kind, target=prompt.target
+        )
 
     def per_round(self) -> int:
         return self.config.trace_prompts_per_round

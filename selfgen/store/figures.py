@@ -137,6 +137,7 @@ def distributions(db: sqlite3.Connection) -> dict[str, Any]:
         "leading_verbs": [{"verb": v, "count": n} for v, n in verbs],
         "classification": {"yes": clf.get(1, 0), "no": clf.get(0, 0)},
         "tools": tool_pass_rates(db),
+        "trace_kinds": trace_kind_pass_rates(db),
         "curation": curation,
         "scores": score_distributions(db),
     }
@@ -170,6 +171,28 @@ def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
             "pass_rate": counts[-1] / n,
         }
         for tool, n, *counts in rows
+    ]
+
+
+def trace_kind_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """For each kind of trace (single, parallel), the traces that reached a tool, how many
+    passed each check, how many were kept (`verified`), and the share that passed them all."""
+    passed = "".join(
+        f", SUM(COALESCE(json_extract(checks, '$.{check}.ok'), 0))" for check in TRACE_CHECKS
+    )
+    rows = db.execute(
+        f"SELECT kind, COUNT(*){passed}, SUM({sql.KEPT}) FROM traces"
+        f" WHERE {sql.PASSED_NOVELTY} GROUP BY kind ORDER BY kind"
+    )
+    return [
+        {
+            "kind": kind,
+            "traces": n,
+            **{str(check): count for check, count in zip(TRACE_CHECKS, counts, strict=True)},
+            "verified": kept,
+            "pass_rate": counts[-1] / n,
+        }
+        for kind, n, *counts, kept in rows
     ]
 
 

@@ -384,8 +384,8 @@ class RunStore:
                 raise ValueError(f"trace {t.request!r} has no fate")
             row = self.db.execute(
                 "INSERT INTO traces (round_id, generation_id, request, stage, fate, reason,"
-                " nearest, rouge_l, messages, checks, step_generation_ids)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " nearest, rouge_l, messages, checks, step_generation_ids, kind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rnd.number,
                     gen_ids[t.generation_index],
@@ -398,6 +398,7 @@ class RunStore:
                     json.dumps(t.messages()),
                     json.dumps({k: {"ok": ok, "reason": why} for k, (ok, why) in t.checks.items()}),
                     json.dumps([gen_ids[i] for i in t.step_generation_indexes]),
+                    t.kind,
                 ),
             )
             if t.fate == Fate.KEPT:
@@ -427,10 +428,23 @@ class RunStore:
                 ),
             )
 
-    def save_tools(self, specs: dict[str, ToolSpec], seeds: list[ToolSeed]) -> None:
-        """Store the run's tool schemas and its tool seeds (with their executed outputs)."""
+    def save_tools(
+        self,
+        specs: dict[str, ToolSpec],
+        seeds: list[ToolSeed],
+        sources: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """Store the run's tool schemas and its tool seeds (with their executed outputs), and
+        where each tool came from: (MCP server or '' for a tools folder, schema hash)."""
         with self._writing(), self.db:
             self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO tool_sources VALUES (?, ?, ?)",
+                [
+                    (name, server, digest)
+                    for name, (server, digest) in sorted((sources or {}).items())
+                ],
+            )
             self.db.executemany(
                 "INSERT INTO run_tools VALUES (?, ?)",
                 [(name, json.dumps(spec.openai())) for name, spec in sorted(specs.items())],
@@ -438,7 +452,7 @@ class RunStore:
             self.db.executemany(
                 "INSERT INTO tool_seeds (seed_id, request, calls, answer) VALUES (?, ?, ?, ?)",
                 [
-                    (s.id, s.request, json.dumps([c.__dict__ for c in s.calls]), s.answer)
+                    (s.id, s.request, json.dumps([c.to_dict() for c in s.calls]), s.answer)
                     for s in seeds
                 ],
             )
@@ -449,6 +463,11 @@ class RunStore:
             fn = json.loads(spec)["function"]
             out[name] = ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters", {}))
         return out
+
+    def tool_sources(self) -> dict[str, tuple[str, str]]:
+        """Each tool's (MCP server or '', schema hash), as recorded when the run started."""
+        rows = self.db.execute("SELECT name, server, schema_hash FROM tool_sources ORDER BY name")
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def tool_seeds(self) -> list[ToolSeed]:
         return [
@@ -466,11 +485,14 @@ class RunStore:
         rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id")
         return [r[0] for r in rows]
 
-    def verified_requests(self) -> list[tuple[str, str]]:
-        """Verified requests, in order, each with the tool of its first call."""
+    def verified_requests(self, kind: str | None = None) -> list[tuple[str, str]]:
+        """The requests of the verified traces (of one kind, when given), in order, each with
+        the tool of its first call."""
+        where = f"{sql.KEPT} AND kind = ?" if kind is not None else sql.KEPT
         rows = self.db.execute(
             "SELECT request, json_extract(messages, '$[1].tool_calls[0].function.name')"
-            f" FROM traces WHERE {sql.KEPT} ORDER BY id"
+            f" FROM traces WHERE {where} ORDER BY id",
+            () if kind is None else (kind,),
         )
         return [(request, tool or "") for request, tool in rows]
 

@@ -184,12 +184,35 @@ def m005_scores(db: sqlite3.Connection) -> None:
     )
 
 
+def m006_trace_kinds(db: sqlite3.Connection) -> None:
+    # The shape of a trace: "single" (one call a turn) or "parallel" (several calls in one
+    # turn). Traces stored before it were all single.
+    _run_script(db, "ALTER TABLE traces ADD COLUMN kind TEXT NOT NULL DEFAULT 'single';")
+
+
+def m007_tool_sources(db: sqlite3.Connection) -> None:
+    # Where each tool of the run came from: its MCP server ('' for a tools folder) and a hash
+    # of its schema as the model was shown it, so that a replay can tell a changed tool.
+    _run_script(
+        db,
+        """
+        CREATE TABLE tool_sources (
+            name TEXT PRIMARY KEY,
+            server TEXT NOT NULL,
+            schema_hash TEXT NOT NULL
+        );
+        """,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_tool_traces,
     m003_curation,
     m004_generation_errors,
     m005_scores,
+    m006_trace_kinds,
+    m007_tool_sources,
 ]
 
 
