@@ -741,6 +741,7 @@ def test_a_store_from_before_curation_is_migrated(tmp_path):
         "m003_curation",
         "m004_generation_errors",
         "m005_scores",
+        "m006_tool_sources",
     ]
     assert Inspector(store).count(Filters(status="curated-accepted")) == 0
     store.close()

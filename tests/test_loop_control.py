@@ -161,5 +161,6 @@ def test_migrations_are_recorded_once(tmp_path, scripted):
         (3, "m003_curation"),
         (4, "m004_generation_errors"),
         (5, "m005_scores"),
+        (6, "m006_tool_sources"),
     ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
