@@ -85,9 +85,15 @@ def export_hf(
     """Write the dataset folder `out` (see the module's docstring); returns rows per split.
     `split` is the fraction of tasks for validation (DEFAULT_SPLIT when None). An existing
     `out` is replaced only if it is empty or an earlier export of this kind."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    try:
+        import huggingface_hub  # noqa: F401  (the card, below)
+        import jinja2  # noqa: F401  (huggingface_hub renders the card with it)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ExportError(
+            f"--format hf needs {exc.name}: pip install 'selfgen[hf]'", scorer=None
+        ) from None
     _check_target(out)
     fraction = DEFAULT_SPLIT if split is None else split
     train_rows, valid_rows = export_rows(
