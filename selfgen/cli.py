@@ -745,7 +745,7 @@ def export(
             counts = export_run(store, format, out, **options)
     except ExportError as exc:
         flag = _score_flag(exc.scorer, min_score, max_score) if exc.scorer else "--out"
-        fail(f"{flag}: {exc}")
+        fail(str(exc) if str(exc).startswith("--") else f"{flag}: {exc}")
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     except OSError as exc:

@@ -91,9 +91,7 @@ def export_hf(
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise ExportError(
-            f"--format hf needs {exc.name}: pip install 'selfgen[hf]'", scorer=None
-        ) from None
+        raise ExportError(f"--format hf needs {exc.name}: pip install 'selfgen[hf]'") from None
     _check_target(out)
     fraction = DEFAULT_SPLIT if split is None else split
     train_rows, valid_rows = export_rows(
