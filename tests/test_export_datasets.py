@@ -299,7 +299,8 @@ def test_sharegpt_writes_llamafactory_dataset_info(run_dir, tmp_path):
     assert info["selfgen.valid"]["file_name"] == "selfgen.valid.jsonl"
     rows = read_jsonl(out) + read_jsonl(tmp_path / "selfgen.valid.jsonl")
     tags = {t["from"] for r in rows for t in r["conversations"]}
-    assert tags == set(entry["tags"].values()) - {"system"}
+    turn_tags = ("user_tag", "assistant_tag", "observation_tag", "function_tag")
+    assert tags == {entry["tags"][t] for t in turn_tags}
     for row in rows:
         turns = row[entry["columns"]["messages"]]
         assert len(turns) % 2 == 0
