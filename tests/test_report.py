@@ -159,3 +159,32 @@ def test_report_of_a_missing_run_is_one_error(tmp_path, child_env):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_finished_run_prints_the_next_commands(tmp_path, scripted):
+    from test_loop_control import model
+    from typer.testing import CliRunner
+
+    from selfgen.cli import app, next_commands
+
+    scripted(model())
+    out = tmp_path / "my run"
+    result = CliRunner().invoke(
+        app, ["run", "--backend", "scripted", "-n", "2", "--out", str(out), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["run", "--backend", "scripted", "-n", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    quoted = f"'{out}'"
+    assert result.stdout.splitlines()[-4:] == [
+        "next:",
+        f"  selfgen inspect {quoted}",
+        f"  selfgen export {quoted} --format openai --out '{out / 'train.jsonl'}'",
+        f"  selfgen report {quoted} --out '{out / 'report.html'}'",
+    ]
+    assert next_commands(tmp_path / "plain") == [
+        f"selfgen inspect {tmp_path / 'plain'}",
+        f"selfgen export {tmp_path / 'plain'} --format openai"
+        f" --out {tmp_path / 'plain' / 'train.jsonl'}",
+        f"selfgen report {tmp_path / 'plain'} --out {tmp_path / 'plain' / 'report.html'}",
+    ]
