@@ -169,7 +169,8 @@ def load_with_datasets(paths, tmp_path):
 def no_nulls(value):
     """A row without null values: a table gives every row every key, null where absent."""
     if isinstance(value, dict):
-        return {k: no_nulls(v) for k, v in value.items() if v is not None and v != {}}
+        kept = {k: no_nulls(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not None and v != {}}
     if isinstance(value, list):
         return [no_nulls(v) for v in value]
     return value
