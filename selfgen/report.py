@@ -126,6 +126,8 @@ def _figures(figures: dict[str, Any], instructions: list[str]) -> dict[str, Any]
                     y=[b["count"] for b in s["histogram"]],
                 )
             )
+        # A legend even for one scorer: it names what the bars are.
+        fig.update_layout(showlegend=True, barmode="group")
         out["scores"] = fig
     else:
         out["scores"] = "The run has no quality scores (selfgen score)."
