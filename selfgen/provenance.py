@@ -136,7 +136,14 @@ class Provenance:
         }
 
     def seed(self, seed_id: str) -> dict[str, Any]:
-        return self._base(kind="task", id=f"seed:{seed_id}", origin="seed")
+        # Every scorer named, unscored, as on machine rows: a reader that infers the type of
+        # `scores` from the first rows (seeds come first) then sees its fields.
+        return self._base(
+            kind="task",
+            id=f"seed:{seed_id}",
+            origin="seed",
+            scores=dict.fromkeys(self.instance_scorers),
+        )
 
     def task(self, task_id: int, instance: Instance) -> dict[str, Any]:
         fields = self._origin_fields(self.tasks[task_id])
