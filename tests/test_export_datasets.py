@@ -225,7 +225,13 @@ def test_hf_folder_and_every_jsonl_format_load_with_datasets(run_dir, tmp_path, 
     assert not ids["train"] & ids["validation"]
 
     for path, rows in jsonl.items():
-        assert [no_nulls(r) for r in loaded[path]["train"]] == [no_nulls(r) for r in rows]
+        got = loaded[path]["train"]
+        assert len(got) == len(rows)
+        bare = lambda r: no_nulls({k: v for k, v in r.items() if k != "metadata"})  # noqa: E731
+        assert [bare(r) for r in got] == [bare(r) for r in rows]
+        ids = lambda r: (r["metadata"]["id"], r["metadata"]["instance_id"])  # noqa: E731
+        if "metadata" in rows[0]:
+            assert [ids(r) for r in got] == [ids(r) for r in rows]
 
     card = DatasetCard.load(hf / "README.md")
     data = card.data.to_dict()
