@@ -667,13 +667,35 @@ def _run_loop(
 
     print_stats(out_console, stats)
     out_console.print(f"run store: {out_dir / 'selfgen.db'}", soft_wrap=True, highlight=False)
+    out_console.print("next:", highlight=False)
+    for command in next_commands(out_dir):
+        out_console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)
+
+
+def next_commands(out_dir: Path) -> list[str]:
+    """What a user runs after a run: read it, export it, look at its report."""
+    import shlex
+
+    run = shlex.quote(str(out_dir))
+    return [
+        f"selfgen inspect {run}",
+        f"selfgen export {run} --format openai --out {shlex.quote(str(out_dir / 'train.jsonl'))}",
+        f"selfgen report {run} --out {shlex.quote(str(out_dir / 'report.html'))}",
+    ]
 
 
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
-    out: Annotated[Path, typer.Option(help="Output JSONL file.")],
-    format: Annotated[str, typer.Option("--format", help="alpaca, openai or sharegpt.")] = "openai",
+    out: Annotated[Path, typer.Option(help="Output JSONL file (a folder for --format hf).")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="alpaca, openai, sharegpt (with LLaMA-Factory's dataset_info.json beside it)"
+            " or hf (a Hugging Face dataset folder: Parquet splits and a dataset card).",
+        ),
+    ] = "openai",
     include_seeds: Annotated[bool, typer.Option(help="Also export the seed tasks.")] = False,
     split: Annotated[
         float | None,
@@ -709,16 +731,28 @@ def export(
     only: Annotated[
         str | None, typer.Option(help="Only 'tasks' or only 'traces'. [default: both]")
     ] = None,
+    with_metadata: Annotated[
+        bool,
+        typer.Option(
+            "--with-metadata",
+            help="Add a `metadata` object to every row: run, ids, round, origin, prompt"
+            " examples, nearest neighbour, scores, curation, model, sampling, versions, tools.",
+        ),
+    ] = False,
+    license: Annotated[
+        str, typer.Option(help="The license on the dataset card of --format hf (a Hub id).")
+    ] = "unknown",
 ) -> None:
-    """Write kept tasks as JSONL for fine-tuning (one row per instance).
+    """Write kept tasks as JSONL for fine-tuning (one row per instance), or a Hugging Face
+    dataset folder (--format hf).
 
     Tasks and traces rejected by hand in `selfgen inspect` are never exported. Score conditions
     (see `selfgen score`) select among the machine-made rows; seed tasks always pass."""
     from selfgen.export import FORMATS, ExportError, export_run
     from selfgen.store import RunStore, StoreError
 
-    if format not in FORMATS:
-        fail(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
+    if format not in (*FORMATS, "hf"):
+        fail(f"--format: '{format}' is not one of {', '.join((*FORMATS, 'hf'))}")
     if split is not None and not 0.0 < split < 1.0:
         fail("--split: must be between 0 and 1")
     if only not in (None, "tasks", "traces"):
@@ -728,21 +762,27 @@ def export(
         store = RunStore.open(run_dir)
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
+    options: dict[str, Any] = dict(
+        include_seeds=include_seeds,
+        split=split,
+        split_seed=split_seed,
+        include_failed=include_failed,
+        only_curated=only_curated,
+        selection=selection,
+        only=only,
+        with_metadata=with_metadata,
+    )
     try:
-        counts = export_run(
-            store,
-            format,
-            out,
-            include_seeds=include_seeds,
-            split=split,
-            split_seed=split_seed,
-            include_failed=include_failed,
-            only_curated=only_curated,
-            selection=selection,
-            only=only,
-        )
+        if format == "hf":
+            from selfgen.hf_export import export_hf
+
+            name = run_dir.resolve().name
+            counts = export_hf(store, out, name=name, license=license, **options)
+        else:
+            counts = export_run(store, format, out, **options)
     except ExportError as exc:
-        fail(f"{_score_flag(exc.scorer, min_score, max_score)}: {exc}")
+        flag = _score_flag(exc.scorer, min_score, max_score) if exc.scorer else "--out"
+        fail(str(exc) if str(exc).startswith("--") else f"{flag}: {exc}")
     except StoreError as exc:
         fail(str(exc), RUN_ERROR)
     except OSError as exc:
@@ -930,6 +970,33 @@ def stats(
     from selfgen.display import print_stats
 
     print_stats(Console(), figures)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    out: Annotated[
+        Path | None, typer.Option(help="The HTML file to write. [default: RUN/report.html]")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page of the run's charts (opens without a network)."""
+    from selfgen.report import write_report
+    from selfgen.store import RunStore, StoreError
+
+    out = out or run_dir / "report.html"
+    try:
+        store = RunStore.open(run_dir)
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    try:
+        write_report(store, out, f"selfgen run {run_dir.resolve().name}")
+    except StoreError as exc:
+        fail(str(exc), RUN_ERROR)
+    except OSError as exc:
+        fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
+    finally:
+        store.close()
+    typer.echo(f"wrote {out}")
 
 
 @app.command()

@@ -1,8 +1,10 @@
 """Export kept tasks as JSONL for fine-tuning: one row per instance.
 
 Formats: `alpaca` (instruction/input/output), `openai` (chat `messages`) and `sharegpt`
-(`conversations` with human/gpt turns). Files are written to a temporary name and renamed,
-so a reader never sees half a file.
+(`conversations` with human/gpt turns, and LLaMA-Factory's `dataset_info.json` beside it).
+Files are written to a temporary name and renamed, so a reader never sees half a file. With
+`with_metadata`, each row gets a `metadata` object saying where it came from
+(selfgen.provenance). The Hugging Face dataset folder is written by selfgen.hf_export.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from selfgen.io import write_jsonl_atomic
+from selfgen.io import write_json_atomic, write_jsonl_atomic
+from selfgen.provenance import Provenance
 from selfgen.records import Fate, Instance
 from selfgen.scoring.select import Selection
 from selfgen.store import RunStore
@@ -37,6 +40,7 @@ class ExportTask:
     instruction: str
     instances: list[Instance]
     source: str  # "machine" or "seed"
+    id: int | str | None = None  # the candidate's id; a seed's own id
 
 
 def user_message(instruction: str, input_text: str) -> str:
@@ -68,9 +72,9 @@ def collect_tasks(
 ) -> list[ExportTask]:
     tasks = []
     if include_seeds:
-        tasks += [ExportTask(s.instruction, list(s.instances), "seed") for s in store.seeds()]
+        tasks += [ExportTask(s.instruction, list(s.instances), "seed", s.id) for s in store.seeds()]
     tasks += [
-        ExportTask(row["instruction"], inst, "machine")
+        ExportTask(row["instruction"], inst, "machine", row["id"])
         for row, inst in store.kept_tasks(only_curated=only_curated)
     ]
     return tasks
@@ -90,10 +94,19 @@ def split_tasks(
     )
 
 
-def rows(fmt: str, tasks: Iterable[ExportTask]) -> Iterator[dict[str, Any]]:
+def rows(
+    fmt: str, tasks: Iterable[ExportTask], meta: Provenance | None = None
+) -> Iterator[dict[str, Any]]:
     for task in tasks:
         for inst in task.instances:
-            yield to_row(fmt, task.instruction, inst)
+            row = to_row(fmt, task.instruction, inst)
+            if meta is not None:
+                if task.source == "seed":
+                    row["metadata"] = meta.seed(str(task.id))
+                else:
+                    assert isinstance(task.id, int)
+                    row["metadata"] = meta.task(task.id, inst)
+            yield row
 
 
 def trace_rows(
@@ -103,6 +116,7 @@ def trace_rows(
     include_failed: bool = False,
     only_curated: bool = False,
     allowed: set[int] | None = None,
+    meta: Provenance | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Tool-use traces as chat rows with their tools. Alpaca has no place for tool calls, so
     traces are not exported in that format. Only verified traces, unless `include_failed`:
@@ -123,6 +137,8 @@ def trace_rows(
             }
         if trace.fate != Fate.KEPT:
             row["selfgen"] = {"verified": False, "stage": trace.stage, "reason": trace.reason}
+        if meta is not None:
+            row["metadata"] = meta.trace(trace.id, trace.messages)
         yield row
 
 
@@ -176,14 +192,58 @@ def export_run(
     only_curated: bool = False,
     selection: Selection | None = None,
     only: str | None = None,
+    with_metadata: bool = False,
 ) -> dict[str, int]:
     """Write the export; with `split`, a validation file beside `out`. Returns row counts.
     Verified tool traces follow the tasks (in the training file when splitting). Items rejected
     by hand in `selfgen inspect` are left out; `only_curated` keeps only those accepted by hand;
     a `selection` keeps the machine-made instances and traces whose scores it allows; `only`
-    ("tasks" or "traces") writes one kind alone."""
+    ("tasks" or "traces") writes one kind alone; `with_metadata` adds each row's provenance.
+    A `sharegpt` export also writes LLaMA-Factory's `dataset_info.json` beside `out`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    info = None
+    if fmt == "sharegpt":
+        # Read (and refused, if unreadable) before any file is written.
+        info = read_dataset_info(dataset_info_path(out))
+    train, valid = export_rows(
+        store,
+        fmt,
+        include_seeds=include_seeds,
+        split=split,
+        split_seed=split_seed,
+        include_failed=include_failed,
+        only_curated=only_curated,
+        selection=selection,
+        only=only,
+        with_metadata=with_metadata,
+    )
+    counts = {str(out): write_jsonl_atomic(out, train)}
+    files = [out]
+    if valid is not None:
+        vpath = validation_path(out)
+        counts[str(vpath)] = write_jsonl_atomic(vpath, valid)
+        files.append(vpath)
+    if info is not None:
+        write_dataset_info(dataset_info_path(out), info, files)
+    return counts
+
+
+def export_rows(
+    store: RunStore,
+    fmt: str,
+    *,
+    include_seeds: bool = False,
+    split: float | None = None,
+    split_seed: int = 0,
+    include_failed: bool = False,
+    only_curated: bool = False,
+    selection: Selection | None = None,
+    only: str | None = None,
+    with_metadata: bool = False,
+) -> tuple[Iterator[dict[str, Any]], Iterator[dict[str, Any]] | None]:
+    """The rows of an export (see :func:`export_run`): the training rows, and with `split` the
+    validation rows (else None)."""
     if only not in (None, "tasks", "traces"):
         raise ValueError(f"only: 'tasks' or 'traces', not '{only}'")
     tasks = collect_tasks(store, include_seeds=include_seeds, only_curated=only_curated)
@@ -192,23 +252,69 @@ def export_run(
     allowed_traces = None
     if selection:
         tasks, allowed_traces = _select(store, tasks, selection)
+    meta = Provenance(store) if with_metadata else None
     traces = trace_rows(
         fmt,
         store,
         include_failed=include_failed,
         only_curated=only_curated,
         allowed=allowed_traces,
+        meta=meta,
     )
     if only == "tasks":
         traces = iter(())
     if split is None:
-        return {str(out): write_jsonl_atomic(out, chain(rows(fmt, tasks), traces))}
+        return chain(rows(fmt, tasks, meta), traces), None
     train, valid = split_tasks(tasks, split, split_seed)
-    vpath = validation_path(out)
+    return chain(rows(fmt, train, meta), traces), rows(fmt, valid, meta)
+
+
+DATASET_INFO = "dataset_info.json"
+
+
+def dataset_info_path(out: Path) -> Path:
+    return out.parent / DATASET_INFO
+
+
+def read_dataset_info(path: Path) -> dict[str, Any]:
+    """The entries of an existing `dataset_info.json` (kept when ours are added), or none."""
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} exists and is not a readable JSON file ({exc})") from None
+    if not isinstance(info, dict):
+        raise ExportError(f"{path} exists and is not a JSON object (LLaMA-Factory's format)")
+    return info
+
+
+def llamafactory_entry(file_name: str) -> dict[str, Any]:
+    """LLaMA-Factory's description of a `sharegpt` export file: its columns (the turns and
+    the tools string) and the tag of each kind of turn, as its data parser reads them."""
     return {
-        str(out): write_jsonl_atomic(out, chain(rows(fmt, train), traces)),
-        str(vpath): write_jsonl_atomic(vpath, rows(fmt, valid)),
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "tools": "tools"},
+        "tags": {
+            "role_tag": "from",
+            "content_tag": "value",
+            "user_tag": "human",
+            "assistant_tag": "gpt",
+            "observation_tag": "observation",
+            "function_tag": "function_call",
+            "system_tag": "system",
+        },
     }
+
+
+def write_dataset_info(path: Path, info: dict[str, Any], files: list[Path]) -> None:
+    """Add (or replace) one entry per file, named after the file, to LLaMA-Factory's
+    `dataset_info.json` beside them; other entries are kept."""
+    info = dict(info)
+    for file in files:
+        info[file.stem] = llamafactory_entry(file.name)
+    write_json_atomic(path, info)
 
 
 def _select(

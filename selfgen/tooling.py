@@ -8,9 +8,10 @@ Tools are executed in the sandbox (selfgen.sandbox), never in the loop's process
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ class ToolSpec:
     name: str
     description: str
     parameters: dict[str, Any]
+    # The SHA-256 of the module file that declares the tool, when known (provenance of exports).
+    source_sha256: str | None = field(default=None, compare=False)
 
     def openai(self) -> dict[str, Any]:
         return {
@@ -40,12 +43,17 @@ class ToolSpec:
 
 def load_tool_objects(folder: str | Path) -> dict[str, Any]:
     """Import every module of `folder` and return its langchain tools by name."""
+    return {name: obj for name, (obj, _) in _load_tools(folder).items()}
+
+
+def _load_tools(folder: str | Path) -> dict[str, tuple[Any, Path]]:
+    """Every langchain tool of `folder` by name, with the file that declares it."""
     from langchain_core.tools import BaseTool
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ToolError(f"--tools: no such folder: {folder}")
-    tools: dict[str, Any] = {}
+    tools: dict[str, tuple[Any, Path]] = {}
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -61,9 +69,9 @@ def load_tool_objects(folder: str | Path) -> dict[str, Any]:
             raise ToolError(f"{path}: cannot import ({type(exc).__name__}: {exc})") from None
         for value in vars(module).values():
             if isinstance(value, BaseTool):
-                if value.name in tools and tools[value.name] is not value:
+                if value.name in tools and tools[value.name][0] is not value:
                     raise ToolError(f"{path}: a second tool named '{value.name}'")
-                tools[value.name] = value
+                tools[value.name] = (value, path)
     if not tools:
         raise ToolError(f"--tools: no langchain tool found in {folder}/*.py")
     return tools
@@ -73,9 +81,10 @@ def tool_specs(folder: str | Path) -> dict[str, ToolSpec]:
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
     specs = {}
-    for name, obj in load_tool_objects(folder).items():
+    for name, (obj, path) in _load_tools(folder).items():
         fn = convert_to_openai_tool(obj)["function"]
-        specs[name] = ToolSpec(name, fn.get("description", ""), fn.get("parameters", {}))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        specs[name] = ToolSpec(name, fn.get("description", ""), fn.get("parameters", {}), digest)
     return specs
 
 

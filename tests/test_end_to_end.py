@@ -104,6 +104,11 @@ def test_n20_on_the_embedded_default_then_export(tmp_path, child_env):
     )
     assert "stopped: reached the target of 20 kept tasks" in proc.stdout
     assert "Funnel" in proc.stdout and "rejected by rouge" in proc.stdout
+    assert proc.stdout.splitlines()[-3:] == [
+        f"  selfgen inspect {out}",
+        f"  selfgen export {out} --format openai --out {out / 'train.jsonl'}",
+        f"  selfgen report {out} --out {out / 'report.html'}",
+    ]
     check_whole(out, 20)
     check_fingerprint(out, "n20")
     stats = json.loads(selfgen(["stats", str(out), "--json"], child_env).stdout)
@@ -133,6 +138,15 @@ def test_n20_on_the_embedded_default_then_export(tmp_path, child_env):
                 assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
             else:
                 assert [t["from"] for t in row["conversations"]] == ["human", "gpt"]
+
+    # Provenance of rows made by the real model: the model file and every prompt example.
+    meta_path = tmp_path / "meta.jsonl"
+    selfgen(["export", str(out), "--with-metadata", "--out", str(meta_path)], child_env)
+    metas = [json.loads(line)["metadata"] for line in meta_path.read_text().splitlines()]
+    assert len(metas) == stats["instances"]
+    for m in metas:
+        assert m["model"]["name"].endswith(".gguf") and len(m["model"]["sha256"]) == 64
+        assert len(m["prompt_examples"]) == 8 and None not in m["prompt_examples"]
 
 
 def test_original_self_instruct_seed_file(tmp_path, child_env):

@@ -163,5 +163,6 @@ def test_migrations_are_recorded_once(tmp_path, scripted):
         (5, "m005_scores"),
         (6, "m006_trace_kinds"),
         (7, "m007_tool_sources"),
+        (8, "m008_tool_code"),
     ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -30,6 +30,7 @@ from selfgen.store.disk import (
 )
 from selfgen.store.figures import run_figures
 from selfgen.store.lock import RunLock
+from selfgen.store.provenance import ItemOrigin, run_row, task_origins, text_ids, trace_origins
 from selfgen.store.schema import StoreError, migrate, now
 from selfgen.tooling import ToolSpec
 
@@ -446,8 +447,11 @@ class RunStore:
                 ],
             )
             self.db.executemany(
-                "INSERT INTO run_tools VALUES (?, ?)",
-                [(name, json.dumps(spec.openai())) for name, spec in sorted(specs.items())],
+                "INSERT INTO run_tools (name, spec, source_sha256) VALUES (?, ?, ?)",
+                [
+                    (name, json.dumps(spec.openai()), spec.source_sha256)
+                    for name, spec in sorted(specs.items())
+                ],
             )
             self.db.executemany(
                 "INSERT INTO tool_seeds (seed_id, request, calls, answer) VALUES (?, ?, ?, ?)",
@@ -459,9 +463,13 @@ class RunStore:
 
     def tool_specs(self) -> dict[str, ToolSpec]:
         out = {}
-        for name, spec in self.db.execute("SELECT name, spec FROM run_tools ORDER BY name"):
+        for name, spec, digest in self.db.execute(
+            "SELECT name, spec, source_sha256 FROM run_tools ORDER BY name"
+        ):
             fn = json.loads(spec)["function"]
-            out[name] = ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters", {}))
+            out[name] = ToolSpec(
+                fn["name"], fn.get("description", ""), fn.get("parameters", {}), digest
+            )
         return out
 
     def tool_sources(self) -> dict[str, tuple[str, str]]:
@@ -672,6 +680,22 @@ class RunStore:
         """The run's figures (see selfgen.store.figures), or :class:`StoreError`."""
         with self._reading():
             return run_figures(self)
+
+    def run_row(self) -> dict[str, Any]:
+        """When and by which selfgen version the run was created, and its backend."""
+        with self._reading():
+            return run_row(self)
+
+    def origins(self, kind: str) -> dict[int, ItemOrigin]:
+        """Where each kept task (`kind` "task") or each trace that reached a tool ("trace")
+        came from, by id (see selfgen.store.provenance)."""
+        with self._reading():
+            return task_origins(self) if kind == "task" else trace_origins(self)
+
+    def text_ids(self) -> dict[str, str]:
+        """The id of each text a prompt can show (see selfgen.store.provenance.text_ids)."""
+        with self._reading():
+            return text_ids(self)
 
     def inspector(self) -> Inspector:
         """Paged, filtered reads of the run's items for `selfgen inspect`."""

@@ -205,6 +205,12 @@ def m007_tool_sources(db: sqlite3.Connection) -> None:
     )
 
 
+def m008_tool_code(db: sqlite3.Connection) -> None:
+    # The SHA-256 of the module file that declared each tool when the run started, so that an
+    # export can say which code made its tool outputs. NULL in runs stored before this.
+    _run_script(db, "ALTER TABLE run_tools ADD COLUMN source_sha256 TEXT;")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_tool_traces,
@@ -213,6 +219,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m005_scores,
     m006_trace_kinds,
     m007_tool_sources,
+    m008_tool_code,
 ]
 
 
