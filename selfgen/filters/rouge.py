@@ -6,6 +6,7 @@ Scores equal `rouge_score.rouge_scorer.RougeScorer(["rougeL"]).score(...)["rouge
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from array import array
@@ -89,6 +90,8 @@ _OCCURRENCE_BITS = 32
 # position only loosens the positional bound).
 _POSITION_BITS = 16
 _POSITION_MAX = (1 << _POSITION_BITS) - 1
+# A prefix list holds the texts of one length: (occurrence key << 32) | length.
+_LENGTH_BITS = 32
 
 
 def _need(threshold: float, length: int) -> float:
@@ -97,28 +100,11 @@ def _need(threshold: float, length: int) -> float:
     return max(0.0, (threshold - _SLACK) * length / (2 - threshold + _SLACK))
 
 
-class _Column:
-    """A growing numpy array (amortised appends), so bound computations index it directly."""
-
-    def __init__(self, dtype: type) -> None:
-        self.data = np.zeros(1024, dtype=dtype)
-        self.size = 0
-
-    def extend(self, values: Sequence[int]) -> None:
-        end = self.size + len(values)
-        if end > len(self.data):
-            grown = np.zeros(max(end, 2 * len(self.data)), dtype=self.data.dtype)
-            grown[: self.size] = self.data[: self.size]
-            self.data = grown
-        self.data[self.size : end] = values
-        self.size = end
-
-
 class _Query:
     """A text as the index sees it: token ids (-1 for tokens it has never indexed), counts of
     the known ones, and their occurrence keys in the global order."""
 
-    __slots__ = ("ids", "counts", "order", "sorted_keys", "_masks")
+    __slots__ = ("ids", "counts", "order", "sorted_keys", "key_set", "_masks")
 
     def __init__(self, ids: list[int]) -> None:
         self.ids = ids
@@ -135,12 +121,18 @@ class _Query:
             order.extend(range(base, base + counts[t]))
         self.order = order
         self.sorted_keys: np.ndarray | None = None
+        self.key_set: set[int] | None = None
         self._masks: dict[int, int] | None = None
 
     def keys_array(self) -> np.ndarray:
         if self.sorted_keys is None:
             self.sorted_keys = np.array(sorted(self.order), dtype=np.int64)
         return self.sorted_keys
+
+    def keys(self) -> set[int]:
+        if self.key_set is None:
+            self.key_set = set(self.order)
+        return self.key_set
 
     def masks(self) -> dict[int, int]:
         """Bit-parallel LCS masks of the query (see :func:`lcs_length`), built once."""
@@ -158,8 +150,8 @@ class RougeIndex:
     Scores equal rouge-score's; the work is in not computing most of them:
 
     - tokens become integer ids once; every text's token ids and occurrence keys (the k-th
-      occurrence of token t) are kept in flat numpy arrays, so bounds for hundreds of candidates
-      are a few vector operations, not a Python loop;
+      occurrence of token t) are kept in flat arrays, so the bounds of many candidates are a few
+      numpy operations, not a Python loop (few candidates take a plain Python path instead);
     - the multiset overlap bounds the LCS, so F <= 2 * overlap / (m + n) without any LCS, and
       the LCS (bit-parallel, :func:`lcs_length`) is computed only for candidates whose bound can
       still win, in decreasing order of bound, stopping as soon as no later one can;
@@ -168,12 +160,17 @@ class RougeIndex:
       (a text overlapping the query on at most R positions scores at most 2R/(m+R));
     - with `prefix_threshold`, each text is also indexed by its prefix only (prefix filtering,
       as in set-similarity joins): under one fixed token order, two texts whose overlap reaches
-      what threshold t requires must share a token among the first `len - floor(need)` of each,
-      and their first shared token, at positions i and j, bounds the overlap by
-      min(m - i, n - j) (positional filtering, after PPJoin). The order puts later-seen tokens
-      first, which in practice is rarest first; :meth:`learn_token_order` makes it exact.
-      Queries with a threshold >= `prefix_threshold` read those short posting lists only.
+      what threshold t requires must share a token among the first `len - floor(need)` of each.
+      Their first shared token, at positions i and j, bounds the overlap by min(m - i, n - j)
+      (positional filtering, after PPJoin), and prefix entries are kept by text length, so a
+      query reads only the lengths that this bound leaves possible at each position. The order
+      puts later-seen tokens first, which in practice is rarest first; :meth:`learn_token_order`
+      makes it exact. Queries with a threshold >= `prefix_threshold` read those lists only.
     """
+
+    # Candidate sets at least this large are bounded with numpy, smaller ones in Python (the
+    # answers are the same; the tests run both paths).
+    vector_min = 48
 
     def __init__(
         self, tokenizer: Tokenizer = rouge_tokenize, prefix_threshold: float | None = None
@@ -182,12 +179,14 @@ class RougeIndex:
         self.prefix_threshold = prefix_threshold
         self.texts: list[str] = []
         self._vocab: dict[str, int] = {}
-        self._tokens = _Column(np.int32)  # every text's token ids, one text after the other
-        self._keys = _Column(np.int64)  # their occurrence keys, in the same places
-        self._starts = _Column(np.int64)  # where each text starts in both
-        self._lengths = _Column(np.int32)
+        self._tokens = array("i")  # every text's token ids, one text after the other
+        self._keys = array("q")  # their occurrence keys, in the same places
+        self._starts = array("q")  # where each text starts in both
+        self._lengths = array("i")
         self._postings: dict[int, array] = {}  # token id -> texts holding it
-        self._prefix_postings: dict[int, array] = {}  # occurrence key -> (doc, position)
+        # (occurrence key << 32) | text length -> (doc << 16) | position in the doc's prefix
+        self._prefix_postings: dict[int, array] = {}
+        self._prefix_lengths: dict[int, array] = {}  # occurrence key -> its lengths, sorted
         self._seen = np.zeros(0, dtype=bool)  # scratch: texts already gathered by a query
         self._last: tuple[str, _Query] | None = None  # the last query, reused by `add`
         self.pairs_scored = 0  # LCS computations, for benchmarks
@@ -235,18 +234,24 @@ class RougeIndex:
             else:
                 docs.append(doc)
         n = len(query.ids)
-        if self.prefix_threshold is not None:
+        if self.prefix_threshold is not None and n:
             prefix_postings = self._prefix_postings
             size = n - math.floor(_need(self.prefix_threshold, n))
+            prefix_lengths = self._prefix_lengths
             for j, key in enumerate(query.order[:size]):
                 entry = (doc << _POSITION_BITS) | min(j, _POSITION_MAX)
-                entries = prefix_postings.get(key)
-                if entries is None:
-                    prefix_postings[key] = array("q", (entry,))
-                else:
+                entries = prefix_postings.get((key << _LENGTH_BITS) | n)
+                if entries is not None:
                     entries.append(entry)
-        self._starts.extend((self._tokens.size,))
-        self._lengths.extend((n,))
+                    continue
+                prefix_postings[(key << _LENGTH_BITS) | n] = array("q", (entry,))
+                lengths = prefix_lengths.get(key)
+                if lengths is None:
+                    prefix_lengths[key] = array("i", (n,))
+                else:
+                    lengths.insert(bisect.bisect_left(lengths, n), n)
+        self._starts.append(len(self._tokens))
+        self._lengths.append(n)
         self._tokens.extend(query.ids)
         self._keys.extend(query.order)
         self.texts.append(text)
@@ -257,12 +262,16 @@ class RougeIndex:
 
         Ties go to the earliest text. (0.0, None) when no indexed text shares a token.
         """
+        query = self._query(text)
+        if not query.order or not self.texts:
+            return 0.0, None
         if self.prefix_threshold is not None:
             # Above the prefix threshold the best is found from the short prefix lists.
-            found = self._search(text, threshold=self.prefix_threshold, first_hit=False)
+            found = self._search_prefixes(query, self.prefix_threshold, first_hit=False)
             if found[1] is not None:
                 return found
-        return self._search(text, threshold=None, first_hit=False)
+        found = self._search_postings(query, 0.0, first_hit=False)
+        return found if found[1] is not None else (0.0, None)
 
     def nearest_above(self, text: str, threshold: float) -> tuple[float, int | None]:
         """The best score and text among those scoring strictly above `threshold`, or
@@ -285,7 +294,8 @@ class RougeIndex:
             and threshold >= self.prefix_threshold
         ):
             return self._search_prefixes(query, threshold, first_hit)
-        return self._search_postings(query, threshold or 0.0, first_hit)
+        found = self._search_postings(query, threshold or 0.0, first_hit)
+        return found if found[1] is not None else (0.0, None)
 
     def _search_prefixes(
         self, query: _Query, threshold: float, first_hit: bool
@@ -293,28 +303,46 @@ class RougeIndex:
         m, order = len(query.ids), query.order
         known = len(order)
         size = known - math.floor(_need(threshold, m))
-        parts, positions = [], []
-        prefix_postings = self._prefix_postings
+        # F > t needs min(m, n) > t(m+n)/2, so n > t*m/(2-t): shorter texts are never read.
+        shortest = math.floor(_need(threshold, m))
+        prefix_postings, prefix_lengths = self._prefix_postings, self._prefix_lengths
+        parts: list[array] = []
+        limits: list[int] = []  # the largest doc prefix position that can pass, per part
         for i in range(min(size, known)):
-            entries = prefix_postings.get(order[i])
-            if entries:
-                parts.append(entries)
-                positions.append(i)
+            lengths = prefix_lengths.get(order[i])
+            if lengths is None:
+                continue
+            base = order[i] << _LENGTH_BITS
+            left = known - i  # query positions from the first shared key on
+            for n in lengths[bisect.bisect_left(lengths, shortest) :]:
+                required = threshold * (m + n) / 2 - _SLACK
+                if left <= required:
+                    break  # longer texts need even more overlap
+                entries = prefix_postings[base | n]
+                # The first shared key in the global order is at position i of the query
+                # and j of the doc (every other one comes after both in each), so the
+                # overlap is at most min(known - i, n - j): j < n - required.
+                limit = math.ceil(n - required) - 1
+                if limit >= 0:
+                    parts.append(entries)
+                    limits.append(limit)
         if not parts:
             return 0.0, None
-        lens = [len(p) for p in parts]
-        entries = np.concatenate([np.frombuffer(p, dtype=np.int64) for p in parts])
-        docs, first = np.unique(entries >> _POSITION_BITS, return_index=True)
-        self.pairs_bounded += len(docs)
-        # The first shared key in the global order (the first entry of a doc, as the query's
-        # keys were probed in that order) is at position i of the query and j of the doc;
-        # every other shared key comes after both, so overlap <= min(known - i, n - j).
-        i = np.repeat(np.array(positions, dtype=np.int64), lens)[first]
-        j = entries[first] & _POSITION_MAX
-        n = self._lengths.data[docs]
-        required = threshold * (m + n) / 2 - _SLACK
-        keep = np.minimum(known - i, n - j) > required
-        return self._score(query, docs[keep], threshold, 0.0, None, first_hit)
+        # A doc may come up at several positions; the first (the loosest bound) decides, and
+        # passing at any of them implies passing at the first.
+        if sum(len(p) for p in parts) < self.vector_min:
+            docs: set[int] = set()
+            for entries, limit in zip(parts, limits, strict=True):
+                for e in entries:
+                    if e & _POSITION_MAX <= limit:
+                        docs.add(e >> _POSITION_BITS)
+            ranked = sorted(docs)
+        else:
+            lens = [len(p) for p in parts]
+            entries = np.concatenate([np.frombuffer(p, dtype=np.int64) for p in parts])
+            passing = (entries & _POSITION_MAX) <= np.repeat(np.array(limits), lens)
+            ranked = np.unique(entries[passing] >> _POSITION_BITS)
+        return self._score(query, ranked, threshold, 0.0, None, first_hit)
 
     def _search_postings(
         self, query: _Query, floor: float, first_hit: bool
@@ -330,24 +358,20 @@ class RougeIndex:
         gathered: list[np.ndarray] = []
         pending: list[np.ndarray] = []
         total = 0
-        best_score, best_doc = 0.0, None
+        best: tuple[float, int | None] = (0.0, None)
         remaining = known  # query positions not covered by the lists read so far
         try:
             for docs, c in lists:
                 # A text outside the lists read overlaps on at most `remaining` positions.
                 bound = 2 * remaining / (m + remaining)
-                if bound + _SLACK <= floor or bound + _SLACK < best_score:
+                if bound + _SLACK <= floor or bound + _SLACK < best[0]:
                     break
                 if pending and len(docs) > 32 + total:
                     # Score what is gathered before reading a longer list: the best score
                     # found may make it unnecessary.
-                    best_score, best_doc = self._score(
-                        query, np.concatenate(pending), floor, best_score, best_doc, first_hit
-                    )
+                    best = self._score(query, np.concatenate(pending), floor, *best, first_hit)
                     pending = []
-                    if first_hit and best_doc is not None:
-                        break
-                    if bound + _SLACK < best_score:
+                    if (first_hit and best[1] is not None) or bound + _SLACK < best[0]:
                         break
                 remaining -= c
                 if not docs:
@@ -358,72 +382,62 @@ class RougeIndex:
                 gathered.append(new)
                 pending.append(new)
                 total += len(new)
-            if pending and not (first_hit and best_doc is not None):
-                best_score, best_doc = self._score(
-                    query, np.concatenate(pending), floor, best_score, best_doc, first_hit
-                )
+            if pending and not (first_hit and best[1] is not None):
+                best = self._score(query, np.concatenate(pending), floor, *best, first_hit)
         finally:
             for docs in gathered:
                 seen[docs] = False
-        return (best_score, best_doc) if best_doc is not None else (0.0, None)
+        return best
 
     def _score(
         self,
         query: _Query,
-        docs: np.ndarray,
+        docs: Sequence[int] | np.ndarray,
         floor: float,
         best_score: float,
         best_doc: int | None,
         first_hit: bool,
     ) -> tuple[float, int | None]:
-        """Bound `docs` by their exact overlap with the query, then compute the LCS of those
-        that can still beat (or tie) the best so far and score above `floor`."""
+        """Bound `docs` by their exact multiset overlap with the query, then compute the LCS of
+        those that can still beat (or tie) the best so far and score above `floor`."""
         if not len(docs):
             return best_score, best_doc
         m = len(query.ids)
         target = max(floor, best_score)
-        n = self._lengths.data[docs].astype(np.int64)
-        required = target * (m + n) / 2 - _SLACK
-        keep = np.minimum(n, m) > required
-        docs, n, required = docs[keep], n[keep], required[keep]
-        self.pairs_bounded += len(docs)
-        if not len(docs):
+        ranked: list[tuple[float, int, int]]  # (-bound, doc, length), best bound first
+        if len(docs) < self.vector_min:
+            lengths, starts, all_keys = self._lengths, self._starts, self._keys
+            qkeys = query.keys()
+            ranked = []
+            for doc in docs if isinstance(docs, list) else docs.tolist():
+                n = lengths[doc]
+                required = target * (m + n) / 2 - _SLACK
+                if (n if n < m else m) <= required:
+                    continue
+                start = starts[doc]
+                overlap = len(qkeys.intersection(all_keys[start : start + n]))
+                if overlap > required:
+                    ranked.append((-2 * overlap / (m + n), doc, n))
+            self.pairs_bounded += len(docs)
+            ranked.sort()
+        else:
+            ranked = self._bound_vector(query, np.asarray(docs), target)
+        if not ranked:
             return best_score, best_doc
-        # Multiset overlap: how many of each text's occurrence keys the query holds.
-        starts = self._starts.data[docs]
-        ends = np.cumsum(n)
-        at = np.arange(int(ends[-1])) + np.repeat(starts - (ends - n), n)
-        keys = self._keys.data[at]
-        qkeys = query.keys_array()
-        found = np.searchsorted(qkeys, keys)
-        np.minimum(found, len(qkeys) - 1, out=found)
-        hits = np.concatenate(([0], np.cumsum(qkeys[found] == keys)))
-        overlap = hits[ends] - hits[ends - n]
-        keep = overlap > required
-        if not keep.any():
-            return best_score, best_doc
-        docs, n = docs[keep], n[keep]
-        bound = 2 * overlap[keep] / (m + n)
-        by_bound = np.lexsort((docs, -bound))
         masks = query.masks()
         full = (1 << m) - 1
-        tokens, all_starts = self._tokens.data, self._starts.data
-        for b, doc, length in zip(
-            bound[by_bound].tolist(),
-            docs[by_bound].tolist(),
-            n[by_bound].tolist(),
-            strict=True,
-        ):
-            if b + _SLACK < best_score:
+        tokens, starts = self._tokens, self._starts
+        for neg_bound, doc, n in ranked:
+            if -neg_bound + _SLACK < best_score:
                 break  # no later candidate can beat (or tie) the best
-            start = int(all_starts[doc])
             v = full
-            for token in tokens[start : start + length].tolist():
+            start = starts[doc]
+            for token in tokens[start : start + n]:
                 u = v & masks.get(token, 0)
                 v = ((v + u) | (v - u)) & full
             lcs = m - v.bit_count()
             self.pairs_scored += 1
-            score = _f_measure(lcs, m, length)
+            score = _f_measure(lcs, m, n)
             if score > floor and (
                 best_doc is None or score > best_score or (score == best_score and doc < best_doc)
             ):
@@ -431,6 +445,43 @@ class RougeIndex:
                 if first_hit:
                     break
         return best_score, best_doc
+
+    def _bound_vector(
+        self, query: _Query, docs: np.ndarray, target: float
+    ) -> list[tuple[float, int, int]]:
+        """The numpy twin of the Python bound in :meth:`_score`."""
+        m = len(query.ids)
+        self.pairs_bounded += len(docs)
+        n = np.frombuffer(self._lengths, dtype=np.int32)[docs].astype(np.int64)
+        required = target * (m + n) / 2 - _SLACK
+        keep = np.minimum(n, m) > required
+        docs, n, required = docs[keep], n[keep], required[keep]
+        if not len(docs):
+            return []
+        # Multiset overlap: how many of each text's occurrence keys the query holds.
+        starts = np.frombuffer(self._starts, dtype=np.int64)[docs]
+        ends = np.cumsum(n)
+        at = np.arange(int(ends[-1])) + np.repeat(starts - (ends - n), n)
+        keys = np.frombuffer(self._keys, dtype=np.int64)[at]
+        qkeys = query.keys_array()
+        found = np.searchsorted(qkeys, keys)
+        np.minimum(found, len(qkeys) - 1, out=found)
+        hits = np.concatenate(([0], np.cumsum(qkeys[found] == keys)))
+        overlap = hits[ends] - hits[ends - n]
+        keep = overlap > required
+        if not keep.any():
+            return []
+        docs, n = docs[keep], n[keep]
+        neg_bound = -2 * overlap[keep] / (m + n)
+        by_bound = np.lexsort((docs, neg_bound))
+        return list(
+            zip(
+                neg_bound[by_bound].tolist(),
+                docs[by_bound].tolist(),
+                n[by_bound].tolist(),
+                strict=True,
+            )
+        )
 
 
 def _size(item: tuple[array, int]) -> int:
