@@ -217,8 +217,13 @@ def dedupe(
                         + "\n"
                     )
                 continue
-            score, nearest = index.nearest_above(row.text, threshold)
-            if nearest is None:
+            if rejected_out:
+                score, nearest = index.nearest_above(row.text, threshold)
+                novel = nearest is None
+            else:
+                # Only the decision is needed: the first kept row above the threshold settles it.
+                novel = index.is_novel(row.text, threshold)
+            if novel:
                 kept_out.write(row.raw if row.raw.endswith("\n") else row.raw + "\n")
                 index.add(row.text)
                 origin.append((str(inputs), row.line))

@@ -23,7 +23,12 @@ class NoveltyFilter:
     ) -> None:
         self.rules = rules
         self.threshold = threshold
-        self.index = RougeIndex(tokenizer)
+        pool = list(pool)
+        # Prefix lists at the threshold answer near-duplicates from a few short lists, and a
+        # token order learned from the pool reads the rarest tokens first; scores and nearest
+        # neighbours are the same as without either.
+        self.index = RougeIndex(tokenizer, prefix_threshold=threshold)
+        self.index.learn_token_order(pool)
         for text in pool:
             self.index.add(text)
 

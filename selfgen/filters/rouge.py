@@ -6,10 +6,14 @@ Scores equal `rouge_score.rouge_scorer.RougeScorer(["rougeL"]).score(...)["rouge
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
 
 Tokenizer = Callable[[str], list[str]]
 
@@ -79,6 +83,16 @@ def rouge_l_f(candidate: Sequence[object], reference: Sequence[object]) -> float
 # room, so rounding can only make it prune less, never wrongly.
 _SLACK = 1e-9
 
+# An occurrence of a token is keyed (id << 32) | k for its k-th occurrence in a text, so that
+# multiset intersections are set intersections of keys.
+_OCCURRENCE_BITS = 32
+# A prefix posting is (doc << 16) | position of the key in the doc's prefix (capped: a smaller
+# position only loosens the positional bound).
+_POSITION_BITS = 16
+_POSITION_MAX = (1 << _POSITION_BITS) - 1
+# A prefix list holds the texts of one length: (occurrence key << 32) | length.
+_LENGTH_BITS = 32
+
 
 def _need(threshold: float, length: int) -> float:
     """F > threshold needs an LCS (and so an overlap) above this, for a text of `length` tokens
@@ -86,17 +100,48 @@ def _need(threshold: float, length: int) -> float:
     return max(0.0, (threshold - _SLACK) * length / (2 - threshold + _SLACK))
 
 
-def _prefix(counts: dict[int, int], length: int, known: int, threshold: float) -> list[int]:
-    """Keys of the first `known - floor(need)` token occurrences of a text, in the global order
-    (higher token id first, then occurrence number). An occurrence is keyed id*1024 + k."""
-    size = known - math.floor(_need(threshold, length))
-    keys: list[int] = []
-    for t in sorted(counts, reverse=True):
-        for k in range(min(counts[t], 1024)):
-            if len(keys) >= size:
-                return keys
-            keys.append(t * 1024 + k)
-    return keys
+class _Query:
+    """A text as the index sees it: token ids (-1 for tokens it has never indexed), counts of
+    the known ones, and their occurrence keys in the global order."""
+
+    __slots__ = ("ids", "counts", "order", "sorted_keys", "key_set", "_masks")
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        counts: dict[int, int] = {}
+        for t in ids:
+            if t >= 0:
+                counts[t] = counts.get(t, 0) + 1
+        self.counts = counts
+        # Higher token id first, then occurrence number: with ids numbered commonest first
+        # (or by first appearance), the rarest tokens lead.
+        order: list[int] = []
+        for t in sorted(counts, reverse=True):
+            base = t << _OCCURRENCE_BITS
+            order.extend(range(base, base + counts[t]))
+        self.order = order
+        self.sorted_keys: np.ndarray | None = None
+        self.key_set: set[int] | None = None
+        self._masks: dict[int, int] | None = None
+
+    def keys_array(self) -> np.ndarray:
+        if self.sorted_keys is None:
+            self.sorted_keys = np.array(sorted(self.order), dtype=np.int64)
+        return self.sorted_keys
+
+    def keys(self) -> set[int]:
+        if self.key_set is None:
+            self.key_set = set(self.order)
+        return self.key_set
+
+    def masks(self) -> dict[int, int]:
+        """Bit-parallel LCS masks of the query (see :func:`lcs_length`), built once."""
+        if self._masks is None:
+            masks: dict[int, int] = {}
+            for i, t in enumerate(self.ids):
+                masks[t] = masks.get(t, 0) | (1 << i)
+            self._masks = masks
+        return self._masks
 
 
 class RougeIndex:
@@ -104,34 +149,46 @@ class RougeIndex:
 
     Scores equal rouge-score's; the work is in not computing most of them:
 
-    - tokens become integer ids once, and every text is kept with its token counts;
-    - an inverted index finds the texts that share a token with the query, and the size of the
-      multiset intersection bounds the LCS, so F <= 2 * overlap / (m + n) without any LCS;
-    - for a threshold t, F > t needs an overlap above t * m / (2 - t) tokens, so only texts that
-      contain one of the query's rarest tokens can pass (a pigeonhole argument), and only those
-      posting lists are read;
-    - candidates are scored in decreasing order of their bound, so the scan stops as soon as the
-      next bound cannot beat the best score found;
-    - the LCS itself is bit-parallel (:func:`lcs_length`), its masks built once per query;
+    - tokens become integer ids once; every text's token ids and occurrence keys (the k-th
+      occurrence of token t) are kept in flat arrays, so the bounds of many candidates are a few
+      numpy operations, not a Python loop (few candidates take a plain Python path instead);
+    - the multiset overlap bounds the LCS, so F <= 2 * overlap / (m + n) without any LCS, and
+      the LCS (bit-parallel, :func:`lcs_length`) is computed only for candidates whose bound can
+      still win, in decreasing order of bound, stopping as soon as no later one can;
+    - :meth:`best` reads the posting lists of the query's tokens rarest first and stops reading
+      as soon as a text sharing none of the tokens left could not reach the best score found
+      (a text overlapping the query on at most R positions scores at most 2R/(m+R));
     - with `prefix_threshold`, each text is also indexed by its prefix only (prefix filtering,
       as in set-similarity joins): under one fixed token order, two texts whose overlap reaches
       what threshold t requires must share a token among the first `len - floor(need)` of each.
-      The order puts later-seen tokens first, which in practice is rarest first. Queries with
-      a threshold >= `prefix_threshold` read those short posting lists only.
+      Their first shared token, at positions i and j, bounds the overlap by min(m - i, n - j)
+      (positional filtering, after PPJoin), and prefix entries are kept by text length, so a
+      query reads only the lengths that this bound leaves possible at each position. The order
+      puts later-seen tokens first, which in practice is rarest first; :meth:`learn_token_order`
+      makes it exact. Queries with a threshold >= `prefix_threshold` read those lists only.
     """
+
+    # Candidate sets at least this large are bounded with numpy, smaller ones in Python (the
+    # answers are the same; the tests run both paths).
+    vector_min = 48
 
     def __init__(
         self, tokenizer: Tokenizer = rouge_tokenize, prefix_threshold: float | None = None
     ) -> None:
         self.tokenizer = tokenizer
         self.prefix_threshold = prefix_threshold
-        self._prefix_postings: dict[int, list[int]] = {}
         self.texts: list[str] = []
         self._vocab: dict[str, int] = {}
-        self._seqs: list[list[int]] = []
-        self._lengths: list[int] = []
-        self._counts: list[dict[int, int]] = []
-        self._postings: dict[int, list[int]] = {}
+        self._tokens = array("i")  # every text's token ids, one text after the other
+        self._keys = array("q")  # their occurrence keys, in the same places
+        self._starts = array("q")  # where each text starts in both
+        self._lengths = array("i")
+        self._postings: dict[int, array] = {}  # token id -> texts holding it
+        # (occurrence key << 32) | text length -> (doc << 16) | position in the doc's prefix
+        self._prefix_postings: dict[int, array] = {}
+        self._prefix_lengths: dict[int, array] = {}  # occurrence key -> its lengths, sorted
+        self._seen = np.zeros(0, dtype=bool)  # scratch: texts already gathered by a query
+        self._last: tuple[str, _Query] | None = None  # the last query, reused by `add`
         self.pairs_scored = 0  # LCS computations, for benchmarks
         self.pairs_bounded = 0  # candidates whose bound was computed
 
@@ -151,29 +208,53 @@ class RougeIndex:
         for token, _ in df.most_common():
             self._vocab.setdefault(token, len(self._vocab))
 
-    def _ids(self, text: str, grow: bool) -> list[int]:
+    def _query(self, text: str) -> _Query:
         vocab = self._vocab
-        if grow:
-            return [vocab.setdefault(t, len(vocab)) for t in self.tokenizer(text)]
         # A token never seen cannot match; -1 keeps its place in the sequence.
-        return [vocab.get(t, -1) for t in self.tokenizer(text)]
+        query = _Query([vocab.get(t, -1) for t in self.tokenizer(text)])
+        if len(query.order) == len(query.ids):
+            self._last = (text, query)
+        return query
 
     def add(self, text: str) -> int:
         """Index `text`; returns its position in :attr:`texts`."""
-        ids = self._ids(text, grow=True)
+        last = self._last
+        if last is not None and last[0] == text:
+            query = last[1]  # every token known: the ids cannot have changed since
+        else:
+            vocab = self._vocab
+            query = _Query([vocab.setdefault(t, len(vocab)) for t in self.tokenizer(text)])
+        self._last = None
         doc = len(self.texts)
-        counts: dict[int, int] = {}
-        for t in ids:
-            counts[t] = counts.get(t, 0) + 1
-        for t in counts:
-            self._postings.setdefault(t, []).append(doc)
-        if self.prefix_threshold is not None:
-            for key in _prefix(counts, len(ids), len(ids), self.prefix_threshold):
-                self._prefix_postings.setdefault(key, []).append(doc)
+        postings = self._postings
+        for t in query.counts:
+            docs = postings.get(t)
+            if docs is None:
+                postings[t] = array("i", (doc,))
+            else:
+                docs.append(doc)
+        n = len(query.ids)
+        if self.prefix_threshold is not None and n:
+            prefix_postings = self._prefix_postings
+            size = n - math.floor(_need(self.prefix_threshold, n))
+            prefix_lengths = self._prefix_lengths
+            for j, key in enumerate(query.order[:size]):
+                entry = (doc << _POSITION_BITS) | min(j, _POSITION_MAX)
+                entries = prefix_postings.get((key << _LENGTH_BITS) | n)
+                if entries is not None:
+                    entries.append(entry)
+                    continue
+                prefix_postings[(key << _LENGTH_BITS) | n] = array("q", (entry,))
+                lengths = prefix_lengths.get(key)
+                if lengths is None:
+                    prefix_lengths[key] = array("i", (n,))
+                else:
+                    lengths.insert(bisect.bisect_left(lengths, n), n)
+        self._starts.append(len(self._tokens))
+        self._lengths.append(n)
+        self._tokens.extend(query.ids)
+        self._keys.extend(query.order)
         self.texts.append(text)
-        self._seqs.append(ids)
-        self._lengths.append(len(ids))
-        self._counts.append(counts)
         return doc
 
     def best(self, text: str) -> tuple[float, int | None]:
@@ -181,7 +262,16 @@ class RougeIndex:
 
         Ties go to the earliest text. (0.0, None) when no indexed text shares a token.
         """
-        return self._search(text, threshold=None, first_hit=False)
+        query = self._query(text)
+        if not query.order or not self.texts:
+            return 0.0, None
+        if self.prefix_threshold is not None:
+            # Above the prefix threshold the best is found from the short prefix lists.
+            found = self._search_prefixes(query, self.prefix_threshold, first_hit=False)
+            if found[1] is not None:
+                return found
+        found = self._search_postings(query, 0.0, first_hit=False)
+        return found if found[1] is not None else (0.0, None)
 
     def nearest_above(self, text: str, threshold: float) -> tuple[float, int | None]:
         """The best score and text among those scoring strictly above `threshold`, or
@@ -195,91 +285,204 @@ class RougeIndex:
     def _search(
         self, text: str, threshold: float | None, first_hit: bool
     ) -> tuple[float, int | None]:
-        query = self._ids(text, grow=False)
-        m = len(query)
-        if m == 0 or not self.texts:
+        query = self._query(text)
+        if not query.order or not self.texts:
             return 0.0, None
-        q_counts: dict[int, int] = {}
-        for t in query:
-            if t >= 0:
-                q_counts[t] = q_counts.get(t, 0) + 1
-        postings = self._postings
-        seen: set[int] = set()
         if (
             threshold is not None
             and self.prefix_threshold is not None
-            and (threshold >= self.prefix_threshold)
+            and threshold >= self.prefix_threshold
         ):
-            for key in _prefix(q_counts, m, sum(q_counts.values()), threshold):
-                docs = self._prefix_postings.get(key)
-                if docs:
-                    seen.update(docs)
-        elif threshold is not None:
-            # F > t needs an overlap L > need = t*m/(2-t). A text that shares none of the
-            # probed token types overlaps the query on at most known - covered positions
-            # (tokens never indexed match nothing), so covering known - floor(need) positions
-            # leaves out only texts that cannot pass. Rarest types first: shortest lists.
-            known = sum(q_counts.values())
-            must_cover = known - math.floor(_need(threshold, m))
-            covered = 0
-            for t in sorted(q_counts, key=lambda t: len(postings[t])):
-                if covered >= must_cover:
-                    break
-                seen.update(postings[t])
-                covered += q_counts[t]
-        else:
-            for t in q_counts:
-                seen.update(postings[t])
-        lengths, counts = self._lengths, self._counts
-        floor = threshold if threshold is not None else 0.0
-        known = sum(q_counts.values())
-        q_items = sorted(q_counts.items(), reverse=True)  # rarest first (see _prefix)
-        bounded = []
-        for doc in seen:
-            n = lengths[doc]
-            total = m + n
-            # The bound needs an overlap above floor * (m + n) / 2; stop counting as soon as
-            # the query positions left cannot bring it there. Length alone rules out most.
-            required = floor * total / 2 - _SLACK
-            if (n if n < m else m) <= required:
+            return self._search_prefixes(query, threshold, first_hit)
+        found = self._search_postings(query, threshold or 0.0, first_hit)
+        return found if found[1] is not None else (0.0, None)
+
+    def _search_prefixes(
+        self, query: _Query, threshold: float, first_hit: bool
+    ) -> tuple[float, int | None]:
+        m, order = len(query.ids), query.order
+        known = len(order)
+        size = known - math.floor(_need(threshold, m))
+        # F > t needs min(m, n) > t(m+n)/2, so n > t*m/(2-t): shorter texts are never read.
+        shortest = math.floor(_need(threshold, m))
+        prefix_postings, prefix_lengths = self._prefix_postings, self._prefix_lengths
+        parts: list[array] = []
+        limits: list[int] = []  # the largest doc prefix position that can pass, per part
+        for i in range(min(size, known)):
+            lengths = prefix_lengths.get(order[i])
+            if lengths is None:
                 continue
-            dc = counts[doc]
-            overlap, remaining = 0, known
-            for t, c in q_items:
-                remaining -= c
-                d = dc.get(t)
-                if d:
-                    overlap += c if c < d else d
-                elif overlap + remaining <= required:
-                    break
-            if overlap > required:
-                bounded.append((-2 * overlap / total, doc))
-        self.pairs_bounded += len(seen)
-        if not bounded:
+            base = order[i] << _LENGTH_BITS
+            left = known - i  # query positions from the first shared key on
+            for n in lengths[bisect.bisect_left(lengths, shortest) :]:
+                required = threshold * (m + n) / 2 - _SLACK
+                if left <= required:
+                    break  # longer texts need even more overlap
+                entries = prefix_postings[base | n]
+                # The first shared key in the global order is at position i of the query
+                # and j of the doc (every other one comes after both in each), so the
+                # overlap is at most min(known - i, n - j): j < n - required.
+                limit = math.ceil(n - required) - 1
+                if limit >= 0:
+                    parts.append(entries)
+                    limits.append(limit)
+        if not parts:
             return 0.0, None
-        bounded.sort()
-        masks: dict[int, int] = {}
-        for i, t in enumerate(query):
-            masks[t] = masks.get(t, 0) | (1 << i)
+        # A doc may come up at several positions; the first (the loosest bound) decides, and
+        # passing at any of them implies passing at the first.
+        if sum(len(p) for p in parts) < self.vector_min:
+            docs: set[int] = set()
+            for entries, limit in zip(parts, limits, strict=True):
+                for e in entries:
+                    if e & _POSITION_MAX <= limit:
+                        docs.add(e >> _POSITION_BITS)
+            ranked = sorted(docs)
+        else:
+            lens = [len(p) for p in parts]
+            entries = np.concatenate([np.frombuffer(p, dtype=np.int64) for p in parts])
+            passing = (entries & _POSITION_MAX) <= np.repeat(np.array(limits), lens)
+            ranked = np.unique(entries[passing] >> _POSITION_BITS)
+        return self._score(query, ranked, threshold, 0.0, None, first_hit)
+
+    def _search_postings(
+        self, query: _Query, floor: float, first_hit: bool
+    ) -> tuple[float, int | None]:
+        m, counts = len(query.ids), query.counts
+        known = len(query.order)
+        postings = self._postings
+        empty = array("i")
+        lists = sorted(((postings.get(t, empty), c) for t, c in counts.items()), key=_size)
+        if len(self._seen) < len(self.texts):
+            self._seen = np.zeros(2 * len(self.texts), dtype=bool)
+        seen = self._seen
+        gathered: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        total = 0
+        best: tuple[float, int | None] = (0.0, None)
+        remaining = known  # query positions not covered by the lists read so far
+        try:
+            for docs, c in lists:
+                # A text outside the lists read overlaps on at most `remaining` positions.
+                bound = 2 * remaining / (m + remaining)
+                if bound + _SLACK <= floor or bound + _SLACK < best[0]:
+                    break
+                if pending and len(docs) > 32 + total:
+                    # Score what is gathered before reading a longer list: the best score
+                    # found may make it unnecessary.
+                    best = self._score(query, np.concatenate(pending), floor, *best, first_hit)
+                    pending = []
+                    if (first_hit and best[1] is not None) or bound + _SLACK < best[0]:
+                        break
+                remaining -= c
+                if not docs:
+                    continue
+                new = np.frombuffer(docs, dtype=np.int32)
+                new = new[~seen[new]]
+                seen[new] = True
+                gathered.append(new)
+                pending.append(new)
+                total += len(new)
+            if pending and not (first_hit and best[1] is not None):
+                best = self._score(query, np.concatenate(pending), floor, *best, first_hit)
+        finally:
+            for docs in gathered:
+                seen[docs] = False
+        return best
+
+    def _score(
+        self,
+        query: _Query,
+        docs: Sequence[int] | np.ndarray,
+        floor: float,
+        best_score: float,
+        best_doc: int | None,
+        first_hit: bool,
+    ) -> tuple[float, int | None]:
+        """Bound `docs` by their exact multiset overlap with the query, then compute the LCS of
+        those that can still beat (or tie) the best so far and score above `floor`."""
+        if not len(docs):
+            return best_score, best_doc
+        m = len(query.ids)
+        target = max(floor, best_score)
+        ranked: list[tuple[float, int, int]]  # (-bound, doc, length), best bound first
+        if len(docs) < self.vector_min:
+            lengths, starts, all_keys = self._lengths, self._starts, self._keys
+            qkeys = query.keys()
+            ranked = []
+            for doc in docs if isinstance(docs, list) else docs.tolist():
+                n = lengths[doc]
+                required = target * (m + n) / 2 - _SLACK
+                if (n if n < m else m) <= required:
+                    continue
+                start = starts[doc]
+                overlap = len(qkeys.intersection(all_keys[start : start + n]))
+                if overlap > required:
+                    ranked.append((-2 * overlap / (m + n), doc, n))
+            self.pairs_bounded += len(docs)
+            ranked.sort()
+        else:
+            ranked = self._bound_vector(query, np.asarray(docs), target)
+        if not ranked:
+            return best_score, best_doc
+        masks = query.masks()
         full = (1 << m) - 1
-        best_score, best_doc = 0.0, None
-        seqs = self._seqs
-        for neg_bound, doc in bounded:
+        tokens, starts = self._tokens, self._starts
+        for neg_bound, doc, n in ranked:
             if -neg_bound + _SLACK < best_score:
                 break  # no later candidate can beat (or tie) the best
             v = full
-            for token in seqs[doc]:
+            start = starts[doc]
+            for token in tokens[start : start + n]:
                 u = v & masks.get(token, 0)
                 v = ((v + u) | (v - u)) & full
             lcs = m - v.bit_count()
             self.pairs_scored += 1
-            score = _f_measure(lcs, m, lengths[doc])
+            score = _f_measure(lcs, m, n)
             if score > floor and (
                 best_doc is None or score > best_score or (score == best_score and doc < best_doc)
             ):
                 best_score, best_doc = score, doc
                 if first_hit:
                     break
-        if best_doc is None:
-            return 0.0, None
         return best_score, best_doc
+
+    def _bound_vector(
+        self, query: _Query, docs: np.ndarray, target: float
+    ) -> list[tuple[float, int, int]]:
+        """The numpy twin of the Python bound in :meth:`_score`."""
+        m = len(query.ids)
+        self.pairs_bounded += len(docs)
+        n = np.frombuffer(self._lengths, dtype=np.int32)[docs].astype(np.int64)
+        required = target * (m + n) / 2 - _SLACK
+        keep = np.minimum(n, m) > required
+        docs, n, required = docs[keep], n[keep], required[keep]
+        if not len(docs):
+            return []
+        # Multiset overlap: how many of each text's occurrence keys the query holds.
+        starts = np.frombuffer(self._starts, dtype=np.int64)[docs]
+        ends = np.cumsum(n)
+        at = np.arange(int(ends[-1])) + np.repeat(starts - (ends - n), n)
+        keys = np.frombuffer(self._keys, dtype=np.int64)[at]
+        qkeys = query.keys_array()
+        found = np.searchsorted(qkeys, keys)
+        np.minimum(found, len(qkeys) - 1, out=found)
+        hits = np.concatenate(([0], np.cumsum(qkeys[found] == keys)))
+        overlap = hits[ends] - hits[ends - n]
+        keep = overlap > required
+        if not keep.any():
+            return []
+        docs, n = docs[keep], n[keep]
+        neg_bound = -2 * overlap[keep] / (m + n)
+        by_bound = np.lexsort((docs, neg_bound))
+        return list(
+            zip(
+                neg_bound[by_bound].tolist(),
+                docs[by_bound].tolist(),
+                n[by_bound].tolist(),
+                strict=True,
+            )
+        )
+
+
+def _size(item: tuple[array, int]) -> int:
+    return len(item[0])
