@@ -268,6 +268,7 @@ def test_stats_tables_show_model_text_escaped():
                 "tool": "calc\x1b[1A",
                 "traces": 1,
                 "format": 1,
+                "target": 1,
                 "execution": 1,
                 "semantic": 1,
                 "pass_rate": 1.0,
