@@ -3,8 +3,10 @@
 # and measure whether the tuned model does better than the base on held-out tasks. Prints each
 # step's wall time and the results; everything lands in OUT.
 #
-#   bash benchmarks/closed_loop.sh tools [N] [OUT]   N verified traces (default 60); eval on the
-#                                                     held-out seeds/tool_eval_tasks.jsonl
+#   bash benchmarks/closed_loop.sh tools [N] [OUT]   N verified traces (default 60); tune on the
+#                                                     tool seeds and the traces, and on the seeds
+#                                                     alone; eval on the held-out
+#                                                     seeds/tool_eval_tasks.jsonl
 #   bash benchmarks/closed_loop.sh tasks [N] [OUT]   N kept tasks (default 100); base, tuned on
 #                                                     all of them, and tuned on the half IFD
 #                                                     ranks best (same steps), on the 252 tasks
@@ -24,6 +26,19 @@ step() {  # step NAME DONE-FILE COMMAND...: run COMMAND unless DONE-FILE exists;
     "$@"
     took[$name]=$(python3 -c "print(round($EPOCHREALTIME - $start))")
 }
+seeds_only() {  # seeds_only RUN OUT: the run's tool seeds alone, as training rows
+    selfgen export "$1" --format openai --only traces --include-seeds --with-metadata \
+        --out "$2.tmp" >/dev/null
+    python3 - "$2.tmp" "$2" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+with open(sys.argv[2], "w") as out:
+    for row in rows:
+        if row.pop("metadata")["origin"] == "seed":
+            out.write(json.dumps(row) + "\n")
+PY
+    rm "$2.tmp"
+}
 times() {
     printf '\n%-12s %10s\n' step "wall s"
     for s in "$@"; do printf '%-12s %10s\n' "$s" "${took[$s]:-}"; done
@@ -37,29 +52,36 @@ if [ "$mode" = tools ]; then
     resume=(); [ -e "$out/run/selfgen.db" ] && resume=(--resume)
     step run "$out/train.jsonl" selfgen run --seeds seeds/seed_tasks.jsonl --tools tools/ \
         --num-traces "$n" -n 1 --seed 1 --threads "$threads" --out "$out/run" -q "${resume[@]}"
-    # Traces only: the one kept task is left out, so the adapter learns tool use alone.
+    # The tool seeds and the verified traces (the one kept task is left out, so the adapter
+    # learns tool use alone); and the seeds alone, for the ablation that asks whether the
+    # generated traces teach anything the human examples do not.
     step export "$out/train.jsonl" selfgen export "$out/run" --format openai --only traces \
-        --out "$out/train.jsonl"
-    step tune "$out/adapter/adapter_model.safetensors" selfgen tune "$out/train.jsonl" \
-        --out "$out/adapter" --epochs "$epochs" --learning-rate 1e-3 --batch-size 1 --grad-accum 2 \
-        --threads "$threads" \
-        --seed 1 --quiet
+        --include-seeds --out "$out/train.jsonl"
+    step export_seeds "$out/seeds.jsonl" seeds_only "$out/run" "$out/seeds.jsonl"
+    for data in train seeds; do
+        adapter=$out/adapter; [ $data = seeds ] && adapter=$out/adapter_seeds
+        step "tune_$data" "$adapter/adapter_model.safetensors" selfgen tune "$out/$data.jsonl" \
+            --out "$adapter" --epochs "$epochs" --learning-rate 1e-3 --batch-size 1 \
+            --grad-accum 2 --threads "$threads" --seed 1 --quiet
+    done
     # Base and tuned are evaluated apart (the same code as `eval --compare`), so that a stopped
     # script resumes after the slow base half, and one base result serves several runs.
     step eval_base "$out/eval_base.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
         --threads "$threads" --json "$out/eval_base.json" -q
     step eval_tuned "$out/eval_tuned.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
         --adapter "$out/adapter" --threads "$threads" --json "$out/eval_tuned.json" -q
-    times run export tune eval_base eval_tuned
-    python3 - "$out/eval_base.json" "$out/eval_tuned.json" <<'PY'
+    step eval_seeds "$out/eval_seeds.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
+        --adapter "$out/adapter_seeds" --threads "$threads" --json "$out/eval_seeds.json" -q
+    times run export export_seeds tune_train tune_seeds eval_base eval_tuned eval_seeds
+    python3 - "$out/eval_base.json" "$out/eval_tuned.json" "$out/eval_seeds.json" <<'PY'
 import json, sys
-base, tuned = (json.load(open(p))["models"] for p in sys.argv[1:])
-models = {"base": base["base"], "tuned": tuned["tuned"]}
-print(f"{'':18} {'base':>7} {'tuned':>7}")
+base, tuned, seeds = (json.load(open(p))["models"] for p in sys.argv[1:])
+models = {"base": base["base"], "seeds+traces": tuned["tuned"], "seeds only": seeds["tuned"]}
+print(f"{'':18} " + " ".join(f"{m:>13}" for m in models))
 for key in ("call_rate", "abstain_rate", "parseable_rate", "schema_valid_rate",
             "right_tool_rate", "execution_match"):
-    cells = [models[m]["overall"][key] for m in ("base", "tuned")]
-    print(f"{key:18} " + " ".join("      -" if c is None else f"{c:7.1%}" for c in cells))
+    cells = [m["overall"][key] for m in models.values()]
+    print(f"{key:18} " + " ".join("            -" if c is None else f"{c:13.1%}" for c in cells))
 PY
     exit 0
 fi

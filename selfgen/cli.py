@@ -696,7 +696,10 @@ def export(
             " or hf (a Hugging Face dataset folder: Parquet splits and a dataset card).",
         ),
     ] = "openai",
-    include_seeds: Annotated[bool, typer.Option(help="Also export the seed tasks.")] = False,
+    include_seeds: Annotated[
+        bool,
+        typer.Option(help="Also export the seed tasks, and the tool seeds with the traces."),
+    ] = False,
     split: Annotated[
         float | None,
         typer.Option(

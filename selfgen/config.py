@@ -297,6 +297,12 @@ class RunConfig:
         " among all the tools and a trace that calls another first is rejected) or 'off'"
         " (one list under all the tools).",
     )
+    ground_calls: bool = setting(
+        True,
+        toml_only=True,
+        help="Reject a trace whose call arguments (dates, numbers, words) are not in its request"
+        " or an earlier result.",
+    )
     trace_demos: int = setting(4, toml_only=True, help="Worked tool-use examples shown per trace.")
     max_tool_steps: int = setting(3, toml_only=True, help="Most tool calls in a trace.")
     constrain_calls: bool = setting(

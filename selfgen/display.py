@@ -179,6 +179,7 @@ def _distribution_tables(s: dict[str, Any]) -> list[Table]:
             "format ok",
             "target ok",
             "execution ok",
+            "grounded ok",
             "semantic ok",
             "pass rate",
         ):
@@ -190,6 +191,7 @@ def _distribution_tables(s: dict[str, Any]) -> list[Table]:
                 str(t["format"]),
                 str(t["target"]),
                 str(t["execution"]),
+                str(t["grounding"]),
                 str(t["semantic"]),
                 f"{t['pass_rate']:.0%}",
             )

@@ -19,7 +19,7 @@ from typing import Any
 
 from selfgen.io import write_json_atomic, write_jsonl_atomic
 from selfgen.provenance import Provenance
-from selfgen.records import Fate, Instance
+from selfgen.records import Fate, Instance, Trace
 from selfgen.scoring.select import Selection
 from selfgen.store import RunStore
 
@@ -117,24 +117,42 @@ def trace_rows(
     only_curated: bool = False,
     allowed: set[int] | None = None,
     meta: Provenance | None = None,
+    include_seeds: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Tool-use traces as chat rows with their tools. Alpaca has no place for tool calls, so
     traces are not exported in that format. Only verified traces, unless `include_failed`:
     those rows carry `"selfgen": {"verified": false, "stage", "reason"}`. Traces rejected by
-    hand never; with `only_curated`, only those accepted by hand."""
+    hand never; with `only_curated`, only those accepted by hand. With `include_seeds`, the
+    run's tool seeds come first, with the outputs their calls gave when the run started (a
+    seed that needs no tool is a row that answers with the tools offered and none called)."""
     if fmt == "alpaca":
         return
     specs = [spec.openai() for spec in store.tool_specs().values()]
+
+    def chat_row(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        if fmt == "openai":
+            return {"messages": messages, "tools": specs}
+        return {
+            "conversations": sharegpt_turns(messages),
+            "tools": json.dumps([s["function"] for s in specs], ensure_ascii=False),
+        }
+
+    if include_seeds:
+        for seed in store.tool_seeds():
+            messages = Trace(
+                request=seed.request,
+                generation_index=-1,
+                calls=list(seed.calls),
+                answer=seed.answer,
+            ).messages()
+            row = chat_row(messages)
+            if meta is not None:
+                row["metadata"] = meta.seed_trace(seed.id, messages)
+            yield row
     for trace in store.trace_rows(include_failed=include_failed, only_curated=only_curated):
         if allowed is not None and trace.id not in allowed:
             continue
-        if fmt == "openai":
-            row: dict[str, Any] = {"messages": trace.messages, "tools": specs}
-        else:
-            row = {
-                "conversations": sharegpt_turns(trace.messages),
-                "tools": json.dumps([s["function"] for s in specs], ensure_ascii=False),
-            }
+        row = chat_row(trace.messages)
         if trace.fate != Fate.KEPT:
             row["selfgen"] = {"verified": False, "stage": trace.stage, "reason": trace.reason}
         if meta is not None:
@@ -260,6 +278,7 @@ def export_rows(
         only_curated=only_curated,
         allowed=allowed_traces,
         meta=meta,
+        include_seeds=include_seeds,
     )
     if only == "tasks":
         traces = iter(())

@@ -328,9 +328,11 @@ def dataset_card(
 
 
 def _seed_rows(store: RunStore, options: dict[str, Any]) -> int:
-    if not options["include_seeds"] or options["only"] == "traces":
+    if not options["include_seeds"]:
         return 0
-    return sum(len(s.instances) for s in store.seeds())
+    tasks = sum(len(s.instances) for s in store.seeds()) if options["only"] != "traces" else 0
+    traces = len(store.tool_seeds()) if options["only"] != "tasks" else 0
+    return tasks + traces
 
 
 # The bundled model's file name (selfgen.backends.llamacpp.BUNDLED_GGUF_NAME starts so).

@@ -145,6 +145,21 @@ class Provenance:
             scores=dict.fromkeys(self.instance_scorers),
         )
 
+    def seed_trace(self, seed_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._base(
+            kind="trace",
+            id=f"seed:{seed_id}",
+            origin="seed",
+            scores=dict.fromkeys(self.trace_scorers),
+            tools=self._tools(messages),
+        )
+
+    def _tools(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        called = sorted(
+            {call["function"]["name"] for m in messages for call in (m.get("tool_calls") or [])}
+        )
+        return [{"name": n, "source_sha256": self.tool_sources.get(n)} for n in called]
+
     def task(self, task_id: int, instance: Instance) -> dict[str, Any]:
         fields = self._origin_fields(self.tasks[task_id])
         scores = self.instance_scores.get(instance.id, {}) if instance.id is not None else {}
@@ -158,14 +173,11 @@ class Provenance:
 
     def trace(self, trace_id: int, messages: list[dict[str, Any]]) -> dict[str, Any]:
         fields = self._origin_fields(self.traces[trace_id])
-        called = sorted(
-            {call["function"]["name"] for m in messages for call in (m.get("tool_calls") or [])}
-        )
         scores = self.trace_scores.get(trace_id, {})
         return self._base(
             kind="trace",
             id=f"trace:{trace_id}",
             scores={name: scores.get(name) for name in self.trace_scorers},
-            tools=[{"name": n, "source_sha256": self.tool_sources.get(n)} for n in called],
+            tools=self._tools(messages),
             **fields,
         )

@@ -29,7 +29,8 @@ class Stage(_Word):
 
     Tasks pass parse, rules, rouge, classify and instances (and score, when the run scores
     them); traces pass parse, rules, rouge, then format, target (when the request was written for
-    one tool), execution, semantic (and score) and verified.
+    one tool), execution, grounding (when the run checks it), semantic (and score) and
+    verified.
     """
 
     GENERATED = "generated"
@@ -41,6 +42,7 @@ class Stage(_Word):
     FORMAT = "format"
     TARGET = "target"
     EXECUTION = "execution"
+    GROUNDING = "grounding"
     SEMANTIC = "semantic"
     VERIFIED = "verified"
     SCORE = "score"
@@ -51,7 +53,7 @@ BEFORE_NOVELTY = (Stage.PARSE, Stage.RULES, Stage.ROUGE)
 # The stages of a task, in the order it passes them (the funnel's order).
 TASK_STAGES = (Stage.PARSE, Stage.RULES, Stage.ROUGE, Stage.CLASSIFY, Stage.INSTANCES)
 # The checks a trace passes once it reached a tool, in order (after APIGen).
-TRACE_CHECKS = (Stage.FORMAT, Stage.TARGET, Stage.EXECUTION, Stage.SEMANTIC)
+TRACE_CHECKS = (Stage.FORMAT, Stage.TARGET, Stage.EXECUTION, Stage.GROUNDING, Stage.SEMANTIC)
 
 
 class Fate(_Word):

@@ -157,7 +157,7 @@ def _figures(figures: dict[str, Any], instructions: list[str]) -> dict[str, Any]
     if tools:
         fig = go.Figure()
         names = [t["tool"] or "(no call parsed)" for t in tools]
-        for check in ("format", "execution", "semantic"):
+        for check in ("format", "target", "execution", "grounding", "semantic"):
             fig.add_trace(
                 go.Bar(
                     name=check,

@@ -6,8 +6,10 @@ the sandbox (a separate process with a timeout and a memory limit), the result g
 the prompt, and the model chooses between another call and the answer (forced to answer at the
 step limit). Each trace is then verified stage by stage (after APIGen): format (the call
 parses, names a known tool, and its arguments validate), target (a request written for one tool
-is first answered with a call of that tool; see `selfgen.stages.tool_requests`), execution (the tool ran without error within its
-limits) and semantic (the final answer uses the tool's output).
+is first answered with a call of that tool; see `selfgen.stages.tool_requests`), execution (the
+tool ran without error within its limits), grounding (the arguments come from the request and
+earlier results; see `selfgen.stages.grounding`) and semantic (the final answer uses the
+tool's output).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from selfgen.config import RunConfig
 from selfgen.prompts import load_prompt
 from selfgen.records import TARGET_REACHED, Fate, Stage, ToolCall, ToolSeed, Trace, call_turns
 from selfgen.stages import request_seed, shared_prefix
+from selfgen.stages.grounding import grounding_problem
 from selfgen.tooling import ToolSpec, validate_arguments
 
 if TYPE_CHECKING:
@@ -226,19 +229,15 @@ _WEEKDAYS_ZH = {
 }
 
 
-def semantic_check(
-    output: str, answer: str, *, short_outputs: bool = False, language: str = "en"
-) -> str | None:
+def semantic_check(output: str, answer: str, *, language: str = "en") -> str | None:
     """Why the final answer does not use the tool's output, or None when it does.
 
     The rule: an answer must repeat a number (or date) of the output when the output has one,
-    and otherwise share at least two content words with it. With `short_outputs`, an output
-    of one content word ("Saturday") needs only that word (single English traces keep the
-    stricter rule they were verified with, so stored runs reproduce). In Chinese (`language`
-    "zh"), where the answer translates the tools' English words, a weekday counts in its
-    Chinese name and the answer needs the output's words only as far as it has any (names of
-    products and people stay in Latin letters). A model judge can be layered on top where a
-    capable backend is configured.
+    and otherwise share at least two content words with it, or the one it has ("Saturday").
+    In Chinese (`language` "zh"), where the answer translates the tools' English words, a
+    weekday counts in its Chinese name and the answer needs the output's words only as far as
+    it has any (names of products and people stay in Latin letters). A model judge can be
+    layered on top where a capable backend is configured.
     """
     if not answer.strip():
         return "empty_answer"
@@ -251,8 +250,7 @@ def semantic_check(
         for day, names in _WEEKDAYS_ZH.items():
             if day in out_words and any(n in answer for n in names):
                 ans_words.add(day)
-        short_outputs = True
-    wanted = max(1, min(2, len(out_words))) if short_outputs else 2
+    wanted = max(1, min(2, len(out_words)))
     return None if len(out_words & ans_words) >= wanted else "answer_ignores_tool_output"
 
 
@@ -276,9 +274,7 @@ def answer_problem(trace: Trace, language: str = "en") -> str | None:
     if len(last) == 1:
         return semantic_check(last[0].output or "", trace.answer, language=language)
     for n, call in enumerate(last, start=1):
-        problem = semantic_check(
-            call.output or "", trace.answer, short_outputs=True, language=language
-        )
+        problem = semantic_check(call.output or "", trace.answer, language=language)
         if problem:
             return f"{problem} (result {n})"
     return None
@@ -510,12 +506,17 @@ class ToolAgent:
         )
 
     def check_answers(self, traces: list[Trace]) -> list[Trace]:
-        """The semantic check of every answered trace; returns those that pass, in order."""
+        """The grounding check (where the run has it) and the semantic check of every answered
+        trace; returns those that pass both, in order."""
         passed = []
         for t in traces:
             if t.fate is Fate.REJECTED or t.answer is None:
                 if t.fate is not Fate.REJECTED:
                     t.reject(Stage.SEMANTIC, "no_answer")
+                continue
+            if self.config.ground_calls and not t.check(
+                Stage.GROUNDING, grounding_problem(t.request, t.calls, self.specs)
+            ):
                 continue
             if t.check(Stage.SEMANTIC, answer_problem(t, self.config.language)):
                 passed.append(t)

@@ -143,21 +143,26 @@ def distributions(db: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
+def _passed(check: str) -> str:
+    """SQL: how many traces passed a check. A trace whose request named no tool has no
+    `target` check: it counts as passed where its call was well-formed (nothing to disagree
+    with). A run without the grounding check counts it as passed where the call ran."""
+    fallback = {
+        Stage.TARGET: "json_extract(checks, '$.format.ok'), ",
+        Stage.GROUNDING: "json_extract(checks, '$.execution.ok'), ",
+    }.get(Stage(check), "")
+    return f"SUM(COALESCE(json_extract(checks, '$.{check}.ok'), {fallback}0))"
+
+
 def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """For each tool, the traces whose first call named it and how many passed each check
-    (`format`, `target`, `execution`, `semantic`); `pass_rate` is the share that passed them
+    (`format`, `target`, `execution`, `grounding`, `semantic`); `pass_rate` is the share that passed them
     all.
 
     Traces cut at parsing, rules or novelty never reached a tool and are not counted; a trace
     whose first call did not parse is listed under the tool name ''."""
 
-    # A trace whose request named no tool has no `target` check: it counts as passed where
-    # its call was well-formed (nothing to disagree with).
-    def ok(check: str) -> str:
-        fallback = "json_extract(checks, '$.format.ok'), " if check == Stage.TARGET else ""
-        return f"SUM(COALESCE(json_extract(checks, '$.{check}.ok'), {fallback}0))"
-
-    passed = "".join(f", {ok(check)}" for check in TRACE_CHECKS)
+    passed = "".join(f", {_passed(check)}" for check in TRACE_CHECKS)
     rows = db.execute(
         "SELECT COALESCE(json_extract(messages, '$[1].tool_calls[0].function.name'), '') AS tool,"
         f" COUNT(*){passed} FROM traces WHERE {sql.PASSED_NOVELTY}"
@@ -177,9 +182,7 @@ def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
 def trace_kind_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """For each kind of trace (single, parallel), the traces that reached a tool, how many
     passed each check, how many were kept (`verified`), and the share that passed them all."""
-    passed = "".join(
-        f", SUM(COALESCE(json_extract(checks, '$.{check}.ok'), 0))" for check in TRACE_CHECKS
-    )
+    passed = "".join(f", {_passed(check)}" for check in TRACE_CHECKS)
     rows = db.execute(
         f"SELECT kind, COUNT(*){passed}, SUM({sql.KEPT}) FROM traces"
         f" WHERE {sql.PASSED_NOVELTY} GROUP BY kind ORDER BY kind"
