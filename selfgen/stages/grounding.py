@@ -150,12 +150,13 @@ def source_dates(text: str) -> tuple[set[tuple[int, int, int]], set[tuple[int, i
         _add_date(full, partial, MONTHS[month.lower()], day, year)
     for day, month, year in DAY_MONTH.findall(text):
         _add_date(full, partial, MONTHS[month.lower()], day, year)
-    lower = text.lower().replace("’", "'")
-    for name, (month, day) in HOLIDAYS.items():
-        for m in re.finditer(
-            rf"\b{re.escape(name)}\b(?:\s+(?:day\s+)?(?:of\s+)?(\d{{4}}))?", lower
-        ):
+    lower = text.lower().replace("\u2019", "'")
+    # Longest names first, each blanked once read ("new year's eve" is not "new year").
+    for name, (month, day) in sorted(HOLIDAYS.items(), key=lambda h: -len(h[0])):
+        pattern = rf"\b{re.escape(name)}\b(?:\s+(?:day\s+)?(?:of\s+)?(\d{{4}}))?"
+        for m in re.finditer(pattern, lower):
             _add_date(full, partial, month, str(day), m.group(1) or "")
+        lower = re.sub(pattern, " ", lower)
     return full, partial, {int(y) for y in YEAR.findall(text)}
 
 
