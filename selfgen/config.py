@@ -297,6 +297,12 @@ class RunConfig:
         " among all the tools and a trace that calls another first is rejected) or 'off'"
         " (one list under all the tools).",
     )
+    tool_protocol: str = setting(
+        "text",
+        help="How the model is asked for tool calls: 'text' (worked examples and 'Call: {json}',"
+        " for completion models such as the embedded default) or 'native' (chat messages with"
+        " the tools, calls in the model's own format, for chat models served with tool support).",
+    )
     ground_calls: bool = setting(
         True,
         toml_only=True,
@@ -405,6 +411,11 @@ class RunConfig:
                 raise ConfigError(problem, field=field)
 
         need(self.language in ("en", "zh"), "language", "must be 'en' or 'zh'")
+        need(
+            self.tool_protocol in ("text", "native"),
+            "tool_protocol",
+            f"must be 'text' or 'native', not '{self.tool_protocol}'",
+        )
         need(
             self.target_tools in ("constrain", "check", "off"),
             "target_tools",

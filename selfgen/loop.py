@@ -15,6 +15,7 @@ so a run killed and resumed produces the same data as one that was never interru
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from selfgen.records import TARGET_REACHED, Candidate, Fate, Stage
 from selfgen.stages.classify import ClassifyStage
 from selfgen.stages.instances import InstanceStage
 from selfgen.stages.instructions import InstructionStage
+from selfgen.stages.native_agent import NativeToolAgent
 from selfgen.stages.tool_agent import ToolAgent, interleave_kinds, seeds_of_kind
 from selfgen.stages.tool_requests import ToolRequestStage
 from selfgen.store import GenerationRecord, RoundRecord, RunStore, RunTotals
@@ -121,7 +123,8 @@ class Loop:
                 ToolRequestStage(config, specs, seeds_of_kind(tool_seeds, kind), novelty, kind)
                 for kind in config.trace_kind_list()
             ]
-            self.agent = ToolAgent(config, specs, tool_seeds, sandbox)
+            agent = NativeToolAgent if config.tool_protocol == "native" else ToolAgent
+            self.agent = agent(config, specs, tool_seeds, sandbox)
             self.verified = {
                 kind: store.verified_requests(kind) for kind in config.trace_kind_list()
             }
@@ -351,13 +354,25 @@ def _generation_record(stage: str, req: GenerationRequest, comp: Completion) -> 
             if req.constraint.choices
             else {"json_schema": req.constraint.json_schema}
         )
+    response = comp.text
+    if req.tools:
+        # A chat request with tools: the tools and what was asked of them, and the calls the
+        # backend found beside the text (the tools themselves are the run's, in run_tools).
+        constraint = {"tool_choice": req.tool_choice}
+        response = json.dumps(
+            {
+                "content": comp.text,
+                "tool_calls": comp.extra.get("tool_calls") or [],
+                "tool_call_errors": comp.extra.get("tool_call_errors") or [],
+            }
+        )
     return GenerationRecord(
         stage=stage,
         prompt=req.prompt,
         messages=list(req.messages) if req.messages is not None else None,
         params=req.params.to_dict(),
         constraint=constraint,
-        response=comp.text,
+        response=response,
         finish_reason=comp.finish_reason,
         prompt_tokens=comp.prompt_tokens,
         completion_tokens=comp.completion_tokens,

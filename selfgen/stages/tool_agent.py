@@ -413,6 +413,12 @@ class ToolAgent:
             calls = [call] if call is not None else []
         if comp.finish_reason == "error":
             problem, calls = f"call_not_generated: {comp.extra.get('error', '')}"[:200], []
+        return self.run_calls(trace, calls, problem)
+
+    def run_calls(self, trace: Trace, calls: list[ToolCall], problem: str | None) -> bool:
+        """Validate one turn's calls (or record why they could not be parsed), check the
+        first call against the request's target tool, execute them in the sandbox and record
+        the results; False when the trace failed."""
         for n, call in enumerate(calls, start=1):
             if invalid := validate_arguments(self.specs[call.name], call.arguments):
                 where = f"call {n}: " if len(calls) > 1 else ""
@@ -421,7 +427,7 @@ class ToolAgent:
         if not trace.check(Stage.FORMAT, problem):
             return False
         if trace.target is not None and not trace.calls:
-            [call] = calls  # a targeted trace makes one call a turn
+            call = calls[0]  # a targeted trace's first call is checked
             if call.name != trace.target:
                 # Kept in the trace (not run), so that stats count it under the tool it named.
                 trace.calls.append(ToolCall(call.name, call.arguments, None, "not run"))
