@@ -53,7 +53,7 @@ class GreedyDedupe:
         self.threshold = threshold
         self.nearest = nearest
         self.kept = 0
-        self._index = RougeIndex(prefix_threshold=threshold)
+        self._index = RougeIndex(prefix_threshold=threshold, postings=False)
         self._pending: deque[list[_Query]] = deque()
 
     def keep(self, ids: np.ndarray, offsets: np.ndarray, start: int, stop: int) -> None:
@@ -94,7 +94,7 @@ class GreedyDedupe:
 def _serve(conn: Connection, threshold: float) -> None:
     """A worker: its share of the kept rows in one index; answers batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    index = RougeIndex(prefix_threshold=threshold)
+    index = RougeIndex(prefix_threshold=threshold, postings=False)
     recent: dict[int, list[_Query]] = {}  # rows of the batches whose kept rows are not in yet
     while True:
         try:
@@ -146,7 +146,7 @@ class ParallelGreedyDedupe:
         self._sent = 0  # kept rows 0.._sent - 1 are in the workers (or on their way)
         self._seq = 0
         # Submitted batches, oldest first: (number, rows, kept rows the workers held for it).
-        self._pending: deque[tuple[int, list[_Query], int]] = deque()
+        self._pending: deque[tuple[int, tuple[np.ndarray, np.ndarray], int]] = deque()
         # Batches collected whose kept rows the workers have not been sent: (number, rows kept
         # in it, by worker); and the parent's indexes of the rows kept in recent batches.
         self._unsent: list[tuple[int, list[list[int]]]] = []
@@ -190,7 +190,7 @@ class ParallelGreedyDedupe:
             conn.send(("batch", self._seq, adds, batch_ids, batch_offsets, first_hit))
         self._unsent = []
         self._sent = self.kept
-        self._pending.append((self._seq, _queries(batch_ids, batch_offsets), self._sent))
+        self._pending.append((self._seq, (batch_ids, batch_offsets), self._sent))
         self._seq += 1
         # The parent's indexes of rows that every pending batch's workers hold are done with.
         held = self._pending[0][2]
@@ -201,18 +201,19 @@ class ParallelGreedyDedupe:
         """Decisions for the oldest batch submitted, row by row."""
         try:
             replies = [conn.recv() for conn in self._conns]
-        except EOFError:
+        except (EOFError, OSError):
             raise RuntimeError("a de-duplication worker process ended unexpectedly") from None
-        seq, queries, held = self._pending.popleft()
+        seq, (batch_ids, batch_offsets), held = self._pending.popleft()
+        flat, ends = batch_ids.tolist(), batch_offsets.tolist()
         threshold, workers, first_hit = self.threshold, self.workers, not self.nearest
         # Kept rows 0..held - 1 are the workers'; the parent's indexes hold the others, whole
         # batches each, the one for this batch last.
-        current = RougeIndex(prefix_threshold=threshold)
+        current = RougeIndex(prefix_threshold=threshold, postings=False)
         parts = [(base, index) for base, index in self._locals if base >= held]
         parts.append((self.kept, current))
         kept_by_worker: list[list[int]] = [[] for _ in range(workers)]
         decisions: list[Decision] = []
-        for i, query in enumerate(queries):
+        for i in range(len(ends) - 1):
             found: Decision = None
             for w, (scores, docs) in enumerate(replies):
                 doc = int(docs[i])
@@ -223,6 +224,10 @@ class ParallelGreedyDedupe:
                     found = (score, kept_row)
                 if first_hit:
                     break
+            if found is not None and first_hit:
+                decisions.append(found)
+                continue
+            query = _Query(flat[ends[i] : ends[i + 1]])
             # Parts in the order of their kept rows: an earlier kept row wins a tie, so a
             # later part must score higher.
             for base, index in parts:

@@ -173,10 +173,19 @@ class RougeIndex:
     vector_min = 48
 
     def __init__(
-        self, tokenizer: Tokenizer = rouge_tokenize, prefix_threshold: float | None = None
+        self,
+        tokenizer: Tokenizer = rouge_tokenize,
+        prefix_threshold: float | None = None,
+        *,
+        postings: bool = True,
     ) -> None:
+        """`postings=False` (with a `prefix_threshold`) keeps the prefix lists only: less memory
+        and faster adds, for an index asked only at thresholds >= `prefix_threshold`."""
+        if not postings and prefix_threshold is None:
+            raise ValueError("an index without postings needs a prefix_threshold")
         self.tokenizer = tokenizer
         self.prefix_threshold = prefix_threshold
+        self.keeps_postings = postings
         self.texts: list[str] = []
         self._vocab: dict[str, int] = {}
         self._tokens = array("i")  # every text's token ids, one text after the other
@@ -243,13 +252,14 @@ class RougeIndex:
 
     def _add(self, query: _Query) -> int:
         doc = len(self._lengths)
-        postings = self._postings
-        for t in query.counts:
-            docs = postings.get(t)
-            if docs is None:
-                postings[t] = array("i", (doc,))
-            else:
-                docs.append(doc)
+        if self.keeps_postings:
+            postings = self._postings
+            for t in query.counts:
+                docs = postings.get(t)
+                if docs is None:
+                    postings[t] = array("i", (doc,))
+                else:
+                    docs.append(doc)
         n = len(query.ids)
         if self.prefix_threshold is not None and n:
             prefix_postings = self._prefix_postings
@@ -367,6 +377,10 @@ class RougeIndex:
     def _search_postings(
         self, query: _Query, floor: float, first_hit: bool
     ) -> tuple[float, int | None]:
+        if not self.keeps_postings:
+            raise ValueError(
+                "this index keeps prefix lists only: ask at a threshold >= its prefix_threshold"
+            )
         m, counts = len(query.ids), query.counts
         known = len(query.order)
         postings = self._postings
