@@ -241,7 +241,8 @@ class ParallelGreedyDedupe:
                 current._add(query)
                 self.kept += 1
             decisions.append(found)
-        self._locals.append((parts[-1][0], current))
+        if len(current):
+            self._locals.append((parts[-1][0], current))
         self._unsent.append((seq, kept_by_worker))
         return decisions
 
