@@ -173,10 +173,19 @@ class RougeIndex:
     vector_min = 48
 
     def __init__(
-        self, tokenizer: Tokenizer = rouge_tokenize, prefix_threshold: float | None = None
+        self,
+        tokenizer: Tokenizer = rouge_tokenize,
+        prefix_threshold: float | None = None,
+        *,
+        postings: bool = True,
     ) -> None:
+        """`postings=False` (with a `prefix_threshold`) keeps the prefix lists only: less memory
+        and faster adds, for an index asked only at thresholds >= `prefix_threshold`."""
+        if not postings and prefix_threshold is None:
+            raise ValueError("an index without postings needs a prefix_threshold")
         self.tokenizer = tokenizer
         self.prefix_threshold = prefix_threshold
+        self.keeps_postings = postings
         self.texts: list[str] = []
         self._vocab: dict[str, int] = {}
         self._tokens = array("i")  # every text's token ids, one text after the other
@@ -193,14 +202,14 @@ class RougeIndex:
         self.pairs_bounded = 0  # candidates whose bound was computed
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self._lengths)
 
     def learn_token_order(self, texts: Iterable[str]) -> None:
         """Number tokens by how many of `texts` hold them, commonest lowest, before any text is
         added. Prefix filtering then reads the rarest tokens first (it takes higher ids first);
         without this, ids follow first appearance, a rougher guess at rarity. Scores and
         decisions are the same either way."""
-        if self.texts:
+        if len(self._lengths):
             raise ValueError("learn_token_order must come before the first add")
         df: Counter[str] = Counter()
         for text in texts:
@@ -225,14 +234,32 @@ class RougeIndex:
             vocab = self._vocab
             query = _Query([vocab.setdefault(t, len(vocab)) for t in self.tokenizer(text)])
         self._last = None
-        doc = len(self.texts)
-        postings = self._postings
-        for t in query.counts:
-            docs = postings.get(t)
-            if docs is None:
-                postings[t] = array("i", (doc,))
-            else:
-                docs.append(doc)
+        self.texts.append(text)
+        return self._add(query)
+
+    def add_ids(self, ids: Sequence[int]) -> int:
+        """Index a text given as token ids (non-negative, as :class:`TokenIds` numbers them);
+        returns its position. An index takes either texts or ids, not both: ids have no
+        text in :attr:`texts`."""
+        return self._add(_Query(list(ids)))
+
+    def search_ids(
+        self, ids: Sequence[int], threshold: float, first_hit: bool = False
+    ) -> tuple[float, int | None]:
+        """:meth:`nearest_above` (or, with `first_hit`, the first text found above the
+        threshold, as :meth:`is_novel` decides) for a text given as token ids."""
+        return self._search_query(_Query(list(ids)), threshold, first_hit)
+
+    def _add(self, query: _Query) -> int:
+        doc = len(self._lengths)
+        if self.keeps_postings:
+            postings = self._postings
+            for t in query.counts:
+                docs = postings.get(t)
+                if docs is None:
+                    postings[t] = array("i", (doc,))
+                else:
+                    docs.append(doc)
         n = len(query.ids)
         if self.prefix_threshold is not None and n:
             prefix_postings = self._prefix_postings
@@ -254,7 +281,6 @@ class RougeIndex:
         self._lengths.append(n)
         self._tokens.extend(query.ids)
         self._keys.extend(query.order)
-        self.texts.append(text)
         return doc
 
     def best(self, text: str) -> tuple[float, int | None]:
@@ -263,7 +289,7 @@ class RougeIndex:
         Ties go to the earliest text. (0.0, None) when no indexed text shares a token.
         """
         query = self._query(text)
-        if not query.order or not self.texts:
+        if not query.order or not len(self._lengths):
             return 0.0, None
         if self.prefix_threshold is not None:
             # Above the prefix threshold the best is found from the short prefix lists.
@@ -285,8 +311,12 @@ class RougeIndex:
     def _search(
         self, text: str, threshold: float | None, first_hit: bool
     ) -> tuple[float, int | None]:
-        query = self._query(text)
-        if not query.order or not self.texts:
+        return self._search_query(self._query(text), threshold, first_hit)
+
+    def _search_query(
+        self, query: _Query, threshold: float | None, first_hit: bool
+    ) -> tuple[float, int | None]:
+        if not query.order or not len(self._lengths):
             return 0.0, None
         if (
             threshold is not None
@@ -347,13 +377,17 @@ class RougeIndex:
     def _search_postings(
         self, query: _Query, floor: float, first_hit: bool
     ) -> tuple[float, int | None]:
+        if not self.keeps_postings:
+            raise ValueError(
+                "this index keeps prefix lists only: ask at a threshold >= its prefix_threshold"
+            )
         m, counts = len(query.ids), query.counts
         known = len(query.order)
         postings = self._postings
         empty = array("i")
         lists = sorted(((postings.get(t, empty), c) for t, c in counts.items()), key=_size)
-        if len(self._seen) < len(self.texts):
-            self._seen = np.zeros(2 * len(self.texts), dtype=bool)
+        if len(self._seen) < len(self._lengths):
+            self._seen = np.zeros(2 * len(self._lengths), dtype=bool)
         seen = self._seen
         gathered: list[np.ndarray] = []
         pending: list[np.ndarray] = []
@@ -482,6 +516,46 @@ class RougeIndex:
                 strict=True,
             )
         )
+
+
+class TokenIds:
+    """A corpus as token ids, tokenised once: :meth:`feed` each text, then :meth:`finish`.
+
+    Tokens are numbered as :meth:`RougeIndex.learn_token_order` numbers them (by how many texts
+    hold them, commonest lowest; ties by first appearance), so an index fed these ids with
+    :meth:`RougeIndex.add_ids` reads the rarest tokens first.
+    """
+
+    def __init__(self, tokenizer: Tokenizer = rouge_tokenize) -> None:
+        self.tokenizer = tokenizer
+        self._vocab: dict[str, int] = {}
+        self._df = array("q")  # texts holding each token, by first-appearance number
+        self._flat = array("i")
+        self._ends = array("q", (0,))
+
+    def __len__(self) -> int:
+        return len(self._ends) - 1
+
+    def feed(self, text: str) -> None:
+        vocab = self._vocab
+        ids = [vocab.setdefault(t, len(vocab)) for t in self.tokenizer(text)]
+        df = self._df
+        if len(vocab) > len(df):
+            df.frombytes(bytes(8 * (len(vocab) - len(df))))
+        for t in set(ids):
+            df[t] += 1
+        self._flat.extend(ids)
+        self._ends.append(len(self._flat))
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, offsets): text i is ``ids[offsets[i]:offsets[i + 1]]`` (int32, int64)."""
+        df = self._df
+        order = sorted(range(len(df)), key=df.__getitem__, reverse=True)  # stable: ties keep
+        renumber = np.empty(len(df), dtype=np.int32)  # first appearance
+        renumber[order] = np.arange(len(df), dtype=np.int32)
+        flat = np.frombuffer(self._flat, dtype=np.int32)
+        ids = renumber[flat] if len(flat) else np.zeros(0, dtype=np.int32)
+        return ids, np.frombuffer(self._ends, dtype=np.int64).copy()
 
 
 def _size(item: tuple[array, int]) -> int:
