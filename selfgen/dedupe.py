@@ -185,7 +185,10 @@ def dedupe(
     if tokenizer not in TOKENIZERS:
         raise DedupeError(f"'{tokenizer}' is not one of {', '.join(TOKENIZERS)}", param="tokenizer")
     if workers is not None and not 1 <= workers <= 256:
-        raise DedupeError(f"{workers} is not a number of processes from 1 to 256", param="workers")
+        raise DedupeError(
+            f"{workers} is not a number of processes from 1 to 256 (0: the usable cores)",
+            param="workers",
+        )
     if batch_size < 1:
         raise DedupeError("must be at least 1", param="batch_size")
     for path in [inputs, *(against or [])]:
