@@ -60,6 +60,12 @@ def problem(specs, request, *calls):
             "kb_search.query: no word of it is in the request",
         ),
         (
+            "2025 年 12 月 3 日之后 4 天是什么日子？",
+            "add_days",
+            {"start": "2025-03-31", "days": 4},
+            "add_days.start: the date 2025-03-31 is not in the request",
+        ),
+        (
             "I have 120 bottles of wine. How many liters are there?",
             "convert_units",
             {"value": 120, "from_unit": "l", "to_unit": "l"},
@@ -104,6 +110,14 @@ def test_made_up_arguments_are_rejected_with_the_argument_and_value(
          {"query": "SELECT COUNT(*) FROM orders WHERE strftime('%m', day) = '10'"}),
         ("Convert 5 km to miles.", "convert_units",
          {"value": 5, "from_unit": "km", "to_unit": "mi"}),
+        # Chinese: dates with 年月日, digits next to characters, an English query.
+        ("2023 年 12 月 28 日之后 30 天是哪一天？", "add_days", {"start": "2023-12-28", "days": 30}),
+        ("2026年7月4日是星期几？", "weekday", {"day": "2026-07-04"}),
+        ("我们一共有40笔订单吗？", "sql_query", {"query": "SELECT COUNT(*) FROM orders LIMIT 40"}),
+        ("光在真空中的速度是多少？", "kb_search", {"query": "speed of light"}),
+        ("我们四个人一共花了 268.8 元，每人付多少？", "calculator", {"expression": "268.8 / 4"}),
+        ("360 的百分之十五是多少？", "calculator", {"expression": "360 * 15 / 100"}),
+        ("2030 年的国庆节是星期几？", "weekday", {"day": "2030-10-01"}),
     ],
 )  # fmt: skip
 def test_arguments_taken_from_the_request_pass(specs, request_text, name, arguments):
