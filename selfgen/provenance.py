@@ -148,7 +148,7 @@ class Provenance:
     def seed_trace(self, seed_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
         return self._base(
             kind="trace",
-            id=f"seed:{seed_id}",
+            id=f"tool_seed:{seed_id}",
             origin="seed",
             scores=dict.fromkeys(self.trace_scorers),
             tools=self._tools(messages),

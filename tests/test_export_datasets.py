@@ -142,7 +142,9 @@ def test_metadata_says_where_each_row_came_from(run_dir, tmp_path):
     assert sorted(v for v in judged if v is not None) == [1.0, 2.0, 3.0]
     assert {m["curation"] for _, m in machine} == {"accepted", None}
 
-    [trace] = [m for m in metas if m["kind"] == "trace"]
+    tool_seeds = [m for m in metas if m["kind"] == "trace" and m["origin"] == "seed"]
+    assert tool_seeds and all(m["id"].startswith("tool_seed:") for m in tool_seeds)
+    [trace] = [m for m in metas if m["kind"] == "trace" and m["origin"] == "machine"]
     assert trace["prompt_examples"] and all(
         i.startswith(("tool_seed:", "trace:")) for i in trace["prompt_examples"]
     )
@@ -217,7 +219,12 @@ def test_hf_folder_and_every_jsonl_format_load_with_datasets(run_dir, tmp_path, 
         row["tools"] = json.loads(row["tools"]) if row["tools"] else None
     key = lambda r: json.dumps(no_nulls(r), sort_keys=True)  # noqa: E731
     assert sorted(map(key, hf_rows)) == sorted(map(key, openai))
-    [trace] = [r for r in hf_rows if r["tools"]]
+    # The tool seeds come with --include-seeds, as trace rows; then the one verified trace.
+    seeds = [r for r in hf_rows if r["tools"] and r["metadata"]["origin"] == "seed"]
+    store = RunStore.open(run_dir)
+    assert {r["metadata"]["id"] for r in seeds} == {f"tool_seed:{s.id}" for s in store.tool_seeds()}
+    store.close()
+    [trace] = [r for r in hf_rows if r["tools"] and r["metadata"]["origin"] == "machine"]
     assert [t["function"]["name"] for t in trace["tools"]][:2] == ["add_days", "calculator"]
     assert trace["messages"][1]["tool_calls"][0]["function"]["name"] == "calculator"
     # No task has instances in both splits.
