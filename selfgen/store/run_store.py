@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfgen.records import Candidate, Fate, Instance, SeedTask, ToolCall, ToolSeed, Trace
+from selfgen.records import (
+    Candidate,
+    Fate,
+    Instance,
+    SeedTask,
+    SeedTurn,
+    Stage,
+    ToolCall,
+    ToolSeed,
+    Trace,
+)
 from selfgen.store import sql
 from selfgen.store.browse import Inspector
 from selfgen.store.disk import (
@@ -454,9 +464,16 @@ class RunStore:
                 ],
             )
             self.db.executemany(
-                "INSERT INTO tool_seeds (seed_id, request, calls, answer) VALUES (?, ?, ?, ?)",
+                "INSERT INTO tool_seeds (seed_id, request, calls, answer, followups)"
+                " VALUES (?, ?, ?, ?, ?)",
                 [
-                    (s.id, s.request, json.dumps([c.to_dict() for c in s.calls]), s.answer)
+                    (
+                        s.id,
+                        s.request,
+                        json.dumps([c.to_dict() for c in s.calls]),
+                        s.answer,
+                        json.dumps([t.to_dict() for t in s.followups]) if s.followups else None,
+                    )
                     for s in seeds
                 ],
             )
@@ -484,14 +501,35 @@ class RunStore:
                 r["request"],
                 tuple(ToolCall(**c) for c in json.loads(r["calls"])),
                 r["answer"],
+                tuple(
+                    SeedTurn(t["request"], tuple(ToolCall(**c) for c in t["calls"]), t["answer"])
+                    for t in json.loads(r["followups"] or "[]")
+                ),
             )
             for r in self.db.execute("SELECT * FROM tool_seeds ORDER BY id")
         ]
 
     def trace_pool(self) -> list[str]:
-        """Requests that passed the ROUGE-L filter, in order."""
-        rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id")
-        return [r[0] for r in rows]
+        """Requests that passed the ROUGE-L filter, in the order they passed it: each round's
+        first requests, then its follow-ups (multi-turn traces), turn by turn."""
+        out: list[str] = []
+        followups: list[tuple[int, int, str]] = []  # (turn, trace id, text) of one round
+        current = None
+        for trace_id, round_id, request, stage, messages in self.db.execute(
+            "SELECT id, round_id, request, stage, CASE WHEN kind = 'multiturn' THEN messages END"
+            f" FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id"
+        ):
+            if round_id != current:
+                out += [text for _, _, text in sorted(followups)]
+                followups, current = [], round_id
+            out.append(request)
+            if messages is None:
+                continue
+            texts = [m["content"] for m in json.loads(messages) if m["role"] == "user"][1:]
+            if texts and stage == Stage.FOLLOWUP:
+                texts.pop()  # the last one failed the rules or the novelty filter
+            followups += [(n, trace_id, text) for n, text in enumerate(texts, start=2)]
+        return out + [text for _, _, text in sorted(followups)]
 
     def verified_requests(self, kind: str | None = None) -> list[tuple[str, str]]:
         """The requests of the verified traces (of one kind, when given), in order, each with
