@@ -123,7 +123,8 @@ def call_turns(calls: list[ToolCall] | tuple[ToolCall, ...]) -> list[list[ToolCa
 
 @dataclass(frozen=True)
 class SeedTurn:
-    """A later user turn of a multi-turn tool seed: the follow-up, its calls and the answer."""
+    """One user turn of a tool seed: the request, its calls and the answer (the later turns of
+    a multi-turn seed are its `followups`)."""
 
     request: str
     calls: tuple[ToolCall, ...]

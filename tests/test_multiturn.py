@@ -2,16 +2,19 @@
 the first request, and the whole conversation stored, exported (OpenAI and ShareGPT) and
 rendered."""
 
+import io
 import json
 import re
 
 import jsonschema
 import pytest
 from conftest import ROOT, SEEDS
+from rich.console import Console
 from test_trace_kinds import _validate_and_render
 
 from selfgen.backends.base import Completion, get_backend
 from selfgen.config import ConfigError, build_config
+from selfgen.display import print_stats
 from selfgen.export import export_run, sharegpt_turns
 from selfgen.filters.novelty import NoveltyFilter
 from selfgen.filters.rouge import TOKENIZERS
@@ -412,14 +415,19 @@ CONVERSATIONS = {
         ),
     ],
 }
+# A single trace of the same run (kinds single,multiturn).
+SINGLE = [
+    (
+        "Add up 1234 and 5678 for my invoice total, please.",
+        {"name": "calculator", "arguments": {"expression": "1234 + 5678"}},
+        "The total is 6912.",
+    )
+]
 TURNS = {
-    turn[0]: (name, i) for name, turns in CONVERSATIONS.items() for i, turn in enumerate(turns)
+    turn[0]: (turns, i)
+    for turns in [*CONVERSATIONS.values(), SINGLE]
+    for i, turn in enumerate(turns)
 }
-
-
-def _turn(text):
-    name, i = TURNS[text]
-    return CONVERSATIONS[name], i
 
 
 def _scripted_reply(request):
@@ -427,18 +435,17 @@ def _scripted_reply(request):
     if prompt.startswith("Come up with a series of tasks"):
         return ""
     if prompt.startswith("An assistant can call these tools"):
-        assert "open a conversation" in prompt
+        listed = CONVERSATIONS.values() if "open a conversation" in prompt else [SINGLE]
         first = int(re.search(r"(\d+)\.$", prompt).group(1))
         return "".join(
-            f"{'' if i == 0 else f'{first + i}.'} {turns[0][0]}\n"
-            for i, turns in enumerate(CONVERSATIONS.values())
+            f"{'' if i == 0 else f'{first + i}.'} {turns[0][0]}\n" for i, turns in enumerate(listed)
         )
     if prompt.startswith("A user talks with an assistant"):
         last = prompt.rsplit("\nUser: ", 1)[1].split("\n", 1)[0]
-        turns, i = _turn(last)
+        turns, i = TURNS[last]
         return " " + turns[i + 1][0]
     current = prompt.rsplit("Request: ", 1)[1]
-    turns, i = _turn(current.split("\n", 1)[0])
+    turns, i = TURNS[current.split("\n", 1)[0]]
     _, call, answer = turns[i]
     if prompt.endswith("Call:"):
         return " " + (call if isinstance(call, str) else json.dumps(call))
@@ -448,7 +455,7 @@ def _scripted_reply(request):
     return "Answer:" if call is None or "Result:" in current else "Call:"
 
 
-def test_a_run_of_multiturn_traces(tmp_path, scripted):
+def test_a_run_of_single_and_multiturn_traces(tmp_path, scripted):
     cfg = build_config(
         {},
         {
@@ -458,7 +465,8 @@ def test_a_run_of_multiturn_traces(tmp_path, scripted):
             "num_traces": 3,
             "max_rounds": 1,
             "trace_prompts_per_round": 1,
-            "trace_kinds": "multiturn",
+            "trace_kinds": "single,multiturn",
+            "target_tools": "off",  # the scripted model writes one list for all the tools
             "tools": str(ROOT / "tools"),
         },
     )
@@ -468,7 +476,8 @@ def test_a_run_of_multiturn_traces(tmp_path, scripted):
     with ToolSandbox(cfg.tools) as sandbox:
         store.save_tools(tool_specs(cfg.tools), [_with_outputs(sandbox, s) for s in seeds])
         # The store keeps the follow-ups of the seeds, with their outputs.
-        assert store.tool_seeds()[0].followups[0].calls[0].output == "298.15 K"
+        multiturn = [s for s in store.tool_seeds() if s.followups]
+        assert multiturn[0].followups[0].calls[0].output == "298.15 K"
         Loop(cfg, store, get_backend("scripted"), sandbox=sandbox).run()
     rows = {
         r["request"]: r
@@ -477,7 +486,10 @@ def test_a_run_of_multiturn_traces(tmp_path, scripted):
         )
     }
     by_name = {name: rows[turns[0][0]] for name, turns in CONVERSATIONS.items()}
-    assert {r["kind"] for r in rows.values()} == {"multiturn"}
+    assert {r["kind"] for r in by_name.values()} == {"multiturn"}
+    single = rows[SINGLE[0][0]]
+    assert (single["kind"], single["fate"]) == ("single", "kept"), single["reason"]
+    assert [m["role"] for m in json.loads(single["messages"])].count("user") == 1
     kept = by_name["kept"]
     assert kept["fate"] == "kept", kept["reason"]
     users = [m["content"] for m in json.loads(kept["messages"]) if m["role"] == "user"]
@@ -508,6 +520,13 @@ def test_a_run_of_multiturn_traces(tmp_path, scripted):
     # A follow-up turn's first step is a choice between a call and the answer; the follow-up
     # itself is sampled like a request list.
     requests = made[0].requests
+    # Each kind sees its own worked examples.
+    for r in requests:
+        if f"Request: {SINGLE[0][0]}" in r.prompt:
+            assert "follow up on the conversation" not in r.prompt
+            assert "And in Kelvin?" not in r.prompt
+        elif r.prompt.startswith("Answer each request."):
+            assert "follow up on the conversation" in r.prompt
     followup_requests = [r for r in requests if r.prompt.startswith("A user talks")]
     assert followup_requests and all(r.params.stop == ("\n",) for r in followup_requests)
     assert any(
@@ -521,19 +540,27 @@ def test_a_run_of_multiturn_traces(tmp_path, scripted):
     assert (mt["traces"], mt["verified"], mt["followup"]) == (5, 1, 4)
     assert (mt["format"], mt["execution"], mt["grounding"], mt["semantic"]) == (4, 5, 4, 4)
     assert mt["pass_rate"] == 1 / 5
+    shown = io.StringIO()
+    print_stats(Console(file=shown, width=200, color_system=None), store.figures())
+    table = shown.getvalue().split("Tool-use traces by kind", 1)[1]
+    assert "follow-ups ok" in table
+    # traces, format ok, execution ok, semantic ok, follow-ups ok, verified
+    assert re.search(r"multiturn\W+5\W+4\W+5\W+4\W+4\W+1\W", table), table
 
     out = tmp_path / "train.jsonl"
     export_run(store, "openai", out, only="traces")
     exported = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(exported) == 1
+    assert [len(r["messages"]) > 4 for r in exported] == [False, True]  # single, multiturn
     _validate_and_render(exported)
     sharegpt = tmp_path / "sharegpt.jsonl"
     export_run(store, "sharegpt", sharegpt, only="traces", include_seeds=True)
     srows = [json.loads(line) for line in sharegpt.read_text().splitlines()]
-    assert len(srows) == len(seeds) + 1
-    for row in srows:
-        tags = [t["from"] for t in row["conversations"]]
-        assert tags.count("human") >= 2
+    assert len(srows) == len(seeds) + 2
+    conversations = [t["conversations"] for t in srows]
+    # The multi-turn seeds and the verified conversation.
+    assert sum(1 for c in conversations if [t["from"] for t in c].count("human") > 1) == 12
+    for row in conversations:
+        tags = [t["from"] for t in row]
         for i, tag in enumerate(tags):
             assert tag in (("human", "observation") if i % 2 == 0 else ("gpt", "function_call"))
     store.close()
@@ -541,9 +568,9 @@ def test_a_run_of_multiturn_traces(tmp_path, scripted):
     # Resumed, the novelty pool holds the follow-ups that passed, in the order they joined it.
     store = RunStore.open(tmp_path / "run")
     pool = store.trace_pool()
-    assert pool[:5] == [turns[0][0] for turns in CONVERSATIONS.values()]
+    assert pool[:6] == [SINGLE[0][0]] + [turns[0][0] for turns in CONVERSATIONS.values()]
     assert "How many weeks is that?" not in pool
-    assert pool[5:9] == [
+    assert pool[6:10] == [
         "What would it be in Kelvin?",
         "Now divide that by 12, please.",
         "And the day after that one?",

@@ -334,7 +334,8 @@ def interleave_kinds(traces: list[Trace]) -> list[Trace]:
 
 
 def _normal(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
+    """A text's words, for telling a repeated answer (case, spacing and punctuation aside)."""
+    return re.sub(r"\W+", " ", text.lower()).strip()
 
 
 def answer_problem(trace: Trace, language: str = "en") -> str | None:
@@ -444,7 +445,6 @@ class ToolAgent:
         if parallel:
             return Constraint(json_schema=self.parallel_schema)
         if c.target_tools == "constrain" and trace.target is not None and not trace.calls:
-            # (A target is the first call's: trace.calls are the first turn's.)
             return Constraint(json_schema=self.target_schemas[trace.target])
         return Constraint(json_schema=self.schema)
 
