@@ -145,6 +145,7 @@ def test_multiturn_seeds_are_their_own_kind():
 def test_parse_followup():
     assert parse_followup(" And in Kelvin?\n", "stop") == ("And in Kelvin?", None)
     assert parse_followup(' User: "What about 2027?"', "stop") == ("What about 2027?", None)
+    assert parse_followup(" Follow-up: And 2028?", "stop") == ("And 2028?", None)
     assert parse_followup("   ", "stop") == ("", "empty")
     assert parse_followup(" And in Kel", "length") == ("And in Kel", "truncated")
 
@@ -248,18 +249,18 @@ def test_the_followup_prompt(specs):
     assert prompt == (
         "A user talks with an assistant that can call these tools:\n"
         f"- calculator: {specs['calculator'].description}\n\n"
-        "In each conversation, the user follows up on the assistant's answer with a short"
-        " message that only makes sense after what was said before: the same question for"
-        " another value, a next step with the result, or a detail of it.\n\n"
+        "In each conversation, the user's follow-up builds on the assistant's last answer: a"
+        " short message that only makes sense after what was said before, asking the same"
+        " question for another value, a next step with the result, or a detail of it.\n\n"
         "User: What is 25 degrees Celsius in Fahrenheit?\n"
         "Assistant: 25 degrees Celsius is 77 degrees Fahrenheit.\n"
-        "User: And in Kelvin?\n"
+        "Follow-up: And in Kelvin?\n"
         "Assistant: 25 degrees Celsius is 298.15 Kelvin.\n\n"
         "User: What is 25 degrees Celsius in Fahrenheit?\n"
         "Assistant: 25 degrees Celsius is 77 degrees Fahrenheit.\n"
-        "User: And in Kelvin?\n"
+        "Follow-up: And in Kelvin?\n"
         "Assistant: That is 298.15 Kelvin.\n"
-        "User:"
+        "Follow-up:"
     )
 
 
@@ -441,7 +442,7 @@ def _scripted_reply(request):
             f"{'' if i == 0 else f'{first + i}.'} {turns[0][0]}\n" for i, turns in enumerate(listed)
         )
     if prompt.startswith("A user talks with an assistant"):
-        last = prompt.rsplit("\nUser: ", 1)[1].split("\n", 1)[0]
+        last = re.findall(r"^(?:User|Follow-up): (.*)$", prompt, re.MULTILINE)[-1]
         turns, i = TURNS[last]
         return " " + turns[i + 1][0]
     current = prompt.rsplit("Request: ", 1)[1]

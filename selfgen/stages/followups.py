@@ -34,18 +34,24 @@ MAX_USER_TURNS = 1 + MAX_FOLLOWUPS
 FOLLOWUP_MIN_WORDS = 2
 # Most tokens of a follow-up: one short line.
 FOLLOWUP_MAX_TOKENS = 48
-_SPEAKER = re.compile(r"^(?:user|human)\s*:\s*", re.IGNORECASE)
+_SPEAKER = re.compile(r"^(?:user|human|follow-up)\s*:\s*", re.IGNORECASE)
 
 
 def _conversation(turns: list[tuple[str, str]]) -> str:
-    return "".join(f"User: {request}\nAssistant: {answer}\n" for request, answer in turns)
+    """The turns as the user and the assistant saw them; the user's later messages are marked
+    "Follow-up:", so that the model, continuing one, writes a message that leans on the turns
+    before it rather than a new first request (which the novelty filter would reject)."""
+    return "".join(
+        f"{'User' if n == 0 else 'Follow-up'}: {request}\nAssistant: {answer}\n"
+        for n, (request, answer) in enumerate(turns)
+    )
 
 
 def render_followup_prompt(
     language: str, specs: dict[str, ToolSpec], demos: list[ToolSeed], trace: Trace
 ) -> str:
     """The worked conversations, each ending after a follow-up's answer, then the trace's
-    conversation so far, ending with "User:" for the model to continue."""
+    conversation so far, ending with "Follow-up:" for the model to continue."""
     names = "\n".join(f"- {s.name}: {s.description}" for _, s in sorted(specs.items()))
     shown = "".join(
         _conversation([(t.request, t.answer) for t in seed.turns()]) + "\n" for seed in demos
@@ -53,7 +59,7 @@ def render_followup_prompt(
     turns = [(trace.request, trace.answer or "")]
     turns += [(f.request, f.answer or "") for f in trace.followups]
     return load_prompt(language, "tool_followup").format(
-        tools=names, conversations=shown + _conversation(turns) + "User:"
+        tools=names, conversations=shown + _conversation(turns) + "Follow-up:"
     )
 
 
