@@ -198,7 +198,7 @@ def _distribution_tables(s: dict[str, Any]) -> list[Table]:
         tables.append(tools)
     kinds = s.get("trace_kinds", [])
     if any(k["kind"] != "single" for k in kinds):
-        # A multi-turn trace passes a check when all its turns that reached it passed it.
+        # A multi-turn trace passes a check when each of its turns got through it.
         followups = any(k.get("followup") is not None for k in kinds)
         by_kind = Table(title="Tool-use traces by kind", title_justify="left")
         columns = ["kind", "traces", "format ok", "execution ok", "semantic ok"]

@@ -317,12 +317,17 @@ class Trace(Record):
     def check_turn(self, stage: Stage, reason: str | None) -> bool:
         """Record a check of the current turn: the first turn's as `check` does; a later
         turn's under "turn N <stage>", and in the trace's own entry for the stage, which says
-        whether every turn that reached the stage passed it (a failure names its turn)."""
+        whether every turn got through it: a failure names its turn, and the trace's entries
+        for the checks after it (passed by the earlier turns) go, as if the trace had stopped
+        there in its first turn. A follow-up the filters reject fails `followup` alone."""
         if not self.followups:
             return self.check(stage, reason)
         n = self.turn
         self.checks[f"turn {n} {stage}"] = (reason is None, reason)
         if reason is not None:
+            if stage in TRACE_CHECKS:
+                for later in TRACE_CHECKS[TRACE_CHECKS.index(stage) + 1 :]:
+                    self.checks.pop(str(later), None)
             return self.check(stage, f"turn {n}: {reason}")
         self.checks.setdefault(str(stage), (True, None))
         return True

@@ -335,13 +335,16 @@ def test_a_turn_is_checked_on_its_own_and_failures_name_it(specs):
     assert turn_grounding_problem(trace, specs) == (
         "ungrounded: calculator.expression: the number 78 is not in the request"
     )
-    # Checks: per turn, and the trace's own entry says whether every turn passed.
-    trace.check(Stage.FORMAT, None)
+    # Checks: per turn, and the trace's own entry says whether every turn got through it.
+    for stage in (Stage.FORMAT, Stage.EXECUTION, Stage.SEMANTIC):
+        trace.check(stage, None)  # the first turn's
     assert trace.check_turn(Stage.FORMAT, None)
     assert trace.checks["format"] == (True, None) and trace.checks["turn 3 format"] == (True, None)
-    assert not trace.check_turn(Stage.SEMANTIC, "answer_ignores_tool_numbers")
-    assert (trace.stage, trace.reason) == (Stage.SEMANTIC, "turn 3: answer_ignores_tool_numbers")
-    assert trace.checks["semantic"] == (False, "turn 3: answer_ignores_tool_numbers")
+    assert not trace.check_turn(Stage.EXECUTION, "tool_failed: boom")
+    assert (trace.stage, trace.reason) == (Stage.EXECUTION, "turn 3: tool_failed: boom")
+    assert trace.checks["execution"] == (False, "turn 3: tool_failed: boom")
+    # The first turn passed the semantic check, the conversation did not get through it.
+    assert "semantic" not in trace.checks and trace.checks["format"] == (True, None)
 
 
 # A scripted model for a run of multi-turn traces. Each conversation is a list of turns:
@@ -539,14 +542,17 @@ def test_a_run_of_single_and_multiturn_traces(tmp_path, scripted):
     by_kind = {k["kind"]: k for k in trace_kind_pass_rates(store.db)}
     mt = by_kind["multiturn"]
     assert (mt["traces"], mt["verified"], mt["followup"]) == (5, 1, 4)
-    assert (mt["format"], mt["execution"], mt["grounding"], mt["semantic"]) == (4, 5, 4, 4)
+    # A conversation gets through a check when every turn did: the one that failed its second
+    # turn's format got through no check after it, the one whose follow-up the filters
+    # rejected got through them all.
+    assert (mt["format"], mt["execution"], mt["grounding"], mt["semantic"]) == (4, 4, 3, 2)
     assert mt["pass_rate"] == 1 / 5
     shown = io.StringIO()
     print_stats(Console(file=shown, width=200, color_system=None), store.figures())
     table = shown.getvalue().split("Tool-use traces by kind", 1)[1]
     assert "follow-ups ok" in table
     # traces, format ok, execution ok, semantic ok, follow-ups ok, verified
-    assert re.search(r"multiturn\W+5\W+4\W+5\W+4\W+4\W+1\W", table), table
+    assert re.search(r"multiturn\W+5\W+4\W+4\W+2\W+4\W+1\W", table), table
 
     out = tmp_path / "train.jsonl"
     export_run(store, "openai", out, only="traces")

@@ -188,9 +188,9 @@ def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
 def trace_kind_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """For each kind of trace (single, parallel, multiturn), the traces that reached a tool,
     how many passed each check, how many were kept (`verified`), and the share that passed
-    them all. A multi-turn trace passes a check when every turn that reached it passed it, and
-    `followup` counts those whose follow-ups all passed the rule and novelty filters (None for
-    the other kinds)."""
+    them all. A multi-turn trace passes a check when each of its turns got through it (see
+    `Trace.check_turn`), and `followup` counts those whose follow-ups all passed the rule and
+    novelty filters (None for the other kinds)."""
     ok = [f"COALESCE({_ok(check)}, 0)" for check in TRACE_CHECKS]
     followup = f"COALESCE(json_extract(checks, '$.{Stage.FOLLOWUP}.ok'), 1)"
     passed = "".join(f", SUM({x})" for x in ok)
