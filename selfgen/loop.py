@@ -30,7 +30,7 @@ from selfgen.filters.rouge import TOKENIZERS
 from selfgen.filters.rules import RuleFilter
 from selfgen.records import TARGET_REACHED, Candidate, Fate, Stage, ToolSeed, Trace
 from selfgen.stages.classify import ClassifyStage
-from selfgen.stages.followups import MAX_USER_TURNS, FollowUpStage
+from selfgen.stages.followups import FOLLOWUP_TRIES, MAX_USER_TURNS, FollowUpStage
 from selfgen.stages.instances import InstanceStage
 from selfgen.stages.instructions import InstructionStage
 from selfgen.stages.tool_agent import ToolAgent, interleave_kinds, seeds_of_kind
@@ -316,18 +316,29 @@ class Loop:
             active = [t for t in active if wanted[id(t)] >= turn]
             if not active:
                 break
-            written = generate(
-                self.followups.name,
-                [
-                    self.followups.request(t, demos["multiturn"], rnd.number, j)
-                    for j, t in enumerate(active)
-                ],
-            )
-            novel = [
-                t
-                for t, (gen_index, comp) in zip(active, written, strict=True)
-                if self.followups.apply(t, comp, gen_index)
-            ]
+            novel, writing = [], active
+            for attempt in range(FOLLOWUP_TRIES):
+                written = generate(
+                    self.followups.name,
+                    [
+                        self.followups.request(t, demos["multiturn"], rnd.number, j, attempt)
+                        for j, t in enumerate(writing)
+                    ],
+                )
+                again = []
+                for t, (gen_index, comp) in zip(writing, written, strict=True):
+                    verdict = self.followups.apply(
+                        t, comp, gen_index, last_try=attempt == FOLLOWUP_TRIES - 1
+                    )
+                    if verdict is None:
+                        again.append(t)
+                    elif verdict:
+                        novel.append(t)
+                writing = again
+                if not writing:
+                    break
+            passed = {id(t) for t in novel}
+            novel = [t for t in active if id(t) in passed]  # in the traces' order
             self.agent.run(novel, demos, rnd.number, generate, turn=turn)
             active = self.agent.check_answers(novel)
         return [t for t in answered if t.fate is not Fate.REJECTED]

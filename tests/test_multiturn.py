@@ -32,6 +32,7 @@ from selfgen.stages.tool_agent import (
 )
 from selfgen.store import RunStore
 from selfgen.store.figures import trace_kind_pass_rates
+from selfgen.store.run_store import FOLLOWUP_GENERATION
 from selfgen.tooling import tool_specs
 
 MULTITURN_SEEDS = ROOT / "seeds" / "tool_seed_tasks_multiturn.jsonl"
@@ -287,6 +288,11 @@ def test_a_followup_is_judged_like_a_request(specs):
     assert trace.reason == "turn 3: near_duplicate: ROUGE-L 1.00 to 'How many weeks is that?'"
     assert trace.checks["followup"] == (False, trace.reason)
     assert judged(" Kelvin?")[1].reason == "turn 3: rules: too_short"
+    # Before the last try, a follow-up that fails is dropped, to be written again.
+    trace = _multiturn_trace()
+    del trace.followups[1:]
+    assert stage.apply(trace, Completion(" Kelvin?", "stop", 1, 1), 8, last_try=False) is None
+    assert (trace.turn, trace.fate, trace.step_generation_indexes) == (2, "pending", [8])
     assert judged(" And in", "length")[1].reason == "turn 3: truncated"
     assert judged("boom", "error")[1].reason == "turn 3: followup_not_generated: "
 
@@ -486,7 +492,8 @@ def test_a_run_of_single_and_multiturn_traces(tmp_path, scripted):
     rows = {
         r["request"]: r
         for r in store.db.execute(
-            "SELECT request, kind, fate, stage, reason, messages, checks FROM traces"
+            "SELECT request, kind, fate, stage, reason, messages, checks, step_generation_ids"
+            " FROM traces"
         )
     }
     by_name = {name: rows[turns[0][0]] for name, turns in CONVERSATIONS.items()}
@@ -518,6 +525,17 @@ def test_a_run_of_single_and_multiturn_traces(tmp_path, scripted):
         ),
         ("rejected", "semantic", "turn 2: repeats_the_answer_of_turn_1"),
     }
+    # A follow-up the filters reject is written three times (each with its own seed) before
+    # the conversation is rejected; one that passes, once.
+    stages = dict(store.db.execute("SELECT id, stage FROM generations").fetchall())
+    tries = {}
+    for name in ("novelty", "kept"):
+        steps = [stages[g] for g in json.loads(by_name[name]["step_generation_ids"])]
+        tries[name] = steps.count("tool_followup")
+    assert tries["novelty"] == 3
+    users = [m for m in json.loads(kept["messages"]) if m["role"] == "user"]
+    assert tries["kept"] == len(users) - 1
+    assert FollowUpStage.name == FOLLOWUP_GENERATION
     # The rejected turn stays in the stored conversation.
     failed = json.loads(by_name["format"]["messages"])
     assert failed[-1] == {"role": "user", "content": "Now divide that by 12, please."}

@@ -6,8 +6,9 @@ next, continuing a few worked conversations (the multi-turn tool seeds) and then
 as the user and the assistant saw it (requests and answers; calls and results are the
 assistant's business). The message is judged like a request: the rule filters (with a lower
 minimum length, since a follow-up leans on what was said before) and ROUGE-L novelty against
-the same pool as the requests, which it then joins. A message that fails is kept in the trace,
-which is rejected at `followup` with a reason naming the turn; one that passes goes to the tool
+the same pool as the requests, which it then joins. A message that fails is written again, with
+another seed, up to FOLLOWUP_TRIES times; the last one that fails is kept in the trace, which
+is rejected at `followup` with a reason naming the turn. One that passes goes to the tool
 agent with the whole conversation in its prompt.
 """
 
@@ -34,6 +35,9 @@ MAX_USER_TURNS = 1 + MAX_FOLLOWUPS
 FOLLOWUP_MIN_WORDS = 2
 # Most tokens of a follow-up: one short line.
 FOLLOWUP_MAX_TOKENS = 48
+# Tries at writing a follow-up that passes the filters (the bundled model often copies the
+# first request, which the novelty filter rejects) before the conversation is rejected.
+FOLLOWUP_TRIES = 3
 _SPEAKER = re.compile(r"^(?:user|human|follow-up)\s*:\s*", re.IGNORECASE)
 
 
@@ -102,10 +106,12 @@ class FollowUpStage:
         return [rng.randint(2, MAX_USER_TURNS) for _ in range(count)]
 
     def request(
-        self, trace: Trace, demos: list[ToolSeed], round_number: int, index: int
+        self, trace: Trace, demos: list[ToolSeed], round_number: int, index: int, attempt: int = 0
     ) -> GenerationRequest:
-        """The request for the trace's next user message, sampled like the request lists."""
+        """The request for the trace's next user message, sampled like the request lists (each
+        `attempt` with its own seed)."""
         c = self.config
+        label = f"{self.name}{trace.turn + 1}" + (f".{attempt}" if attempt else "")
         prompt = render_followup_prompt(c.language, self.specs, demos, trace)
         return GenerationRequest(
             prompt=prompt,
@@ -114,13 +120,17 @@ class FollowUpStage:
                 top_p=c.top_p,
                 max_tokens=FOLLOWUP_MAX_TOKENS,
                 stop=("\n",),
-                seed=request_seed(c.seed, round_number, f"{self.name}{trace.turn + 1}", index),
+                seed=request_seed(c.seed, round_number, label, index),
             ),
             shared_prefix=shared_prefix(prompt, f"User: {trace.request}\n"),
         )
 
-    def apply(self, trace: Trace, completion: Completion, generation_index: int) -> bool:
-        """Add the follow-up to the trace and judge it; False when the trace was rejected."""
+    def apply(
+        self, trace: Trace, completion: Completion, generation_index: int, last_try: bool = True
+    ) -> bool | None:
+        """Judge the follow-up the model wrote. True: it passed and is the trace's next turn.
+        False: it failed on the `last_try`, and the trace is rejected with it. None: it failed
+        and is dropped, to be written again."""
         trace.step_generation_indexes.append(generation_index)
         text, problem = parse_followup(completion.text, completion.finish_reason)
         if completion.finish_reason == "error":
@@ -134,4 +144,7 @@ class FollowUpStage:
                 problem = (
                     f"{followup.reason}: ROUGE-L {followup.rouge_l:.2f} to {followup.nearest!r}"
                 )[:300]
+        if problem is not None and not last_try:
+            trace.followups.pop()
+            return None
         return trace.check_turn(Stage.FOLLOWUP, problem)
