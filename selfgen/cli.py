@@ -527,7 +527,7 @@ def _prepare_tools(
     """Load the tools and their seeds, and run every seed call to record its output."""
     if not cfg.num_traces:
         return None
-    from selfgen.records import ToolCall, ToolSeed
+    from selfgen.records import SeedTurn, ToolCall, ToolSeed
     from selfgen.seeds import ToolSeedError, load_tool_seeds
     from selfgen.tooling import validate_arguments
 
@@ -547,24 +547,36 @@ def _prepare_tools(
             if seed.id in seen:
                 fail(f"{path}: seed '{seed.id}' has the id of a seed in {seen[seed.id]}")
             seen[seed.id] = path
-            # A parallel seed shows parallel calls; a file of the other kind must not hold one.
-            if seed.parallel != (path == files.get("parallel")):
-                wanted = "several calls in one turn" if not seed.parallel else "no parallel call"
+            # A seed shows the kind of its file: parallel calls in the parallel file, follow-ups
+            # in the multiturn file, and neither in the single file.
+            kind = next((k for k, f in files.items() if f == path), "single")
+            if seed.kind != kind:
+                wanted = {
+                    "single": "no parallel call and no follow-up",
+                    "parallel": "several calls in one turn",
+                    "multiturn": "follow-ups",
+                }[kind]
                 fail(f"{path}: seed '{seed.id}' must have {wanted} in this file")
-            calls = []
-            for call in seed.calls:
-                where = f"{path}: seed '{seed.id}', call '{call.name}'"
-                if call.name not in specs:
-                    fail(f"{where}: no such tool in {where_tools}")
-                if problem := validate_arguments(specs[call.name], call.arguments):
-                    fail(f"{where}: {problem}")
-                result = box.call(call.name, call.arguments)
-                if not result.ok:
-                    fail(f"{where}: the tool failed ({result.error})")
-                calls.append(
-                    ToolCall(call.name, call.arguments, result.output, None, call.parallel)
-                )
-            executed.append(ToolSeed(seed.id, seed.request, tuple(calls), seed.answer))
+            turns = []
+            for turn in seed.turns():
+                calls = []
+                for call in turn.calls:
+                    where = f"{path}: seed '{seed.id}', call '{call.name}'"
+                    if call.name not in specs:
+                        fail(f"{where}: no such tool in {where_tools}")
+                    if problem := validate_arguments(specs[call.name], call.arguments):
+                        fail(f"{where}: {problem}")
+                    result = box.call(call.name, call.arguments)
+                    if not result.ok:
+                        fail(f"{where}: the tool failed ({result.error})")
+                    calls.append(
+                        ToolCall(call.name, call.arguments, result.output, None, call.parallel)
+                    )
+                turns.append(SeedTurn(turn.request, tuple(calls), turn.answer))
+            first, *followups = turns
+            executed.append(
+                ToolSeed(seed.id, seed.request, first.calls, seed.answer, tuple(followups))
+            )
     return specs, executed, sources
 
 

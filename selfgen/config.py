@@ -101,7 +101,7 @@ def default_of(field: dataclasses.Field[Any]) -> Any:
 
 
 # The shapes of tool-use trace a run can generate (trace_kinds).
-TRACE_KINDS = ("single", "parallel")
+TRACE_KINDS = ("single", "parallel", "multiturn")
 
 
 @dataclass
@@ -275,13 +275,20 @@ class RunConfig:
     trace_kinds: str = setting(
         "single",
         help="Kinds of trace, comma-separated: single (one call a turn), parallel (several"
-        " independent calls in one turn).",
+        " independent calls in one turn), multiturn (the user follows up: two to four user"
+        " turns).",
     )
     parallel_tool_seeds: str | None = setting(
         None,
         path=True,
         default_text="seeds/tool_seed_tasks_parallel.jsonl (_parallel_zh.jsonl for zh)",
         help="Worked examples of parallel calls (trace kind parallel).",
+    )
+    multiturn_tool_seeds: str | None = setting(
+        None,
+        path=True,
+        default_text="seeds/tool_seed_tasks_multiturn.jsonl (_multiturn_zh.jsonl for zh)",
+        help="Worked multi-turn conversations with tools (trace kind multiturn).",
     )
     num_traces: int = setting(
         0, resumable=True, help="Also stop only when this many traces are verified."
@@ -368,6 +375,10 @@ class RunConfig:
         if "parallel" in self.trace_kind_list():
             out["parallel"] = (
                 self.parallel_tool_seeds or f"seeds/tool_seed_tasks_parallel{suffix}.jsonl"
+            )
+        if "multiturn" in self.trace_kind_list():
+            out["multiturn"] = (
+                self.multiturn_tool_seeds or f"seeds/tool_seed_tasks_multiturn{suffix}.jsonl"
             )
         return out
 
@@ -490,6 +501,16 @@ class RunConfig:
             f"must be one or more of {', '.join(TRACE_KINDS)}, comma-separated",
         )
         need(len(set(kinds)) == len(kinds), "trace_kinds", "names a kind twice")
+        need(
+            not (self.language == "zh" and "multiturn" in kinds),
+            "trace_kinds",
+            "multiturn has no Chinese prompts yet (use single or parallel with --language zh)",
+        )
+        need(
+            not (self.tool_protocol == "native" and "multiturn" in kinds),
+            "trace_kinds",
+            "multiturn is written in the text protocol only (use --tool-protocol text)",
+        )
 
 
 class Config(Protocol):

@@ -198,18 +198,19 @@ def _distribution_tables(s: dict[str, Any]) -> list[Table]:
         tables.append(tools)
     kinds = s.get("trace_kinds", [])
     if any(k["kind"] != "single" for k in kinds):
+        # A multi-turn trace passes a check when each of its turns got through it.
+        followups = any(k.get("followup") is not None for k in kinds)
         by_kind = Table(title="Tool-use traces by kind", title_justify="left")
-        for column in ("kind", "traces", "format ok", "execution ok", "semantic ok", "verified"):
+        columns = ["kind", "traces", "format ok", "execution ok", "semantic ok"]
+        columns += ["follow-ups ok"] if followups else []
+        for column in [*columns, "verified"]:
             by_kind.add_column(column, justify="left" if column == "kind" else "right")
         for k in kinds:
-            by_kind.add_row(
-                k["kind"],
-                str(k["traces"]),
-                str(k["format"]),
-                str(k["execution"]),
-                str(k["semantic"]),
-                str(k["verified"]),
-            )
+            cells = [k["kind"], str(k["traces"]), str(k["format"]), str(k["execution"])]
+            cells.append(str(k["semantic"]))
+            if followups:
+                cells.append("-" if k.get("followup") is None else str(k["followup"]))
+            by_kind.add_row(*cells, str(k["verified"]))
         tables.append(by_kind)
     for d in s.get("scores", []):
         q = ", ".join(f"{v:.3g}" for v in d["quartiles"]) or "-"

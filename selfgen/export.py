@@ -139,12 +139,7 @@ def trace_rows(
 
     if include_seeds:
         for seed in store.tool_seeds():
-            messages = Trace(
-                request=seed.request,
-                generation_index=-1,
-                calls=list(seed.calls),
-                answer=seed.answer,
-            ).messages()
+            messages = Trace.from_seed(seed).messages()
             row = chat_row(messages)
             if meta is not None:
                 row["metadata"] = meta.seed_trace(seed.id, messages)

@@ -29,8 +29,9 @@ from selfgen.config import RunConfig
 from selfgen.filters.novelty import NoveltyFilter
 from selfgen.filters.rouge import TOKENIZERS
 from selfgen.filters.rules import RuleFilter
-from selfgen.records import TARGET_REACHED, Candidate, Fate, Stage
+from selfgen.records import TARGET_REACHED, Candidate, Fate, Stage, ToolSeed, Trace
 from selfgen.stages.classify import ClassifyStage
+from selfgen.stages.followups import FOLLOWUP_TRIES, MAX_USER_TURNS, FollowUpStage
 from selfgen.stages.instances import InstanceStage
 from selfgen.stages.instructions import InstructionStage
 from selfgen.stages.native_agent import NativeToolAgent
@@ -116,7 +117,8 @@ class Loop:
             if sandbox is None:
                 raise ValueError("tool-use traces need a ToolSandbox to run the tools in")
             specs, tool_seeds = store.tool_specs(), store.tool_seeds()
-            pool = [s.request for s in tool_seeds] + store.trace_pool()
+            # The seeds' requests (and a multi-turn seed's follow-ups), then the run's.
+            pool = [t.request for s in tool_seeds for t in s.turns()] + store.trace_pool()
             novelty = NoveltyFilter(rules, tokenizer, config.rouge_threshold, pool)
             # One request stage per kind of trace, sharing one novelty pool.
             self.tool_requests = [
@@ -125,6 +127,8 @@ class Loop:
             ]
             agent = NativeToolAgent if config.tool_protocol == "native" else ToolAgent
             self.agent = agent(config, specs, tool_seeds, sandbox)
+            # The user's follow-ups in multi-turn traces join the requests' novelty pool.
+            self.followups = FollowUpStage(config, specs, novelty)
             self.verified = {
                 kind: store.verified_requests(kind) for kind in config.trace_kind_list()
             }
@@ -288,11 +292,59 @@ class Loop:
             novel, demos, rnd.number, lambda stage, requests: self._generate(rnd, stage, requests)
         )
         answered = self.agent.check_answers(novel)
+        if any(t.kind == "multiturn" for t in answered):
+            answered = self._follow_ups(rnd, answered, demos)
         if self.scoring is not None and answered:
             rnd.scorers = self.scoring.meta
             answered = self.scoring.apply_traces(answered)
         for trace in self.agent.keep(interleave_kinds(answered), traces_needed):
             self.verified[trace.kind].append((trace.request, trace.calls[0].name))
+
+    def _follow_ups(
+        self, rnd: RoundRecord, answered: list[Trace], demos: dict[str, list[ToolSeed]]
+    ) -> list[Trace]:
+        """The multi-turn traces' later turns, one turn of all of them at a time: the user's
+        follow-up, then the agent on those that passed the filters, then the checks. Each
+        conversation stops at its drawn number of user turns, or where a turn fails. Returns
+        the answered traces that are still whole, in order."""
+        multi = [t for t in answered if t.kind == "multiturn"]
+        turns = self.followups.user_turns(self.rng, len(multi))
+        wanted = {id(t): n for t, n in zip(multi, turns, strict=True)}
+
+        def generate(stage: str, requests: list[GenerationRequest]) -> list[tuple[int, Completion]]:
+            return self._generate(rnd, stage, requests)
+
+        active = multi
+        for turn in range(2, MAX_USER_TURNS + 1):
+            active = [t for t in active if wanted[id(t)] >= turn]
+            if not active:
+                break
+            novel, writing = [], active
+            for attempt in range(FOLLOWUP_TRIES):
+                written = generate(
+                    self.followups.name,
+                    [
+                        self.followups.request(t, demos["multiturn"], rnd.number, j, attempt)
+                        for j, t in enumerate(writing)
+                    ],
+                )
+                again = []
+                for t, (gen_index, comp) in zip(writing, written, strict=True):
+                    verdict = self.followups.apply(
+                        t, comp, gen_index, last_try=attempt == FOLLOWUP_TRIES - 1
+                    )
+                    if verdict is None:
+                        again.append(t)
+                    elif verdict:
+                        novel.append(t)
+                writing = again
+                if not writing:
+                    break
+            passed = {id(t) for t in novel}
+            novel = [t for t in active if id(t) in passed]  # in the traces' order
+            self.agent.run(novel, demos, rnd.number, generate, turn=turn)
+            active = self.agent.check_answers(novel)
+        return [t for t in answered if t.fate is not Fate.REJECTED]
 
     def _queue(self) -> _Queue:
         """A new queue of requests, flushed with the others whenever the loop must wait."""

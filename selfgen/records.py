@@ -30,7 +30,8 @@ class Stage(_Word):
     Tasks pass parse, rules, rouge, classify and instances (and score, when the run scores
     them); traces pass parse, rules, rouge, then format, target (when the request was written for
     one tool), execution, grounding (when the run checks it), semantic (and score) and
-    verified.
+    verified. A multi-turn trace passes those checks once per user turn, and each follow-up
+    first passes `followup` (the rule and novelty filters of the user's next message).
     """
 
     GENERATED = "generated"
@@ -44,6 +45,7 @@ class Stage(_Word):
     EXECUTION = "execution"
     GROUNDING = "grounding"
     SEMANTIC = "semantic"
+    FOLLOWUP = "followup"
     VERIFIED = "verified"
     SCORE = "score"
 
@@ -120,18 +122,48 @@ def call_turns(calls: list[ToolCall] | tuple[ToolCall, ...]) -> list[list[ToolCa
 
 
 @dataclass(frozen=True)
+class SeedTurn:
+    """One user turn of a tool seed: the request, its calls and the answer (the later turns of
+    a multi-turn seed are its `followups`)."""
+
+    request: str
+    calls: tuple[ToolCall, ...]
+    answer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request": self.request,
+            "calls": [c.to_dict() for c in self.calls],
+            "answer": self.answer,
+        }
+
+
+@dataclass(frozen=True)
 class ToolSeed:
-    """A human-written tool-use example: a request, its calls and the answer."""
+    """A human-written tool-use example: a request, its calls and the answer (and, for a
+    multi-turn example, the user's follow-ups, each with its calls and answer)."""
 
     id: str
     request: str
     calls: tuple[ToolCall, ...]
     answer: str
+    followups: tuple[SeedTurn, ...] = ()
 
     @property
     def parallel(self) -> bool:
         """Whether the example makes several calls in one turn."""
         return any(c.parallel for c in self.calls)
+
+    @property
+    def kind(self) -> str:
+        """The kind of trace the example demonstrates: multiturn, parallel or single."""
+        if self.followups:
+            return "multiturn"
+        return "parallel" if self.parallel else "single"
+
+    def turns(self) -> list[SeedTurn]:
+        """Every user turn of the example, the first one included."""
+        return [SeedTurn(self.request, self.calls, self.answer), *self.followups]
 
 
 @dataclass(kw_only=True)
@@ -183,12 +215,33 @@ class Candidate(Record):
 
 
 @dataclass
-class Trace(Record):
-    """A user request on its way through the tool agent and verification."""
+class FollowUp(Record):
+    """A later user turn of a multi-turn trace: the user's next message (judged by the rule
+    and novelty filters like a request), then the calls and the answer of that turn."""
 
     request: str
     generation_index: int
-    # "single" (one call a turn) or "parallel" (several independent calls in the first turn).
+    calls: list[ToolCall] = field(default_factory=list)
+    answer: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.request
+
+
+@dataclass
+class Trace(Record):
+    """A user request on its way through the tool agent and verification.
+
+    A multi-turn trace (kind "multiturn") goes on with `followups`: `request`, `calls` and
+    `answer` stay the first turn's, and the agent works on the last turn (`turn_calls`,
+    `turn_request`, `set_answer`). Its checks are recorded per turn (see `check_turn`).
+    """
+
+    request: str
+    generation_index: int
+    # "single" (one call a turn), "parallel" (several independent calls in the first turn) or
+    # "multiturn" (the user follows up, two to four user turns).
     kind: str = "single"
     # The tool the request was written for (the run's target_tools setting), else None.
     target: str | None = None
@@ -198,10 +251,61 @@ class Trace(Record):
     step_generation_indexes: list[int] = field(default_factory=list)
     # Each trace scorer's (value, detail), when the run scores traces.
     scores: dict[str, tuple[float | None, dict[str, Any]]] = field(default_factory=dict)
+    # The user's later turns (multi-turn traces only), in order.
+    followups: list[FollowUp] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return self.request
+
+    @classmethod
+    def from_seed(cls, seed: ToolSeed) -> Trace:
+        """A tool seed as a trace (its messages are the seed's conversation)."""
+        return cls(
+            request=seed.request,
+            generation_index=-1,
+            kind=seed.kind,
+            calls=list(seed.calls),
+            answer=seed.answer,
+            followups=[
+                FollowUp(
+                    request=t.request, generation_index=-1, calls=list(t.calls), answer=t.answer
+                )
+                for t in seed.followups
+            ],
+        )
+
+    @property
+    def turn(self) -> int:
+        """The number of the user turn the trace is at (1 for the first request)."""
+        return 1 + len(self.followups)
+
+    @property
+    def turn_request(self) -> str:
+        """The user message of the current turn."""
+        return self.followups[-1].request if self.followups else self.request
+
+    @property
+    def turn_calls(self) -> list[ToolCall]:
+        """The calls of the current turn (the list itself: the agent appends to it)."""
+        return self.followups[-1].calls if self.followups else self.calls
+
+    @property
+    def turn_answer(self) -> str | None:
+        return self.followups[-1].answer if self.followups else self.answer
+
+    def set_answer(self, answer: str) -> None:
+        """Record the answer of the current turn."""
+        if self.followups:
+            self.followups[-1].answer = answer
+        else:
+            self.answer = answer
+
+    def earlier_turns(self) -> list[tuple[str, list[ToolCall], str | None]]:
+        """(request, calls, answer) of each turn before the current one."""
+        turns = [(self.request, self.calls, self.answer)]
+        turns += [(f.request, f.calls, f.answer) for f in self.followups]
+        return turns[:-1]
 
     def check(self, stage: Stage, reason: str | None) -> bool:
         """Record a verification stage; reject the trace at the first failing one."""
@@ -210,42 +314,78 @@ class Trace(Record):
             self.reject(stage, reason)
         return reason is None
 
+    def check_turn(self, stage: Stage, reason: str | None) -> bool:
+        """Record a check of the current turn: the first turn's as `check` does; a later
+        turn's under "turn N <stage>", and in the trace's own entry for the stage, which says
+        whether every turn got through it: a failure names its turn, and the trace's entries
+        for the checks after it (passed by the earlier turns) go, as if the trace had stopped
+        there in its first turn. A follow-up the filters reject fails `followup` alone."""
+        if not self.followups:
+            return self.check(stage, reason)
+        n = self.turn
+        self.checks[f"turn {n} {stage}"] = (reason is None, reason)
+        if reason is not None:
+            if stage in TRACE_CHECKS:
+                for later in TRACE_CHECKS[TRACE_CHECKS.index(stage) + 1 :]:
+                    self.checks.pop(str(later), None)
+            return self.check(stage, f"turn {n}: {reason}")
+        self.checks.setdefault(str(stage), (True, None))
+        return True
+
+    def reject_turn(self, stage: Stage, reason: str) -> None:
+        """Reject the trace where no check decided (a generation that failed), naming the
+        turn in a follow-up."""
+        self.reject(stage, f"turn {self.turn}: {reason}" if self.followups else reason)
+
     def messages(self) -> list[dict[str, Any]]:
         """The trace as OpenAI chat messages: each turn's calls in one assistant message
-        (several `tool_calls` for parallel calls), then one tool message per call."""
-        out: list[dict[str, Any]] = [{"role": "user", "content": self.request}]
-        i = 0
-        for turn in call_turns(self.calls):
-            ids = [f"call_{i + k}" for k in range(len(turn))]
-            i += len(turn)
+        (several `tool_calls` for parallel calls), then one tool message per call; a
+        multi-turn trace goes on with each follow-up's user message, calls and answer (call
+        ids numbered on through the conversation)."""
+        out: list[dict[str, Any]] = []
+        next_id = 0
+        for request, calls, answer in [
+            (self.request, self.calls, self.answer),
+            *((f.request, f.calls, f.answer) for f in self.followups),
+        ]:
+            out.append({"role": "user", "content": request})
+            next_id = _call_messages(out, calls, next_id)
+            if answer is not None:
+                out.append({"role": "assistant", "content": answer})
+        return out
+
+
+def _call_messages(out: list[dict[str, Any]], calls: list[ToolCall], first: int) -> int:
+    """Append the messages of `calls` to `out`, their ids numbered from `first`; returns the
+    next number."""
+    i = first
+    for turn in call_turns(calls):
+        ids = [f"call_{i + k}" for k in range(len(turn))]
+        i += len(turn)
+        out.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {
+                            "name": call.name,
+                            "arguments": json.dumps(call.arguments),
+                        },
+                    }
+                    for call_id, call in zip(ids, turn, strict=True)
+                ],
+            }
+        )
+        for call_id, call in zip(ids, turn, strict=True):
             out.append(
                 {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": call_id,
-                            "type": "function",
-                            "function": {
-                                "name": call.name,
-                                "arguments": json.dumps(call.arguments),
-                            },
-                        }
-                        for call_id, call in zip(ids, turn, strict=True)
-                    ],
+                    "role": "tool",
+                    "tool_call_id": call_id,
+                    "name": call.name,
+                    "content": call.output if call.output is not None else f"error: {call.error}",
                 }
             )
-            for call_id, call in zip(ids, turn, strict=True):
-                out.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": call_id,
-                        "name": call.name,
-                        "content": call.output
-                        if call.output is not None
-                        else f"error: {call.error}",
-                    }
-                )
-        if self.answer is not None:
-            out.append({"role": "assistant", "content": self.answer})
-        return out
+    return i

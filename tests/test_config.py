@@ -29,7 +29,8 @@ RUN_FLAGS = {
     "--patience", "--prompts-per-round", "--seed-instructions", "--machine-instructions",
     "--temperature", "--top-p", "--rouge-threshold", "--min-words", "--max-words",
     "--language-check", "--tools", "--tool-seeds", "--num-traces",
-    "--trace-kinds", "--parallel-tool-seeds", "--mcp-config", "--tool-protocol",
+    "--trace-kinds", "--parallel-tool-seeds", "--multiturn-tool-seeds", "--mcp-config",
+    "--tool-protocol",
     "--score", "--min-score", "--max-score", "--judge-backend", "--judge-model",
     "--judge-base-url", "--judge-api-model",
 }  # fmt: skip

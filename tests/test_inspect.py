@@ -744,6 +744,7 @@ def test_a_store_from_before_curation_is_migrated(tmp_path):
         "m006_trace_kinds",
         "m007_tool_sources",
         "m008_tool_code",
+        "m009_multiturn_seeds",
     ]
     assert Inspector(store).count(Filters(status="curated-accepted")) == 0
     store.close()

@@ -164,5 +164,6 @@ def test_migrations_are_recorded_once(tmp_path, scripted):
         (6, "m006_trace_kinds"),
         (7, "m007_tool_sources"),
         (8, "m008_tool_code"),
+        (9, "m009_multiturn_seeds"),
     ]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -133,3 +133,40 @@ def test_toolformer_is_how_much_the_results_lower_the_answers_loss():
         [TraceExample(({"role": "user", "content": "Hi"},))]
     )
     assert none.value is None
+
+
+def test_toolformer_scores_a_conversation_by_its_weakest_turn_after_calls():
+    from selfgen.records import FollowUp, ToolCall, Trace
+
+    trace = Trace(
+        request="What is 17*23?",
+        generation_index=0,
+        kind="multiturn",
+        calls=[ToolCall("calculator", {"expression": "17*23"}, "391")],
+        answer="It is 391.",
+        followups=[
+            FollowUp(
+                request="And plus 9?",
+                generation_index=1,
+                calls=[ToolCall("calculator", {"expression": "391 + 9"}, "400")],
+                answer="That makes 400.",
+            ),
+            FollowUp(request="Is that even?", generation_index=2, answer="Yes, 400 is even."),
+        ],
+    )
+
+    def table(r):
+        if r.continuation == " It is 391.":
+            return [-0.5] if "Result: 391" in r.prompt else [-3.0]  # helps by 2.5
+        assert r.continuation == " That makes 400."
+        # The first turn comes first, in full.
+        assert r.prompt.startswith("Request: What is 17*23?\nCall: ")
+        assert "Result: 391\nAnswer: It is 391.\nRequest: And plus 9?\n" in r.prompt
+        return [-1.0] if "Result: 400" in r.prompt else [-1.25]  # helps by 0.25
+
+    backend = Losses(table)
+    [score] = get_scorer("toolformer", backend).score([TraceExample(tuple(trace.messages()))])
+    # The turn answered without a call is not scored; the weakest of the others counts.
+    assert len(backend.seen) == 6
+    assert score.value == pytest.approx(0.25)
+    assert score.detail["turn"] == 2 and score.detail["helps"] is False

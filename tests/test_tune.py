@@ -194,6 +194,52 @@ def test_a_template_with_tools_renders_them_itself(tokenizer):
         tokenizer.chat_template = original
 
 
+def test_a_multiturn_row_trains_on_every_assistant_turn_only(tokenizer, tmp_path):
+    from selfgen.records import FollowUp, ToolCall, Trace
+
+    trace = Trace(
+        request="What is 17 * 23 + 4?",
+        generation_index=0,
+        kind="multiturn",
+        calls=[ToolCall("calculator", {"expression": "17 * 23 + 4"}, "395")],
+        answer="17 * 23 + 4 = 395.",
+        followups=[
+            FollowUp(
+                request="And times 2?",
+                generation_index=1,
+                calls=[ToolCall("calculator", {"expression": "395 * 2"}, "790")],
+                answer="That is 790.",
+            ),
+            FollowUp(request="Is that even?", generation_index=2, answer="Yes, 790 is even."),
+        ],
+    )
+    row = {"messages": trace.messages(), "tools": [CALCULATOR]}
+    # The row as export writes it passes the data checks of `selfgen tune`.
+    [example] = load_chat_file(write_rows(tmp_path / "train.jsonl", [row])).examples
+    expected = (
+        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17 * 23 + 4"}}\n'
+        "</tool_call><|im_end|>\n17 * 23 + 4 = 395.<|im_end|>\n"
+        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "395 * 2"}}\n'
+        "</tool_call><|im_end|>\nThat is 790.<|im_end|>\nYes, 790 is even.<|im_end|>\n"
+    )
+    # SmolLM2's template, with the tools in the fallback system turn.
+    tokens = tokenize_example(tokenizer, *template_messages(example, False), example.where)
+    assert labelled_text(tokenizer, tokens) == expected
+    # A template that renders tools itself: the same turns carry the loss, the user's
+    # follow-ups and the results do not.
+    original = tokenizer.chat_template
+    tokenizer.chat_template = TOOL_TEMPLATE
+    try:
+        messages, tools = template_messages(example, native_tools=True)
+        tokens = tokenize_example(tokenizer, messages, tools, example.where)
+        text = labelled_text(tokenizer, tokens)
+        assert "And times 2?" not in text and "790\n</tool_response>" not in text
+        assert text.count("<tool_call>") == 2 and text.endswith("Yes, 790 is even.<|im_end|>\n")
+        assert "And times 2?" in tokenizer.decode(tokens["input_ids"])
+    finally:
+        tokenizer.chat_template = original
+
+
 def test_a_template_that_is_not_prefix_preserving_is_refused(tokenizer):
     original = tokenizer.chat_template
     # Drops the newline after the role when a message follows: the generation prompt

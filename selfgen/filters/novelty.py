@@ -32,10 +32,11 @@ class NoveltyFilter:
         for text in pool:
             self.index.add(text)
 
-    def judge(self, record: Record) -> bool:
-        """Pass `record` through the rules and the novelty check; True when it is novel (it
-        then joins the pool), else it is rejected with the stage and reason."""
-        if reason := self.rules.check(record.text):
+    def judge(self, record: Record, rules: RuleFilter | None = None) -> bool:
+        """Pass `record` through the rules (`rules` in place of the filter's own, for text held
+        to other rules) and the novelty check; True when it is novel (it then joins the pool),
+        else it is rejected with the stage and reason."""
+        if reason := (rules or self.rules).check(record.text):
             record.reject(Stage.RULES, reason)
             return False
         score, nearest = self.index.best(record.text)

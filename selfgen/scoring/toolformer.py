@@ -7,7 +7,9 @@ keeps a call when this is at least tau (they used 1.0, and 0.5 for some tools); 
 decides `Score.detail["helps"]`, and `--min-score 'toolformer>=TAU'` keeps the traces that pass.
 
 The context is the agent's own text format (Request / Call / Result / Answer), so a trace is
-judged the way it was written. A trace with no call, or no answer, is not scored.
+judged the way it was written. A trace with no call, or no answer, is not scored. A multi-turn
+trace is scored on each turn answered after calls, with the earlier turns in the context, and
+gets the score of its weakest turn.
 """
 
 from __future__ import annotations
@@ -27,35 +29,47 @@ from selfgen.scoring import (
 )
 
 
-def _contexts(messages: Sequence[dict[str, Any]]) -> tuple[str, str, str, str] | None:
-    """(with results, without calls, calls without results, answer), or None."""
-    request = next((m["content"] for m in messages if m.get("role") == "user"), None)
-    answer = next(
-        (
-            m["content"]
-            for m in reversed(messages)
-            if m.get("role") == "assistant" and m.get("content")
-        ),
-        None,
-    )
-    calls = [
-        c["function"]
-        for m in messages
-        if m.get("role") == "assistant"
-        for c in m.get("tool_calls") or []
-    ]
-    results = [m.get("content") or "" for m in messages if m.get("role") == "tool"]
-    if request is None or answer is None or not calls:
-        return None
-    head = f"Request: {request}\n"
-    with_results = head
-    calls_only = head
-    for i, fn in enumerate(calls):
-        call = json.dumps({"name": fn["name"], "arguments": json.loads(fn["arguments"])})
-        result = " ".join((results[i] if i < len(results) else "").split())
-        with_results += f"Call: {call}\nResult: {result}\n"
-        calls_only += f"Call: {call}\nResult:\n"
-    return with_results + "Answer:", head + "Answer:", calls_only + "Answer:", " " + answer
+def _user_turns(messages: Sequence[dict[str, Any]]) -> list[tuple[str, list, list, str | None]]:
+    """(request, calls, results, answer) of each user turn of a trace."""
+    turns: list[tuple[str, list, list, str | None]] = []
+    for m in messages:
+        role = m.get("role")
+        if role == "user":
+            turns.append((m["content"], [], [], None))
+        elif not turns:
+            continue
+        elif role == "assistant" and m.get("tool_calls"):
+            turns[-1][1].extend(c["function"] for c in m["tool_calls"])
+        elif role == "tool":
+            turns[-1][2].append(m.get("content") or "")
+        elif role == "assistant" and m.get("content"):
+            turns[-1] = (*turns[-1][:3], m["content"])
+    return turns
+
+
+Contexts = tuple[str, str, str, str]
+
+
+def _contexts(messages: Sequence[dict[str, Any]]) -> list[tuple[int, Contexts]]:
+    """For each user turn answered after calls, its number and (with results, without calls,
+    calls without results, answer). A multi-turn trace's earlier turns come first in each
+    context, in full."""
+    out = []
+    history = ""
+    for n, (request, calls, results, answer) in enumerate(_user_turns(messages), start=1):
+        head = f"{history}Request: {request}\n"
+        with_results = head
+        calls_only = head
+        for i, fn in enumerate(calls):
+            call = json.dumps({"name": fn["name"], "arguments": json.loads(fn["arguments"])})
+            result = " ".join((results[i] if i < len(results) else "").split())
+            with_results += f"Call: {call}\nResult: {result}\n"
+            calls_only += f"Call: {call}\nResult:\n"
+        if calls and answer is not None:
+            prompts = (with_results + "Answer:", head + "Answer:", calls_only + "Answer:")
+            out.append((n, (*prompts, " " + answer)))
+        history = f"{with_results}Answer: {answer or ''}\n"
+    return out
 
 
 class ToolformerScorer(Scorer):
@@ -72,35 +86,43 @@ class ToolformerScorer(Scorer):
         return {"tau": self.tau, "context": "agent text format"}
 
     def score(self, examples: Sequence[TraceExample]) -> list[Score]:
+        """One score per trace: L- - L+ of its answer, or for a multi-turn trace that of its
+        weakest turn answered after calls (`detail["turn"]` says which)."""
         contexts = [_contexts(ex.messages) for ex in examples]
         requests = [
             LossRequest(prompt=prompt, continuation=ctx[3])
-            for ctx in contexts
-            if ctx is not None
+            for turns in contexts
+            for _, ctx in turns
             for prompt in ctx[:3]
         ]
         found = iter(losses(self.backend, requests))
         out = []
-        for ctx in contexts:
-            if ctx is None:
+        for example, turns in zip(examples, contexts, strict=True):
+            if not turns:
                 out.append(Score(None, {"error": "no call or no answer"}))
                 continue
-            three = [next(found) for _ in range(3)]
-            if errors := [a for a in three if isinstance(a, str)]:
-                out.append(Score(None, {"error": errors[0]}))
+            scored = [(n, self._turn_score([next(found) for _ in range(3)])) for n, _ in turns]
+            if failed := [s for _, s in scored if s.value is None]:
+                out.append(failed[0])
                 continue
-            plus, none, no_result = (mean_loss(a.token_logprobs) for a in three)
-            minus = min(none, no_result)
-            value = minus - plus
-            out.append(
-                Score(
-                    value,
-                    {
-                        "loss_with_results": round(plus, 6),
-                        "loss_without_calls": round(none, 6),
-                        "loss_calls_without_results": round(no_result, 6),
-                        "helps": value >= self.tau,
-                    },
-                )
-            )
+            n, weakest = min(scored, key=lambda x: x[1].value or 0.0)
+            if len(_user_turns(example.messages)) > 1:
+                weakest = Score(weakest.value, {**weakest.detail, "turn": n})
+            out.append(weakest)
         return out
+
+    def _turn_score(self, three: list[Any]) -> Score:
+        if errors := [a for a in three if isinstance(a, str)]:
+            return Score(None, {"error": errors[0]})
+        plus, none, no_result = (mean_loss(a.token_logprobs) for a in three)
+        minus = min(none, no_result)
+        value = minus - plus
+        return Score(
+            value,
+            {
+                "loss_with_results": round(plus, 6),
+                "loss_without_calls": round(none, 6),
+                "loss_calls_without_results": round(no_result, 6),
+                "helps": value >= self.tau,
+            },
+        )

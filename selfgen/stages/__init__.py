@@ -11,6 +11,8 @@ tested alone. `selfgen.loop` schedules the requests of every stage and commits t
     instances      a classified candidate                  ->  its instances; kept or rejected
     tool_requests  prompts of tool seed requests           ->  Trace (parse, rules, rouge)
     tool_agent     a trace                                 ->  calls, results, answer; verified
+    followups      a verified turn of a multi-turn trace   ->  the user's next message (rules,
+                                                               rouge), then tool_agent again
 
 Every request carries a seed that depends only on the run seed, the round, the stage and the
 request's position in it (:func:`request_seed`), so a run resumed after a kill generates what

@@ -10,6 +10,11 @@ is first answered with a call of that tool; see `selfgen.stages.tool_requests`),
 tool ran without error within its limits), grounding (the arguments come from the request and
 earlier results; see `selfgen.stages.grounding`) and semantic (the final answer uses the
 tool's output).
+
+A multi-turn trace goes on after its first turn with the user's follow-ups (written by
+`selfgen.stages.followups`): each is run the same way with the whole conversation so far in the
+prompt, except that the model may answer it without a call, and each turn is verified on its
+own (`Trace.check_turn`).
 """
 
 from __future__ import annotations
@@ -110,12 +115,18 @@ def _turn_lines(turn: list[ToolCall]) -> tuple[str, list[str]]:
 
 
 def _demo(seed: ToolSeed) -> str:
-    lines = [f"Request: {seed.request}"]
-    for turn in call_turns(seed.calls):
-        calls, results = _turn_lines([ToolCall(c.name, c.arguments, c.output or "") for c in turn])
-        lines.append("Call: " + calls)
-        lines += results
-    lines.append(f"Answer: {_one_line(seed.answer)}")
+    """A worked example: its request, calls, results and answer (and, for a multi-turn one,
+    each follow-up's), then a blank line."""
+    lines = []
+    for turn in seed.turns():
+        lines.append(f"Request: {turn.request}")
+        for group in call_turns(turn.calls):
+            calls, results = _turn_lines(
+                [ToolCall(c.name, c.arguments, c.output or "") for c in group]
+            )
+            lines.append("Call: " + calls)
+            lines += results
+        lines.append(f"Answer: {_one_line(turn.answer)}")
     return "\n".join(lines) + "\n\n"
 
 
@@ -145,14 +156,45 @@ def render_agent_prompt(
     return text
 
 
+def render_conversation_prompt(
+    language: str,
+    specs: dict[str, ToolSpec],
+    demos: list[ToolSeed],
+    trace: Trace,
+) -> str:
+    """The prompt for the next step of a multi-turn trace: the earlier turns in full, then the
+    current request and its calls so far. In the first turn it ends as `render_agent_prompt`'s
+    does ("Call:", or "Result: ..." after each call); in a follow-up turn it ends with the
+    request's line or a result's, and the model writes "Call:" or "Answer:"."""
+    text = load_prompt(language, "tool_agent_multiturn").format(
+        tools=tool_list(specs), demos="".join(_demo(d) for d in demos)
+    )
+    for request, calls, answer in trace.earlier_turns():
+        text += f"Request: {request}\n"
+        for group in call_turns(calls):
+            shown, results = _turn_lines(group)
+            text += "Call: " + shown + "\n" + "\n".join(results) + "\n"
+        text += f"Answer: {_one_line(answer or '')}\n"
+    text += f"Request: {trace.turn_request}\n"
+    first_turn = not trace.followups
+    if first_turn:
+        text += "Call:"
+    for i, group in enumerate(call_turns(trace.turn_calls)):
+        shown, results = _turn_lines(group)
+        opening = " " if first_turn and i == 0 else "Call: "
+        text += opening + shown + "\n" + "\n".join(results) + "\n"
+    return text
+
+
 def pick_demos(rng: random.Random, seeds: list[ToolSeed], count: int) -> list[ToolSeed]:
     with_calls = [s for s in seeds if s.calls]
     return rng.sample(with_calls, min(count, len(with_calls)))
 
 
 def seeds_of_kind(seeds: list[ToolSeed], kind: str) -> list[ToolSeed]:
-    """The seeds that demonstrate a kind of trace: parallel calls, or one call a turn."""
-    return [s for s in seeds if s.parallel == (kind == "parallel")]
+    """The seeds that demonstrate a kind of trace: one call a turn, parallel calls, or a
+    conversation with follow-ups."""
+    return [s for s in seeds if s.kind == kind]
 
 
 def parse_call(
@@ -254,6 +296,31 @@ def semantic_check(output: str, answer: str, *, language: str = "en") -> str | N
     return None if len(out_words & ans_words) >= wanted else "answer_ignores_tool_output"
 
 
+def _repeated_call(trace: Trace, calls: list[ToolCall]) -> str | None:
+    """Why a follow-up's calls repeat a call of an earlier turn (the same tool and arguments,
+    so the same result), or None."""
+    earlier = {
+        json.dumps(_call_json(c), sort_keys=True): n
+        for n, (_, turn_calls, _) in enumerate(trace.earlier_turns(), start=1)
+        for c in turn_calls
+    }
+    for call in calls:
+        if (n := earlier.get(json.dumps(_call_json(call), sort_keys=True))) is not None:
+            return f"repeats_a_call_of_turn_{n}: {call.name}"
+    return None
+
+
+def turn_grounding_problem(trace: Trace, specs: dict[str, ToolSpec]) -> str | None:
+    """The grounding check of the current turn's calls. A follow-up's sources are the
+    conversation's user messages and the results of the earlier turns' calls."""
+    if not trace.followups:
+        return grounding_problem(trace.request, trace.calls, specs)
+    earlier = trace.earlier_turns()
+    sources = [request for request, _, _ in earlier] + [trace.turn_request]
+    sources += [c.output or "" for _, calls, _ in earlier for c in calls]
+    return grounding_problem("\n".join(sources), trace.turn_calls, specs)
+
+
 def interleave_kinds(traces: list[Trace]) -> list[Trace]:
     """The traces with their kinds taken in turn (the first of each kind, then the second...),
     so that a round short of its target keeps traces of every kind; one kind stays in order."""
@@ -266,15 +333,30 @@ def interleave_kinds(traces: list[Trace]) -> list[Trace]:
     return out
 
 
+def _normal(text: str) -> str:
+    """A text's words, for telling a repeated answer (case, spacing and punctuation aside)."""
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
 def answer_problem(trace: Trace, language: str = "en") -> str | None:
-    """The semantic check of a trace's answer against its last turn: the answer must use the
-    result of that turn's call, and after parallel calls the result of every one of them."""
-    assert trace.answer is not None
-    last = call_turns(trace.calls)[-1]
+    """The semantic check of the current turn's answer against its last call turn: the answer
+    must use the result of that turn's call, and after parallel calls the result of every one
+    of them. A follow-up answered without a call must use a result of the conversation's
+    earlier calls, and no follow-up's answer may repeat an earlier answer."""
+    answer = trace.turn_answer
+    assert answer is not None
+    for n, (_, _, earlier) in enumerate(trace.earlier_turns(), start=1):
+        if earlier is not None and _normal(earlier) == _normal(answer):
+            return f"repeats_the_answer_of_turn_{n}"
+    if not trace.turn_calls:
+        outputs = "\n".join(c.output or "" for _, calls, _ in trace.earlier_turns() for c in calls)
+        problem = semantic_check(outputs, answer, language=language)
+        return f"{problem} (answered without a call)" if problem else None
+    last = call_turns(trace.turn_calls)[-1]
     if len(last) == 1:
-        return semantic_check(last[0].output or "", trace.answer, language=language)
+        return semantic_check(last[0].output or "", answer, language=language)
     for n, call in enumerate(last, start=1):
-        problem = semantic_check(call.output or "", trace.answer, language=language)
+        problem = semantic_check(call.output or "", answer, language=language)
         if problem:
             return f"{problem} (result {n})"
     return None
@@ -311,15 +393,20 @@ class ToolAgent:
         demos: dict[str, list[ToolSeed]],
         round_number: int,
         generate: Generate,
+        turn: int = 1,
     ) -> None:
-        """Take every trace through its calls to an answer, or reject it where it fails."""
+        """Take every trace through its calls to an answer, or reject it where it fails. In a
+        follow-up turn (`turn` 2 and on, every trace at that turn) the model first chooses
+        between a call and the answer."""
         c = self.config
+        # The requests' seeds: a follow-up turn's differ from the first turn's.
+        label = "" if turn == 1 else f"turn{turn}."
         active = list(traces)
         for step in range(c.max_tool_steps + 1):
             if not active:
                 break
-            if step > 0:
-                active = self._next_steps(active, demos, round_number, step, generate)
+            if step > 0 or turn > 1:
+                active = self._next_steps(active, demos, round_number, step, generate, label)
                 if not active:
                     break
             calls = generate(
@@ -333,7 +420,7 @@ class ToolAgent:
                             temperature=0.0,
                             max_tokens=c.call_max_tokens * (PARALLEL_MAX if p else 1),
                             stop=("\n",),
-                            seed=request_seed(c.seed, round_number, f"call{step}", j),
+                            seed=request_seed(c.seed, round_number, f"{label}call{step}", j),
                         ),
                         self._call_constraint(t, parallel=p),
                     )
@@ -368,9 +455,10 @@ class ToolAgent:
         round_number: int,
         step: int,
         generate: Generate,
+        label: str = "",
     ) -> list[Trace]:
-        """After a result: another call, or the answer (forced at the step limit). Answers the
-        traces that chose to answer; returns those that call again."""
+        """After a result (or a follow-up request): another call, or the answer (forced at the
+        step limit). Answers the traces that chose to answer; returns those that call."""
         choices = ("Answer:",) if step >= self.config.max_tool_steps else ("Call:", "Answer:")
         nexts = generate(
             "tool_next",
@@ -382,7 +470,7 @@ class ToolAgent:
                     SamplingParams(
                         temperature=0.0,
                         max_tokens=4,
-                        seed=request_seed(self.config.seed, round_number, f"next{step}", j),
+                        seed=request_seed(self.config.seed, round_number, f"{label}next{step}", j),
                     ),
                     Constraint(choices=choices),
                 )
@@ -393,12 +481,12 @@ class ToolAgent:
         for t, (gen_index, comp) in zip(active, nexts, strict=True):
             t.step_generation_indexes.append(gen_index)
             if comp.finish_reason == "error":
-                t.reject(Stage.SEMANTIC, f"no_next_step: {comp.extra.get('error', '')}"[:200])
+                t.reject_turn(Stage.SEMANTIC, f"no_next_step: {comp.extra.get('error', '')}"[:200])
             elif comp.text.strip().startswith("Call"):
                 calling.append(t)
             else:
                 answering.append(t)
-        self._answer(answering, demos, round_number, step, generate)
+        self._answer(answering, demos, round_number, step, generate, label)
         return calling
 
     def _call(self, trace: Trace, gen_index: int, comp: Completion) -> bool:
@@ -424,7 +512,9 @@ class ToolAgent:
                 where = f"call {n}: " if len(calls) > 1 else ""
                 problem = f"{where}invalid_arguments: {invalid}"
                 break
-        if not trace.check(Stage.FORMAT, problem):
+        if problem is None and trace.followups:
+            problem = _repeated_call(trace, calls)
+        if not trace.check_turn(Stage.FORMAT, problem):
             return False
         if trace.target is not None and not trace.calls:
             call = calls[0]  # a targeted trace's first call is checked
@@ -437,7 +527,7 @@ class ToolAgent:
         failures = []
         for n, call in enumerate(calls, start=1):
             result = self.sandbox.call(call.name, call.arguments)
-            trace.calls.append(
+            trace.turn_calls.append(
                 ToolCall(
                     call.name,
                     call.arguments,
@@ -449,7 +539,7 @@ class ToolAgent:
             if not result.ok:
                 where = f"call {n}: " if len(calls) > 1 else ""
                 failures.append(f"{where}tool_failed: {result.error}")
-        return trace.check(Stage.EXECUTION, "; ".join(failures)[:500] if failures else None)
+        return trace.check_turn(Stage.EXECUTION, "; ".join(failures)[:500] if failures else None)
 
     def _answer(
         self,
@@ -458,6 +548,7 @@ class ToolAgent:
         round_number: int,
         step: int,
         generate: Generate,
+        label: str = "",
     ) -> None:
         c = self.config
         answers = generate(
@@ -471,7 +562,7 @@ class ToolAgent:
                         temperature=0.0,
                         max_tokens=c.answer_max_tokens,
                         stop=("\n\n", "\nRequest:", "\nCall:"),
-                        seed=request_seed(c.seed, round_number, f"answer{step}", j),
+                        seed=request_seed(c.seed, round_number, f"{label}answer{step}", j),
                     ),
                 )
                 for j, t in enumerate(traces)
@@ -480,13 +571,13 @@ class ToolAgent:
         for t, (gen_index, comp) in zip(traces, answers, strict=True):
             t.step_generation_indexes.append(gen_index)
             if comp.finish_reason == "error":
-                t.reject(
+                t.reject_turn(
                     Stage.SEMANTIC, f"answer_not_generated: {comp.extra.get('error', '')}"[:200]
                 )
                 continue
             # The answer is its first non-empty line (the model may open with a line break).
             lines = [line.strip() for line in comp.text.splitlines() if line.strip()]
-            t.answer = lines[0] if lines else ""
+            t.set_answer(lines[0] if lines else "")
 
     def _request(
         self,
@@ -496,12 +587,18 @@ class ToolAgent:
         params: SamplingParams,
         constraint: Constraint | None = None,
     ) -> GenerationRequest:
-        prompt = render_agent_prompt(
-            self.config.language, self.specs, demos[trace.kind], trace.request, trace.calls
-        )
-        # render_agent_prompt ends with "Call:" before the first call and with "Result: ...\n"
-        # after each; `closing` is what the model is asked to continue from.
-        if trace.calls:
+        if trace.kind == "multiturn":
+            prompt = render_conversation_prompt(
+                self.config.language, self.specs, demos[trace.kind], trace
+            )
+        else:
+            prompt = render_agent_prompt(
+                self.config.language, self.specs, demos[trace.kind], trace.request, trace.calls
+            )
+        # The prompt ends with "Call:" before the first call of a trace and with "Result: ...\n"
+        # after each call or "Request: ...\n" in a follow-up turn; `closing` is what the model
+        # is asked to continue from.
+        if trace.calls or trace.followups:
             prompt += closing
         # Tools and demonstrations are the same for every trace of the round: a shared prefix.
         return GenerationRequest(
@@ -516,15 +613,17 @@ class ToolAgent:
         trace; returns those that pass both, in order."""
         passed = []
         for t in traces:
-            if t.fate is Fate.REJECTED or t.answer is None:
+            if t.fate is Fate.REJECTED or t.turn_answer is None:
                 if t.fate is not Fate.REJECTED:
-                    t.reject(Stage.SEMANTIC, "no_answer")
+                    t.reject_turn(Stage.SEMANTIC, "no_answer")
                 continue
-            if self.config.ground_calls and not t.check(
-                Stage.GROUNDING, grounding_problem(t.request, t.calls, self.specs)
+            if (
+                self.config.ground_calls
+                and t.turn_calls
+                and not t.check_turn(Stage.GROUNDING, turn_grounding_problem(t, self.specs))
             ):
                 continue
-            if t.check(Stage.SEMANTIC, answer_problem(t, self.config.language)):
+            if t.check_turn(Stage.SEMANTIC, answer_problem(t, self.config.language)):
                 passed.append(t)
         return passed
 

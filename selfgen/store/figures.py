@@ -143,15 +143,21 @@ def distributions(db: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-def _passed(check: str) -> str:
-    """SQL: how many traces passed a check. A trace whose request named no tool has no
-    `target` check: it counts as passed where its call was well-formed (nothing to disagree
-    with). A run without the grounding check counts it as passed where the call ran."""
+def _ok(check: str) -> str:
+    """SQL: whether a trace passed a check (NULL where it never reached it). A trace whose
+    request named no tool has no `target` check: it counts as passed where its call was
+    well-formed (nothing to disagree with). A run without the grounding check counts it as
+    passed where the call ran."""
     fallback = {
         Stage.TARGET: "json_extract(checks, '$.format.ok'), ",
         Stage.GROUNDING: "json_extract(checks, '$.execution.ok'), ",
     }.get(Stage(check), "")
-    return f"SUM(COALESCE(json_extract(checks, '$.{check}.ok'), {fallback}0))"
+    return f"COALESCE(json_extract(checks, '$.{check}.ok'), {fallback}NULL)"
+
+
+def _passed(check: str) -> str:
+    """SQL: how many traces passed a check."""
+    return f"SUM(COALESCE({_ok(check)}, 0))"
 
 
 def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -180,22 +186,29 @@ def tool_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 def trace_kind_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
-    """For each kind of trace (single, parallel), the traces that reached a tool, how many
-    passed each check, how many were kept (`verified`), and the share that passed them all."""
-    passed = "".join(f", {_passed(check)}" for check in TRACE_CHECKS)
+    """For each kind of trace (single, parallel, multiturn), the traces that reached a tool,
+    how many passed each check, how many were kept (`verified`), and the share that passed
+    them all. A multi-turn trace passes a check when each of its turns got through it (see
+    `Trace.check_turn`), and `followup` counts those whose follow-ups all passed the rule and
+    novelty filters (None for the other kinds)."""
+    ok = [f"COALESCE({_ok(check)}, 0)" for check in TRACE_CHECKS]
+    followup = f"COALESCE(json_extract(checks, '$.{Stage.FOLLOWUP}.ok'), 1)"
+    passed = "".join(f", SUM({x})" for x in ok)
+    every = " AND ".join([*ok, followup])
     rows = db.execute(
-        f"SELECT kind, COUNT(*){passed}, SUM({sql.KEPT}) FROM traces"
-        f" WHERE {sql.PASSED_NOVELTY} GROUP BY kind ORDER BY kind"
+        f"SELECT kind, COUNT(*){passed}, SUM({followup}), SUM({every}), SUM({sql.KEPT})"
+        f" FROM traces WHERE {sql.PASSED_NOVELTY} GROUP BY kind ORDER BY kind"
     )
     return [
         {
             "kind": kind,
             "traces": n,
             **{str(check): count for check, count in zip(TRACE_CHECKS, counts, strict=True)},
+            "followup": followups if kind == "multiturn" else None,
             "verified": kept,
-            "pass_rate": counts[-1] / n,
+            "pass_rate": every / n,
         }
-        for kind, n, *counts, kept in rows
+        for kind, n, *counts, followups, every, kept in rows
     ]
 
 

@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfgen.records import Candidate, Fate, Instance, SeedTask, ToolCall, ToolSeed, Trace
+from selfgen.records import (
+    Candidate,
+    Fate,
+    Instance,
+    SeedTask,
+    SeedTurn,
+    Stage,
+    ToolCall,
+    ToolSeed,
+    Trace,
+)
 from selfgen.store import sql
 from selfgen.store.browse import Inspector
 from selfgen.store.disk import (
@@ -35,6 +45,8 @@ from selfgen.store.schema import StoreError, migrate, now
 from selfgen.tooling import ToolSpec
 
 DB_NAME = "selfgen.db"
+# The generation stage that writes the follow-ups of multi-turn traces (FollowUpStage.name).
+FOLLOWUP_GENERATION = "tool_followup"
 _FATES = (Fate.KEPT, Fate.REJECTED)
 
 
@@ -454,9 +466,16 @@ class RunStore:
                 ],
             )
             self.db.executemany(
-                "INSERT INTO tool_seeds (seed_id, request, calls, answer) VALUES (?, ?, ?, ?)",
+                "INSERT INTO tool_seeds (seed_id, request, calls, answer, followups)"
+                " VALUES (?, ?, ?, ?, ?)",
                 [
-                    (s.id, s.request, json.dumps([c.to_dict() for c in s.calls]), s.answer)
+                    (
+                        s.id,
+                        s.request,
+                        json.dumps([c.to_dict() for c in s.calls]),
+                        s.answer,
+                        json.dumps([t.to_dict() for t in s.followups]) if s.followups else None,
+                    )
                     for s in seeds
                 ],
             )
@@ -484,14 +503,52 @@ class RunStore:
                 r["request"],
                 tuple(ToolCall(**c) for c in json.loads(r["calls"])),
                 r["answer"],
+                tuple(
+                    SeedTurn(t["request"], tuple(ToolCall(**c) for c in t["calls"]), t["answer"])
+                    for t in json.loads(r["followups"] or "[]")
+                ),
             )
             for r in self.db.execute("SELECT * FROM tool_seeds ORDER BY id")
         ]
 
     def trace_pool(self) -> list[str]:
-        """Requests that passed the ROUGE-L filter, in order."""
-        rows = self.db.execute(f"SELECT request FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id")
-        return [r[0] for r in rows]
+        """Requests that passed the ROUGE-L filter, in the order they passed it: each round's
+        first requests, then its follow-ups (multi-turn traces) in the order they were
+        written."""
+        keyed: list[tuple[tuple[int, int, int], str]] = []
+        for trace_id, round_id, request, stage, messages, steps in self.db.execute(
+            "SELECT id, round_id, request, stage, CASE WHEN kind = 'multiturn' THEN messages END,"
+            f" step_generation_ids FROM traces WHERE {sql.PASSED_NOVELTY} ORDER BY id"
+        ):
+            keyed.append(((round_id, 0, trace_id), request))
+            if messages is None:
+                continue
+            texts = [m["content"] for m in json.loads(messages) if m["role"] == "user"][1:]
+            if texts and stage == Stage.FOLLOWUP:
+                texts.pop()  # the last one failed the rules or the novelty filter
+            written = self._followup_generations(json.loads(steps))
+            keyed += [((round_id, 1, g), t) for g, t in zip(written, texts, strict=False)]
+        return [text for _, text in sorted(keyed)]
+
+    def _followup_generations(self, steps: list[int]) -> list[int]:
+        """The generation that wrote each follow-up of a trace, from its steps: a turn's tries
+        come one after the other, and the last try of each turn is the one it kept."""
+        if not steps:
+            return []
+        marks = ",".join("?" * len(steps))
+        stages = dict(
+            self.db.execute(f"SELECT id, stage FROM generations WHERE id IN ({marks})", steps)
+        )
+        out: list[int] = []
+        previous = None
+        for g in steps:
+            is_followup = stages.get(g) == FOLLOWUP_GENERATION
+            if is_followup and previous == FOLLOWUP_GENERATION:
+                out[-1] = g
+            elif is_followup:
+                out.append(g)
+            previous = stages.get(g)
+        return out
 
     def verified_requests(self, kind: str | None = None) -> list[tuple[str, str]]:
         """The requests of the verified traces (of one kind, when given), in order, each with

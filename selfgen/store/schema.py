@@ -211,6 +211,13 @@ def m008_tool_code(db: sqlite3.Connection) -> None:
     _run_script(db, "ALTER TABLE run_tools ADD COLUMN source_sha256 TEXT;")
 
 
+def m009_multiturn_seeds(db: sqlite3.Connection) -> None:
+    # The follow-up turns of a multi-turn tool seed (a JSON list of {request, calls, answer});
+    # NULL for the other seeds. A multi-turn trace needs no column of its own: its messages
+    # hold the conversation, its checks the verdict of each turn.
+    _run_script(db, "ALTER TABLE tool_seeds ADD COLUMN followups TEXT;")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_tool_traces,
@@ -220,6 +227,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m006_trace_kinds,
     m007_tool_sources,
     m008_tool_code,
+    m009_multiturn_seeds,
 ]
 
 
