@@ -61,9 +61,12 @@ def exhaustive(pool, query, tokenizer):
     return [rouge_l_f(tokenizer(query), tokenizer(text)) for text in pool]
 
 
-def check_index(pool, queries, tokenizer, prefix, learn_order, vector_min, thresholds):
+def check_index(
+    pool, queries, tokenizer, prefix, learn_order, vector_min, seeding=(32, 16), *, thresholds
+):
     index = RougeIndex(tokenizer, prefix_threshold=prefix)
     index.vector_min = vector_min
+    index.seed_after, index.seed_texts = seeding
     if learn_order:
         index.learn_token_order(pool)
     for text in pool:
@@ -87,6 +90,8 @@ PATHS = st.tuples(
     st.sampled_from([None, 0.0, 0.5, 0.7]),  # prefix lists at this threshold, or none
     st.booleans(),  # token order learned from the pool, or first-seen
     st.sampled_from([0, 10**9]),  # bounds always in numpy, or always in Python
+    # a postings search scores early before every longer list (1 or 3 texts), or never
+    st.sampled_from([(0, 1), (0, 3), (32, 16), (10**9, 16)]),
 )
 
 
@@ -116,7 +121,7 @@ def test_the_float_tie_at_the_threshold():
     assert SCORER.score(pool[0], query)["rougeL"].fmeasure > 0.7
     for prefix in (None, 0.7):
         for vector_min in (0, 10**9):
-            check_index(pool, [query], rouge_tokenize, prefix, True, vector_min, [0.7])
+            check_index(pool, [query], rouge_tokenize, prefix, True, vector_min, thresholds=[0.7])
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

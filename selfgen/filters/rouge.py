@@ -171,6 +171,11 @@ class RougeIndex:
     # Candidate sets at least this large are bounded with numpy, smaller ones in Python (the
     # answers are the same; the tests run both paths).
     vector_min = 48
+    # A postings search scores the `seed_texts` likeliest texts found so far before reading a
+    # list longer than `seed_after` plus the texts found, to learn a best score that stops it
+    # from reading the longest lists (the answers are the same whatever these are).
+    seed_after = 32
+    seed_texts = 16
 
     def __init__(
         self,
@@ -192,11 +197,12 @@ class RougeIndex:
         self._keys = array("q")  # their occurrence keys, in the same places
         self._starts = array("q")  # where each text starts in both
         self._lengths = array("i")
-        self._postings: dict[int, array] = {}  # token id -> texts holding it
+        # occurrence key -> the texts holding it, in ascending order (texts are only added)
+        self._postings: dict[int, array] = {}
         # (occurrence key << 32) | text length -> (doc << 16) | position in the doc's prefix
         self._prefix_postings: dict[int, array] = {}
         self._prefix_lengths: dict[int, array] = {}  # occurrence key -> its lengths, sorted
-        self._seen = np.zeros(0, dtype=bool)  # scratch: texts already gathered by a query
+        self._hits = np.zeros(0, dtype=np.int32)  # scratch: a query's keys found per text
         self._last: tuple[str, _Query] | None = None  # the last query, reused by `add`
         self.pairs_scored = 0  # LCS computations, for benchmarks
         self.pairs_bounded = 0  # candidates whose bound was computed
@@ -254,10 +260,10 @@ class RougeIndex:
         doc = len(self._lengths)
         if self.keeps_postings:
             postings = self._postings
-            for t in query.counts:
-                docs = postings.get(t)
+            for key in query.order:
+                docs = postings.get(key)
                 if docs is None:
-                    postings[t] = array("i", (doc,))
+                    postings[key] = array("i", (doc,))
                 else:
                     docs.append(doc)
         n = len(query.ids)
@@ -377,51 +383,112 @@ class RougeIndex:
     def _search_postings(
         self, query: _Query, floor: float, first_hit: bool
     ) -> tuple[float, int | None]:
+        """Read the posting lists of the query's occurrence keys, rarest first, counting in
+        :attr:`_hits` how many of them each text is in (ScanCount). A text in none of the lists
+        not yet read overlaps on at most R positions, R the number of those lists, so it scores
+        at most 2R/(m+R): reading stops as soon as that cannot beat the best found. Before each
+        longer list, the texts found that look best so far (most keys for their length) are
+        scored, so that the best is known early; at the end every text found is bounded by its
+        exact overlap, its count plus the unread lists that hold it (a binary search in each:
+        a list is in ascending order), and scored if it can still win."""
         if not self.keeps_postings:
             raise ValueError(
                 "this index keeps prefix lists only: ask at a threshold >= its prefix_threshold"
             )
-        m, counts = len(query.ids), query.counts
-        known = len(query.order)
+        m = len(query.ids)
         postings = self._postings
         empty = array("i")
-        lists = sorted(((postings.get(t, empty), c) for t, c in counts.items()), key=_size)
-        if len(self._seen) < len(self._lengths):
-            self._seen = np.zeros(2 * len(self._lengths), dtype=bool)
-        seen = self._seen
-        gathered: list[np.ndarray] = []
-        pending: list[np.ndarray] = []
-        total = 0
+        lists = sorted((postings.get(key, empty) for key in query.order), key=len)
+        if len(self._hits) < len(self._lengths):
+            self._hits = np.zeros(2 * len(self._lengths), dtype=np.int32)
+        hits = self._hits
+        lengths = np.frombuffer(self._lengths, dtype=np.int32)
+        touched: list[np.ndarray] = []
+        found = 0  # texts in `touched`
+        tried = 0  # texts found when the best-looking ones were last scored
+        read = len(lists)
         best: tuple[float, int | None] = (0.0, None)
-        remaining = known  # query positions not covered by the lists read so far
         try:
-            for docs, c in lists:
-                # A text outside the lists read overlaps on at most `remaining` positions.
-                bound = 2 * remaining / (m + remaining)
+            for i, docs in enumerate(lists):
+                unread = len(lists) - i
+                if found > tried and len(docs) > self.seed_after + found:
+                    # Before a longer list: score the likeliest texts found so far.
+                    every = np.concatenate(touched)
+                    likely = hits[every] / (m + lengths[every])
+                    if len(every) > self.seed_texts:
+                        top = np.argpartition(-likely, self.seed_texts)[: self.seed_texts]
+                        every = every[top]
+                    best = self._score_found(query, every, lists[i:], floor, *best, first_hit)
+                    tried = found
+                    if first_hit and best[1] is not None:
+                        return best
+                bound = 2 * unread / (m + unread)
                 if bound + _SLACK <= floor or bound + _SLACK < best[0]:
+                    read = i
                     break
-                if pending and len(docs) > 32 + total:
-                    # Score what is gathered before reading a longer list: the best score
-                    # found may make it unnecessary.
-                    best = self._score(query, np.concatenate(pending), floor, *best, first_hit)
-                    pending = []
-                    if (first_hit and best[1] is not None) or bound + _SLACK < best[0]:
-                        break
-                remaining -= c
                 if not docs:
                     continue
                 new = np.frombuffer(docs, dtype=np.int32)
-                new = new[~seen[new]]
-                seen[new] = True
-                gathered.append(new)
-                pending.append(new)
-                total += len(new)
-            if pending and not (first_hit and best[1] is not None):
-                best = self._score(query, np.concatenate(pending), floor, *best, first_hit)
+                hits[new] += 1
+                new = new[hits[new] == 1]
+                touched.append(new)
+                found += len(new)
+            if found:
+                every = np.concatenate(touched)
+                best = self._score_found(query, every, lists[read:], floor, *best, first_hit)
         finally:
-            for docs in gathered:
-                seen[docs] = False
+            for docs in touched:
+                hits[docs] = 0
         return best
+
+    def _score_found(
+        self,
+        query: _Query,
+        docs: np.ndarray,
+        unread: list[array],
+        floor: float,
+        best_score: float,
+        best_doc: int | None,
+        first_hit: bool,
+    ) -> tuple[float, int | None]:
+        """Score `docs`, texts whose keys among the lists read are counted in :attr:`_hits`,
+        with `unread` the query's lists not read yet."""
+        m = len(query.ids)
+        self.pairs_bounded += len(docs)
+        target = max(floor, best_score)
+        # Whatever its length, a text needs an overlap above _need(target, m) to score above
+        # the target; the unread lists add at most one each.
+        overlap = self._hits[docs]
+        keep = overlap > math.floor(_need(target, m)) - len(unread)
+        if not keep.all():
+            docs, overlap = docs[keep], overlap[keep]
+        overlap = overlap.astype(np.int64)
+        n = np.frombuffer(self._lengths, dtype=np.int32)[docs].astype(np.int64)
+        required = target * (m + n) / 2 - _SLACK
+        # Look each text up in the unread lists one after the other, keeping only those that
+        # the lists left could still lift over the target.
+        for left in range(len(unread), -1, -1):
+            keep = np.minimum(overlap + left, n) > required
+            if not keep.all():
+                docs, n, overlap, required = docs[keep], n[keep], overlap[keep], required[keep]
+            if not left or not len(docs):
+                break
+            listed = np.frombuffer(unread[len(unread) - left], dtype=np.int32)
+            if not len(listed):
+                continue
+            at = np.minimum(np.searchsorted(listed, docs), len(listed) - 1)
+            overlap += listed[at] == docs
+        if not len(docs):
+            return best_score, best_doc
+        neg_bound = -2 * overlap / (m + n)
+        by_bound = np.lexsort((docs, neg_bound))
+        ranked = zip(
+            neg_bound[by_bound].tolist(),
+            docs[by_bound].tolist(),
+            n[by_bound].tolist(),
+            strict=True,
+        )
+        return self._best_of(query, ranked, floor, best_score, best_doc, first_hit)
 
     def _score(
         self,
@@ -458,6 +525,20 @@ class RougeIndex:
             ranked = self._bound_vector(query, np.asarray(docs), target)
         if not ranked:
             return best_score, best_doc
+        return self._best_of(query, ranked, floor, best_score, best_doc, first_hit)
+
+    def _best_of(
+        self,
+        query: _Query,
+        ranked: Iterable[tuple[float, int, int]],
+        floor: float,
+        best_score: float,
+        best_doc: int | None,
+        first_hit: bool,
+    ) -> tuple[float, int | None]:
+        """Compute the LCS of `ranked` texts, (-bound, text, length) best bound first, until
+        no later one can beat (or tie) the best; returns the best, scoring above `floor`."""
+        m = len(query.ids)
         masks = query.masks()
         full = (1 << m) - 1
         tokens, starts = self._tokens, self._starts
@@ -556,7 +637,3 @@ class TokenIds:
         flat = np.frombuffer(self._flat, dtype=np.int32)
         ids = renumber[flat] if len(flat) else np.zeros(0, dtype=np.int32)
         return ids, np.frombuffer(self._ends, dtype=np.int64).copy()
-
-
-def _size(item: tuple[array, int]) -> int:
-    return len(item[0])
