@@ -414,11 +414,12 @@ class RougeIndex:
                 if found > tried and len(docs) > self.seed_after + found:
                     # Before a longer list: score the likeliest texts found so far.
                     every = np.concatenate(touched)
-                    likely = hits[every] / (m + lengths[every])
                     if len(every) > self.seed_texts:
+                        likely = hits[every] / (m + lengths[every])
                         top = np.argpartition(-likely, self.seed_texts)[: self.seed_texts]
                         every = every[top]
-                    best = self._score_found(query, every, lists[i:], floor, *best, first_hit)
+                    every.sort()
+                    best = self._score(query, every.tolist(), floor, *best, first_hit)
                     tried = found
                     if first_hit and best[1] is not None:
                         return best
