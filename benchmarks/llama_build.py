@@ -151,8 +151,16 @@ def speed(python: Path, model: Path, cores: str, text: str) -> dict:
     threads = len(cpu_list(cores))
     out = subprocess.run(
         [*pinned(cores), str(python), "-c", BENCH, str(model), str(threads), "300", "256", text],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )  # fmt: skip
+    if out.returncode == -4:  # SIGILL
+        sys.exit(
+            f"{python} died with SIGILL: this CPU reports AMX but traps it; build both without"
+            " AMX: --base-cmake-args '-DCMAKE_C_FLAGS=-U__AMX_INT8__"
+            " -DCMAKE_CXX_FLAGS=-U__AMX_INT8__' (README)"
+        )
+    if out.returncode:
+        sys.exit(f"{python} failed (exit code {out.returncode}):\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -169,6 +177,9 @@ def main() -> None:
     parser.add_argument("--version", default="0.3.36", help="llama-cpp-python version")
     parser.add_argument("--cores", default="1", help="CPU list for taskset (builds and runs)")
     parser.add_argument("--cmake-args", default="-DLLAVA_BUILD=OFF", help="the other build")
+    parser.add_argument(
+        "--base-cmake-args", default="", help="CMAKE_ARGS for both builds (e.g. the AMX flags)"
+    )
     parser.add_argument("--runs", type=int, default=5, help="timed completions per build")
     parser.add_argument("--work", type=Path, default=Path("/tmp/llama_build"))
     parser.add_argument("--reuse", action="store_true", help="keep finished builds in --work")
@@ -181,7 +192,8 @@ def main() -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     source = sdist(args.version, work)
-    builds = {"default": "", "no-mtmd": args.cmake_args}
+    base_args = args.base_cmake_args
+    builds = {"default": base_args, "no-mtmd": f"{base_args} {args.cmake_args}".strip()}
     folders = {
         name: build(name, cmake, source, args.cores, work, args.reuse)
         for name, cmake in builds.items()
@@ -199,6 +211,8 @@ def main() -> None:
     seconds = {name: float((folders[name] / "seconds").read_text()) for name in builds}
     base = seconds["default"]
     print(f"\nllama-cpp-python {args.version}, cores {args.cores}, one compile job at a time")
+    if base_args:
+        print(f"both builds with CMAKE_ARGS={base_args!r}")
     print(f"{'build':8} {'CMAKE_ARGS':20} {'build s':>8} {'ratio':>6} {'ninja s':>8} "
           f"{'wheel MB':>9} {'prompt tok/s':>13} {'gen tok/s':>10}  text")  # fmt: skip
     for name, cmake in builds.items():
@@ -207,7 +221,7 @@ def main() -> None:
         prompt = statistics.median(r["prompt_tps"] for r in results[name])
         gen = statistics.median(r["gen_tps"] for r in results[name])
         texts = sorted({r["text"] for r in results[name]})
-        print(f"{name:8} {cmake or '(none)':20} {seconds[name]:8.0f} {seconds[name] / base:6.2f} "
+        print(f"{name:8} {cmake[len(base_args) :].strip() or '(none)':20} {seconds[name]:8.0f} {seconds[name] / base:6.2f} "
               f"{ninja_total:8.0f} {wheel.stat().st_size / 1e6:9.1f} {prompt:13.1f} {gen:10.1f}"
               f"  {','.join(texts)}")  # fmt: skip
     all_texts = {r["text"] for rs in results.values() for r in rs}
