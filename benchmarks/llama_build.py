@@ -227,6 +227,24 @@ def main() -> None:
     all_texts = {r["text"] for rs in results.values() for r in rs}
     print("same text in every run:", "yes" if len(all_texts) == 1 else f"NO ({len(all_texts)})")
 
+    # The machine's speed can drift between the two builds (a shared machine): compare the work
+    # both builds do, and give the share of the default build that the other one leaves out.
+    times = {name: ninja_times(folders[name] / "build")[0] for name in builds}
+    shared = set(times["default"]) & set(times["no-mtmd"])
+    left_out = sum(v for k, v in times["default"].items() if k not in shared)
+    total = sum(times["default"].values())
+    same = {name: sum(times[name][k] for k in shared) for name in builds}
+    print(
+        f"targets both builds compile: {same['default']:.0f} s (default), "
+        f"{same['no-mtmd']:.0f} s (no-mtmd): the machine ran at "
+        f"{same['default'] / same['no-mtmd']:.2f}x the default build's speed during the other"
+    )
+    print(
+        f"left out ({', '.join(sorted(k for k in times['default'] if k not in shared))}): "
+        f"{left_out:.0f} s of the default build's {total:.0f} s ({left_out / total:.0%}), "
+        f"a ratio of {1 - left_out / total:.2f} at equal speed"
+    )
+
     for name in builds:
         by_target, steps, total = ninja_times(folders[name] / "build")
         print(f"\n{name}: compile and link time by CMake target (ninja, {total:.0f} s in all)")
