@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
 import re
@@ -164,6 +165,37 @@ def speed(python: Path, model: Path, cores: str, text: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def same_code(wheels: dict[str, Path], work: Path) -> list[str]:
+    """For each shared library both wheels ship, whether its machine code (the .text section,
+    which objcopy extracts) is byte for byte the same: if so, the two builds run the model alike
+    and any difference in tokens/s is the machine's noise."""
+    import zipfile
+
+    texts: dict[str, dict[str, str]] = {}
+    for name, wheel in wheels.items():
+        texts[name] = {}
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if not re.fullmatch(r"llama_cpp/lib/lib[^/]+\.so(\.\d+){3}", member):
+                    continue  # one of the three names (.so, .so.N, .so.N.N.N) is enough
+                lib = work / name / "text" / Path(member).name
+                lib.parent.mkdir(parents=True, exist_ok=True)
+                lib.write_bytes(archive.read(member))
+                text = lib.with_suffix(lib.suffix + ".text")
+                subprocess.run(
+                    ["objcopy", "-O", "binary", "--only-section=.text", str(lib), str(text)],
+                    check=True,
+                )  # fmt: skip
+                texts[name][lib.name] = hashlib.sha256(text.read_bytes()).hexdigest()
+    first, second = texts.values()
+    return [
+        f"{lib}: {'same' if first[lib] == second.get(lib) else 'DIFFERENT'}"
+        if lib in second
+        else f"{lib}: only in {list(texts)[0]}"
+        for lib in sorted(first)
+    ]
+
+
 def cpu_list(cores: str) -> list[int]:
     result: list[int] = []
     for part in cores.split(","):
@@ -244,6 +276,12 @@ def main() -> None:
         f"{left_out:.0f} s of the default build's {total:.0f} s ({left_out / total:.0%}), "
         f"a ratio of {1 - left_out / total:.2f} at equal speed"
     )
+
+    if shutil.which("objcopy"):
+        wheels = {name: next((folders[name] / "wheel").glob("*.whl")) for name in builds}
+        print("machine code of each library, default against no-mtmd:")
+        for line in same_code(wheels, work):
+            print(f"  {line}")
 
     for name in builds:
         by_target, steps, total = ninja_times(folders[name] / "build")
