@@ -2,9 +2,10 @@
 
 One run prints one table, every figure measured in that run:
 
-- selfgen: `selfgen dedupe FILE --out OUT -q`, the command line as a user runs it, on the first
-  N lines (N = each of --sizes), in a child process: seconds, the child's peak resident set,
-  rows kept. Exact: its decisions are rouge-score's (the property tests prove it).
+- selfgen: `selfgen dedupe FILE --out OUT -q [--workers W]`, the command line as a user runs it,
+  on the first N lines (N = each of --sizes), once for each of --workers (default `1,auto`: one
+  process, then the command's default, all usable cores up to 4), in a child process: seconds,
+  peak resident set summed over the command's processes, rows kept, processes used. Exact: its decisions are rouge-score's (the property tests prove it).
 - MinHash LSH: `datasketch` (`MinHash.bulk` with --perms permutations over word shingles of
   --shingle words from rouge-score's tokens, `MinHashLSH` at Jaccard --lsh-threshold), the
   usual approximate way, greedy in the same order (a row is dropped when the LSH returns any
@@ -26,6 +27,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -44,22 +46,61 @@ from selfgen.filters.rouge import RougeIndex, rouge_tokenize  # noqa: E402
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "package_summaries_954k.txt"
 
 
-def selfgen_cli(path: Path, threshold: float, workdir: Path) -> tuple[float, float, int]:
-    """`selfgen dedupe` in a child process: (seconds, peak RSS in MB, rows kept)."""
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of `root` and all its descendants (from /proc), in MB."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    page = os.sysconf("SC_PAGE_SIZE")
+    while todo:
+        pid = todo.pop()
+        todo.extend(parents.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 2**20
+
+
+def selfgen_cli(
+    path: Path, threshold: float, workers: str, workdir: Path
+) -> tuple[float, float, int, int]:
+    """`selfgen dedupe` in a child process: (seconds, peak RSS in MB summed over the command's
+    processes, rows kept, processes it used). The sum is sampled every 0.2 s (so a spike
+    shorter than that can be missed); it is never below the largest single process's peak."""
     out = workdir / "kept.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "selfgen", "dedupe", str(path), "--out", str(out)]
     cmd += ["--threshold", str(threshold), "-q"]
+    if workers != "auto":
+        cmd += ["--workers", workers]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    peak = 0.0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, tree_rss_mb(proc.pid))
+        time.sleep(0.2)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    report = proc.stdout.read()
     if proc.returncode != 0:
         sys.exit(f"error: selfgen dedupe exited with {proc.returncode}")
+    used = re.search(r"\((\d+) process", report)
     with open(out, encoding="utf-8") as f:
         kept = sum(1 for _ in f)
-    return seconds, usage.ru_maxrss / 1024, kept
+    return seconds, max(peak, usage.ru_maxrss / 1024), kept, int(used.group(1)) if used else 0
 
 
 def shingles(text: str, size: int) -> list[bytes]:
@@ -152,6 +193,11 @@ def main() -> None:
     parser.add_argument("--perms", type=int, default=128, help="MinHash permutations")
     parser.add_argument("--shingle", type=int, default=1, help="words per shingle")
     parser.add_argument("--pairs", type=int, default=20000, help="pairs timed with rouge-score")
+    parser.add_argument(
+        "--workers",
+        default="1,auto",
+        help="selfgen dedupe --workers values to run, comma-separated (auto: its default)",
+    )
     args = parser.parse_args()
     if not args.corpus.is_file():
         sys.exit(f"error: {args.corpus}: no such corpus (pass --corpus)")
@@ -213,18 +259,22 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "input.txt"
             path.write_text("".join(t + "\n" for t in texts[:n]), encoding="utf-8")
-            s_seconds, s_peak, s_kept = selfgen_cli(path, args.threshold, Path(tmp))
+            for workers in args.workers.split(","):
+                s_seconds, s_peak, s_kept, used = selfgen_cli(
+                    path, args.threshold, workers.strip(), Path(tmp)
+                )
+                table.add_row(
+                    f"{n:,}",
+                    f"selfgen dedupe (CLI, --workers {workers.strip()}: {used} process"
+                    + ("es)" if used > 1 else ")"),
+                    f"{s_seconds:.1f}",
+                    f"{s_seconds / per_pair:,.0f}",
+                    f"{s_peak:.0f}",
+                    f"{s_kept:,}",
+                    "exact",
+                    "exact",
+                )
             l_dec, l_seconds, l_peak = lsh_in_child(path, n, args)
-        table.add_row(
-            f"{n:,}",
-            "selfgen dedupe (CLI)",
-            f"{s_seconds:.1f}",
-            f"{s_seconds / per_pair:,.0f}",
-            f"{s_peak:.0f}",
-            f"{s_kept:,}",
-            "exact",
-            "exact",
-        )
         table.add_row(
             f"{n:,}",
             lsh_name,

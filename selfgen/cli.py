@@ -1045,6 +1045,7 @@ DEDUPE_FLAGS = {
     "threshold": "--threshold",
     "fmt": "--format",
     "tokenizer": "--tokenizer",
+    "workers": "--workers",
 }
 
 
@@ -1082,6 +1083,14 @@ def dedupe(
         bool,
         typer.Option("--strict", help="Stop at the first malformed line instead of skipping it."),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes sharing the work (same decisions for any number); 0: the usable"
+            " CPU cores, at most 4 (one for inputs under 20,000 rows). Default 1: two were not"
+            " faster than one on 100,000 rows.",
+        ),
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:
@@ -1127,6 +1136,7 @@ def dedupe(
                 fmt=format,
                 tokenizer=tokenizer,
                 strict=strict,
+                workers=None if workers == 0 else workers,
                 on_progress=advance,
                 on_malformed=skipped,
             )
@@ -1137,7 +1147,8 @@ def dedupe(
         fail(f"{input}: not UTF-8 text ({exc.reason} at byte {exc.start})")
     seconds = time.perf_counter() - started
     Console().print(
-        f"read {summary.read} rows in {seconds:.1f} s: kept {summary.kept}, rejected "
+        f"read {summary.read} rows in {seconds:.1f} s"
+        f" ({summary.workers} process{'es' if summary.workers > 1 else ''}): kept {summary.kept}, rejected "
         f"{summary.rejected} (ROUGE-L > {threshold}), skipped {summary.malformed} malformed"
         + (f"; compared against {summary.against} rows" if summary.against else "")
         + f"\nkept rows: {out}"

@@ -304,6 +304,12 @@ class RunConfig:
         " among all the tools and a trace that calls another first is rejected) or 'off'"
         " (one list under all the tools).",
     )
+    tool_protocol: str = setting(
+        "text",
+        help="How the model is asked for tool calls: 'text' (worked examples and 'Call: {json}',"
+        " for completion models such as the embedded default) or 'native' (chat messages with"
+        " the tools, calls in the model's own format, for chat models served with tool support).",
+    )
     ground_calls: bool = setting(
         True,
         toml_only=True,
@@ -418,6 +424,11 @@ class RunConfig:
 
         need(self.language in ("en", "zh"), "language", "must be 'en' or 'zh'")
         need(
+            self.tool_protocol in ("text", "native"),
+            "tool_protocol",
+            f"must be 'text' or 'native', not '{self.tool_protocol}'",
+        )
+        need(
             self.target_tools in ("constrain", "check", "off"),
             "target_tools",
             "must be 'constrain', 'check' or 'off'",
@@ -495,6 +506,11 @@ class RunConfig:
             not (self.language == "zh" and "multiturn" in kinds),
             "trace_kinds",
             "multiturn has no Chinese prompts yet (use single or parallel with --language zh)",
+        )
+        need(
+            not (self.tool_protocol == "native" and "multiturn" in kinds),
+            "trace_kinds",
+            "multiturn is written in the text protocol only (use --tool-protocol text)",
         )
 
 

@@ -15,6 +15,7 @@ so a run killed and resumed produces the same data as one that was never interru
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from selfgen.stages.classify import ClassifyStage
 from selfgen.stages.followups import FOLLOWUP_TRIES, MAX_USER_TURNS, FollowUpStage
 from selfgen.stages.instances import InstanceStage
 from selfgen.stages.instructions import InstructionStage
+from selfgen.stages.native_agent import NativeToolAgent
 from selfgen.stages.tool_agent import ToolAgent, first_turn_kind, interleave_kinds, seeds_of_kind
 from selfgen.stages.tool_requests import ToolRequestStage
 from selfgen.store import GenerationRecord, RoundRecord, RunStore, RunTotals
@@ -126,7 +128,8 @@ class Loop:
                 )
                 for kind in config.trace_kind_list()
             ]
-            self.agent = ToolAgent(config, specs, tool_seeds, sandbox)
+            agent = NativeToolAgent if config.tool_protocol == "native" else ToolAgent
+            self.agent = agent(config, specs, tool_seeds, sandbox)
             # The user's follow-ups in multi-turn traces join the requests' novelty pool.
             self.followups = FollowUpStage(config, specs, novelty)
             self.verified = {
@@ -406,13 +409,25 @@ def _generation_record(stage: str, req: GenerationRequest, comp: Completion) -> 
             if req.constraint.choices
             else {"json_schema": req.constraint.json_schema}
         )
+    response = comp.text
+    if req.tools:
+        # A chat request with tools: the tools and what was asked of them, and the calls the
+        # backend found beside the text (the tools themselves are the run's, in run_tools).
+        constraint = {"tool_choice": req.tool_choice}
+        response = json.dumps(
+            {
+                "content": comp.text,
+                "tool_calls": comp.extra.get("tool_calls") or [],
+                "tool_call_errors": comp.extra.get("tool_call_errors") or [],
+            }
+        )
     return GenerationRecord(
         stage=stage,
         prompt=req.prompt,
         messages=list(req.messages) if req.messages is not None else None,
         params=req.params.to_dict(),
         constraint=constraint,
-        response=comp.text,
+        response=response,
         finish_reason=comp.finish_reason,
         prompt_tokens=comp.prompt_tokens,
         completion_tokens=comp.completion_tokens,

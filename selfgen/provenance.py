@@ -16,7 +16,7 @@ from typing import Any
 from selfgen import __version__
 from selfgen.records import Instance
 from selfgen.store import RunStore
-from selfgen.store.provenance import ItemOrigin, text_key
+from selfgen.store.provenance import SAMPLING_STAGES, ItemOrigin, text_key
 
 # A numbered item of a list prompt ("3. Write a poem about ..."); the prompt's last line, the
 # number the model continues from, has no text and is no item.
@@ -94,8 +94,11 @@ class Provenance:
         self.ids = store.text_ids()
         self.instance_scores = _by_item(store.scores("instance"))
         self.trace_scores = _by_item(store.scores("trace"))
-        self.instance_scorers = sorted(store.scores("instance"))
-        self.trace_scorers = sorted(store.scores("trace"))
+        # Every row names every scorer of the run (null where it did not score that row), and
+        # every stage's sampling (null where the stage made no call for it): a reader that takes
+        # the schema from the first rows, or that re-parses fields whose keys differ from row
+        # to row (as `datasets` does), then reads every row the same way.
+        self.scorers = sorted({*store.scores("instance"), *store.scores("trace")})
         self.tool_sources = {n: s.source_sha256 for n, s in store.tool_specs().items()}
 
     def _base(self, **fields: Any) -> dict[str, Any]:
@@ -108,10 +111,10 @@ class Provenance:
             "origin": None,
             "prompt_examples": [],
             "nearest": None,
-            "scores": {},
+            "scores": self._scores({}),
             "curation": None,
             "model": self.model,
-            "sampling": None,
+            "sampling": dict.fromkeys(SAMPLING_STAGES),
             "selfgen_version": self.versions,
             "tools": [],
         }
@@ -132,25 +135,22 @@ class Provenance:
             "prompt_examples": [self.ids.get(text_key(t)) for t in listed_texts(origin.prompt)],
             "nearest": nearest,
             "curation": origin.curation,
-            "sampling": origin.sampling,
+            "sampling": {stage: origin.sampling.get(stage) for stage in SAMPLING_STAGES},
         }
 
+    def _scores(self, values: dict[str, float | None]) -> dict[str, float | None] | None:
+        """Each scorer's value for a row; null when the run has no scores at all (an empty
+        object is a struct without fields to Arrow)."""
+        return {name: values.get(name) for name in self.scorers} or None
+
     def seed(self, seed_id: str) -> dict[str, Any]:
-        # Every scorer named, unscored, as on machine rows: a reader that infers the type of
-        # `scores` from the first rows (seeds come first) then sees its fields.
-        return self._base(
-            kind="task",
-            id=f"seed:{seed_id}",
-            origin="seed",
-            scores=dict.fromkeys(self.instance_scorers),
-        )
+        return self._base(kind="task", id=f"seed:{seed_id}", origin="seed")
 
     def seed_trace(self, seed_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
         return self._base(
             kind="trace",
-            id=f"seed:{seed_id}",
+            id=f"tool_seed:{seed_id}",
             origin="seed",
-            scores=dict.fromkeys(self.trace_scorers),
             tools=self._tools(messages),
         )
 
@@ -167,7 +167,7 @@ class Provenance:
             kind="task",
             id=f"task:{task_id}",
             instance_id=instance.id,
-            scores={name: scores.get(name) for name in self.instance_scorers},
+            scores=self._scores(scores),
             **fields,
         )
 
@@ -177,7 +177,7 @@ class Provenance:
         return self._base(
             kind="trace",
             id=f"trace:{trace_id}",
-            scores={name: scores.get(name) for name in self.trace_scorers},
+            scores=self._scores(scores),
             tools=self._tools(messages),
             **fields,
         )

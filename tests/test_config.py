@@ -30,6 +30,7 @@ RUN_FLAGS = {
     "--temperature", "--top-p", "--rouge-threshold", "--min-words", "--max-words",
     "--language-check", "--tools", "--tool-seeds", "--num-traces",
     "--trace-kinds", "--parallel-tool-seeds", "--multiturn-tool-seeds", "--mcp-config",
+    "--tool-protocol",
     "--score", "--min-score", "--max-score", "--judge-backend", "--judge-model",
     "--judge-base-url", "--judge-api-model",
 }  # fmt: skip

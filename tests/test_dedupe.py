@@ -144,3 +144,64 @@ def test_a_bad_option_is_named_by_its_flag(tmp_path, child_env):
     assert proc.stderr.strip() == "error: --threshold: must be in [0, 1]"
     proc = run([str(src), "--out", str(tmp_path / "out.txt"), "--field", "a..["], child_env)
     assert proc.stderr.strip() == "error: --field: cannot read 'a..[' at position 4"
+
+
+def test_workers_write_the_same_files_as_one_process_on_real_lines(tmp_path, child_env):
+    lines = shared_file("package_summaries_954k.txt").open(encoding="utf-8")
+    head = [line for _, line in zip(range(3500), lines, strict=False)]
+    old, src = tmp_path / "old.txt", tmp_path / "in.txt"
+    old.write_text("".join(head[:500]))
+    src.write_text("".join(head[500:]))
+    outputs = {}
+    for workers in ("1", "2"):
+        kept, rej = tmp_path / f"kept{workers}.txt", tmp_path / f"rej{workers}.jsonl"
+        args = [str(src), "--out", str(kept), "--against", str(old), "--workers", workers]
+        proc = run([*args, "--rejected", str(rej), "-q"], child_env)
+        assert proc.returncode == 0, proc.stderr
+        assert f"({workers} process" in proc.stdout
+        first = tmp_path / f"first{workers}.txt"  # without --rejected: the first hit decides
+        proc = run([str(src), "--out", str(first), "--workers", workers, "-q"], child_env)
+        assert proc.returncode == 0, proc.stderr
+        outputs[workers] = (kept.read_bytes(), rej.read_bytes(), first.read_bytes())
+    assert outputs["2"] == outputs["1"]
+    kept_rows, rejected_rows, _ = outputs["1"]
+    assert rejected_rows.count(b'"near_duplicate"') > 10  # the corpus does have near-duplicates
+    assert len(kept_rows.splitlines()) + rejected_rows.count(b"\n") == 3000
+
+
+def test_workers_keep_row_order_with_malformed_rows_across_batches(tmp_path):
+    src = tmp_path / "in.jsonl"
+    rows = []
+    for i in range(60):
+        if i % 7 == 3:
+            rows.append("not json\n")
+        else:
+            rows.append(
+                json.dumps({"instruction": f"Write a poem about item {i % 9} please"}) + "\n"
+            )
+    src.write_text("".join(rows))
+    results = []
+    for workers in (1, 2, 3):
+        kept, rej = tmp_path / f"kept{workers}.jsonl", tmp_path / f"rej{workers}.jsonl"
+        summary = dedupe(src, kept, rejected=rej, workers=workers, batch_size=4)
+        assert summary.workers == workers
+        results.append((kept.read_text(), rej.read_text(), summary.kept, summary.malformed))
+    assert results[1] == results[0] and results[2] == results[0]
+    rejected = [json.loads(line) for line in results[0][1].splitlines()]
+    assert [r["line"] for r in rejected] == sorted(r["line"] for r in rejected)
+    assert {r["reason"] for r in rejected} == {"malformed", "near_duplicate"}
+
+
+@pytest.mark.parametrize("value", ["-1", "257"])
+def test_a_bad_number_of_workers_is_one_clear_error(tmp_path, child_env, value):
+    src = tmp_path / "in.txt"
+    src.write_text("one line\n")
+    out = tmp_path / "out.txt"
+    proc = run([str(src), "--out", str(out), "--workers", value], child_env)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        == f"error: --workers: {value} is not a number of processes from 1 to 256"
+        " (0: the usable cores)"
+    )
+    assert not out.exists()

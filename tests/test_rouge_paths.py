@@ -1,15 +1,18 @@
 """Every pruning path of the index against an exhaustive scan: prefix lists with positional
 and length filtering, the rarest-first posting search of `best`, the numpy and the plain Python
 bounds, learned and first-seen token orders; on Latin and CJK text, and on texts longer than
-300 tokens. Greedy de-duplication is checked the same way, decision by decision."""
+300 tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
+and split between worker processes."""
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
-from selfgen.filters.rouge import RougeIndex, cjk_tokenize, rouge_l_f, rouge_tokenize
+from selfgen.filters.greedy import GreedyDedupe, ParallelGreedyDedupe
+from selfgen.filters.rouge import RougeIndex, TokenIds, cjk_tokenize, rouge_l_f, rouge_tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True)
@@ -58,9 +61,12 @@ def exhaustive(pool, query, tokenizer):
     return [rouge_l_f(tokenizer(query), tokenizer(text)) for text in pool]
 
 
-def check_index(pool, queries, tokenizer, prefix, learn_order, vector_min, thresholds):
+def check_index(
+    pool, queries, tokenizer, prefix, learn_order, vector_min, seeding=(32, 16), *, thresholds
+):
     index = RougeIndex(tokenizer, prefix_threshold=prefix)
     index.vector_min = vector_min
+    index.seed_after, index.seed_texts = seeding
     if learn_order:
         index.learn_token_order(pool)
     for text in pool:
@@ -84,6 +90,8 @@ PATHS = st.tuples(
     st.sampled_from([None, 0.0, 0.5, 0.7]),  # prefix lists at this threshold, or none
     st.booleans(),  # token order learned from the pool, or first-seen
     st.sampled_from([0, 10**9]),  # bounds always in numpy, or always in Python
+    # a postings search scores early before every longer list (1 or 3 texts), or never
+    st.sampled_from([(0, 1), (0, 3), (32, 16), (10**9, 16)]),
 )
 
 
@@ -113,7 +121,7 @@ def test_the_float_tie_at_the_threshold():
     assert SCORER.score(pool[0], query)["rougeL"].fmeasure > 0.7
     for prefix in (None, 0.7):
         for vector_min in (0, 10**9):
-            check_index(pool, [query], rouge_tokenize, prefix, True, vector_min, [0.7])
+            check_index(pool, [query], rouge_tokenize, prefix, True, vector_min, thresholds=[0.7])
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -138,3 +146,101 @@ def test_greedy_dedupe_equals_an_exhaustive_scan(base, rng, threshold, vector_mi
         if novel:
             index.add(text)
             kept.append(tokens)
+
+
+def greedy_reference(texts, tokenizer, threshold, against=0):
+    """Greedy de-duplication by exhaustive scan: None for a kept text, else (score, kept row)
+    of the nearest kept row above the threshold (ties to the earliest)."""
+    kept: list[list[str]] = [tokenizer(t) for t in texts[:against]]
+    decisions = []
+    for text in texts[against:]:
+        tokens = tokenizer(text)
+        scores = [rouge_l_f(tokens, k) for k in kept]
+        best = max(scores, default=0.0)
+        if best > threshold:
+            decisions.append((best, scores.index(best)))
+        else:
+            decisions.append(None)
+            kept.append(tokens)
+    return decisions
+
+
+def run_engine(engine, ids, offsets, against, batch):
+    decisions: list = []
+    with engine:
+        engine.keep(ids, offsets, 0, against)
+        pending = 0
+        for start in range(against, len(offsets) - 1, batch):
+            if pending == engine.depth:
+                decisions += engine.collect()
+                pending -= 1
+            engine.submit(ids, offsets, start, min(start + batch, len(offsets) - 1))
+            pending += 1
+        for _ in range(pending):
+            decisions += engine.collect()
+    return decisions
+
+
+def check_greedy(texts, tokenizer, threshold, against, batch, vector_min):
+    """One process and 2 and 3 worker processes (forked, for speed here; `selfgen dedupe`
+    spawns them, as its tests check) give the exhaustive greedy decisions: the same rows kept
+    and, asked for the nearest, the same nearest kept row and score."""
+    corpus = TokenIds(tokenizer)
+    for text in texts:
+        corpus.feed(text)
+    ids, offsets = corpus.finish()
+    expected = greedy_reference(texts, tokenizer, threshold, against)
+    saved = RougeIndex.vector_min
+    RougeIndex.vector_min = vector_min  # forked workers inherit it
+    try:
+        for nearest in (True, False):
+            engines = [GreedyDedupe(threshold, nearest=nearest)] + [
+                ParallelGreedyDedupe(threshold, w, nearest=nearest, start_method="fork")
+                for w in (2, 3)
+            ]
+            for engine in engines:
+                got = run_engine(engine, ids, offsets, against, batch)
+                if nearest:
+                    assert got == expected
+                else:
+                    assert [d is None for d in got] == [d is None for d in expected]
+    finally:
+        RougeIndex.vector_min = saved
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    st.lists(st.one_of(latin_text(1, 10), latin_text(301, 320), CJK_TEXT), min_size=1, max_size=12),
+    st.randoms(use_true_random=False),
+    st.sampled_from([0.5, 0.7]),
+    st.integers(1, 5),  # rows per batch: small, so that batches and shares interact
+    st.integers(0, 4),  # rows kept beforehand (an --against file)
+    st.sampled_from([0, 10**9]),
+)
+def test_greedy_on_one_and_on_several_processes_equals_an_exhaustive_scan(
+    base, rng, threshold, batch, against, vector_min
+):
+    # Near-duplicates land in the same batch and in other batches, in every worker's share.
+    texts = base + variants(base, rng) + variants(base, rng)
+    rng.shuffle(texts)
+    check_greedy(texts, cjk_tokenize, threshold, min(against, len(texts)), batch, vector_min)
+
+
+def test_greedy_on_several_processes_with_the_float_tie():
+    # 0.7000000000000001 > 0.7: rejected by rouge-score, and on every number of processes,
+    # whether the tied row is in a worker, in the previous batch or in the same one.
+    head = " ".join(f"w{i}" for i in range(12))
+    tie = " ".join([*(f"w{i}" for i in range(7)), "v0"])
+    assert SCORER.score(head, tie)["rougeL"].fmeasure > 0.7
+    texts = [head, "other words entirely", "more unrelated text here", tie, tie + " v1", head]
+    assert greedy_reference(texts, rouge_tokenize, 0.7)[3] is not None
+    for batch in (1, 2, 3, 4, 6):
+        check_greedy(texts, rouge_tokenize, 0.7, 0, batch, 48)
+
+
+def test_an_index_without_postings_refuses_what_it_cannot_answer():
+    index = RougeIndex(prefix_threshold=0.7, postings=False)
+    index.add_ids([0, 1, 2])
+    assert index.search_ids([0, 1, 2], 0.7) == (1.0, 0)
+    with pytest.raises(ValueError, match="prefix lists only"):
+        index.search_ids([0, 1, 2], 0.5)

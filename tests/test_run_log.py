@@ -270,6 +270,7 @@ def test_stats_tables_show_model_text_escaped():
                 "format": 1,
                 "target": 1,
                 "execution": 1,
+                "grounding": 1,
                 "semantic": 1,
                 "pass_rate": 1.0,
             }

@@ -428,3 +428,48 @@ def test_the_chinese_agent_and_request_prompts(specs):
         + "\n\n请想出用户可能提出、并且需要同时对这些工具进行多次互不依赖的调用的请求：\n\n"
         "1. 甲？\n2. 乙？\n3."
     )
+
+
+def test_an_answer_drawn_from_an_unrelated_document_is_rejected():
+    from selfgen.stages.tool_agent import semantic_check
+
+    with ToolSandbox(ROOT / "tools") as sandbox:
+
+        def search(query):
+            result = sandbox.call("kb_search", {"query": query})
+            assert result.ok, result.error
+            return result.output
+
+        # The search returns its best matches whatever the question; here, about compound
+        # interest. An answer quoting its numbers used to pass.
+        request = "What is the sum of all integers from 1 to 50, inclusive?"
+        output = search("sum of all integers from 1 to 50")
+        assert "Compound Interest" in output and "1,000" in output
+        answer = "1,000 / 1.05 * 100 = 1,110.25"
+        assert semantic_check(output, answer) is None  # the numbers alone
+        assert semantic_check(output, answer, request=request) == (
+            "answer_from_an_unrelated_result"
+        )
+        # The document about the question answers it.
+        request = "How many keys, white and black, are on a standard piano?"
+        output = search("keys on a piano")
+        answer = "A standard piano has 88 keys: 52 white and 36 black."
+        assert semantic_check(output, answer, request=request) is None
+    # Rows of a table are not sentences: the rule leaves query results alone.
+    table = "name | price\nNoise-Cancelling Headphones | 199.0\nCeramic Teapot | 24.5"
+    answer = "The dearest is the Noise-Cancelling Headphones, at 199.0."
+    assert semantic_check(table, answer, request="What do we sell at the top price?") is None
+
+
+def test_the_bundled_english_seeds_pass_the_semantic_check():
+    with ToolSandbox(ROOT / "tools") as sandbox:
+        for seed in load_tool_seeds(ROOT / "seeds" / "tool_seed_tasks.jsonl"):
+            if not seed.calls:
+                continue
+            calls = [
+                ToolCall(c.name, c.arguments, sandbox.call(c.name, c.arguments).output)
+                for c in seed.calls
+            ]
+            trace = Trace(request=seed.request, generation_index=0, calls=calls)
+            trace.answer = seed.answer
+            assert answer_problem(trace) is None, seed.id

@@ -79,12 +79,13 @@ def test_run_reaches_five_verified_traces(run_dir):
             "format": True,
             "target": True,
             "execution": True,
+            "grounding": True,
             "semantic": True,
         }
     # Every trace that reached the call stage has its verification recorded with reasons.
     for _stage, reason in db.execute(
         "SELECT stage, reason FROM traces WHERE fate = 'rejected'"
-        " AND stage IN ('format', 'target', 'execution', 'semantic')"
+        " AND stage IN ('format', 'target', 'execution', 'grounding', 'semantic')"
     ):
         assert reason
 

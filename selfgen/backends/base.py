@@ -93,7 +93,9 @@ class GenerationRequest:
     requests (few-shot demonstrations), so a backend may compute them once and reuse them.
     `tools` (OpenAI function-tool dicts) go with `messages`: the backend renders them the way
     its chat template does and returns the calls it finds in `Completion.extra["tool_calls"]`
-    as `{"name", "arguments"}` dicts, unvalidated.
+    as `{"name", "arguments"}` dicts, unvalidated. `tool_choice` goes with `tools`, in the
+    OpenAI form: "auto", "none", or `{"type": "function", "function": {"name": ...}}` for one
+    tool; a server that constrains decoding then constrains the call to that tool's schema.
     """
 
     params: SamplingParams
@@ -102,12 +104,15 @@ class GenerationRequest:
     constraint: Constraint | None = None
     shared_prefix: int = 0
     tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("a GenerationRequest takes exactly one of prompt or messages")
         if self.tools is not None and self.messages is None:
             raise ValueError("tools go with chat messages, not with a prompt")
+        if self.tool_choice is not None and not self.tools:
+            raise ValueError("tool_choice goes with tools")
 
 
 @dataclass(frozen=True)

@@ -363,6 +363,7 @@ class LlamaCppBackend(Backend):
                 out = self._llm.create_chat_completion(
                     list(request.messages or ()),
                     tools=list(request.tools) if request.tools else None,
+                    tool_choice=request.tool_choice,
                     **kwargs,
                 )
                 message = out["choices"][0]["message"]

@@ -433,6 +433,8 @@ class OpenAIBackend(Backend):
             )
             if req.tools:
                 common["tools"] = list(req.tools)
+            if req.tool_choice is not None:
+                common["tool_choice"] = req.tool_choice
             out = await client.chat.completions.create(messages=messages, **common)
             choice = out.choices[0]
             text = choice.message.content or ""

@@ -171,36 +171,51 @@ class RougeIndex:
     # Candidate sets at least this large are bounded with numpy, smaller ones in Python (the
     # answers are the same; the tests run both paths).
     vector_min = 48
+    # A postings search scores the `seed_texts` likeliest texts found so far before reading a
+    # list longer than `seed_after` plus the texts found, to learn a best score that stops it
+    # from reading the longest lists (the answers are the same whatever these are).
+    seed_after = 32
+    seed_texts = 16
 
     def __init__(
-        self, tokenizer: Tokenizer = rouge_tokenize, prefix_threshold: float | None = None
+        self,
+        tokenizer: Tokenizer = rouge_tokenize,
+        prefix_threshold: float | None = None,
+        *,
+        postings: bool = True,
     ) -> None:
+        """`postings=False` (with a `prefix_threshold`) keeps the prefix lists only: less memory
+        and faster adds, for an index asked only at thresholds >= `prefix_threshold`."""
+        if not postings and prefix_threshold is None:
+            raise ValueError("an index without postings needs a prefix_threshold")
         self.tokenizer = tokenizer
         self.prefix_threshold = prefix_threshold
+        self.keeps_postings = postings
         self.texts: list[str] = []
         self._vocab: dict[str, int] = {}
         self._tokens = array("i")  # every text's token ids, one text after the other
         self._keys = array("q")  # their occurrence keys, in the same places
         self._starts = array("q")  # where each text starts in both
         self._lengths = array("i")
-        self._postings: dict[int, array] = {}  # token id -> texts holding it
+        # occurrence key -> the texts holding it, in ascending order (texts are only added)
+        self._postings: dict[int, array] = {}
         # (occurrence key << 32) | text length -> (doc << 16) | position in the doc's prefix
         self._prefix_postings: dict[int, array] = {}
         self._prefix_lengths: dict[int, array] = {}  # occurrence key -> its lengths, sorted
-        self._seen = np.zeros(0, dtype=bool)  # scratch: texts already gathered by a query
+        self._hits = np.zeros(0, dtype=np.int32)  # scratch: a query's keys found per text
         self._last: tuple[str, _Query] | None = None  # the last query, reused by `add`
         self.pairs_scored = 0  # LCS computations, for benchmarks
         self.pairs_bounded = 0  # candidates whose bound was computed
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self._lengths)
 
     def learn_token_order(self, texts: Iterable[str]) -> None:
         """Number tokens by how many of `texts` hold them, commonest lowest, before any text is
         added. Prefix filtering then reads the rarest tokens first (it takes higher ids first);
         without this, ids follow first appearance, a rougher guess at rarity. Scores and
         decisions are the same either way."""
-        if self.texts:
+        if len(self._lengths):
             raise ValueError("learn_token_order must come before the first add")
         df: Counter[str] = Counter()
         for text in texts:
@@ -225,14 +240,32 @@ class RougeIndex:
             vocab = self._vocab
             query = _Query([vocab.setdefault(t, len(vocab)) for t in self.tokenizer(text)])
         self._last = None
-        doc = len(self.texts)
-        postings = self._postings
-        for t in query.counts:
-            docs = postings.get(t)
-            if docs is None:
-                postings[t] = array("i", (doc,))
-            else:
-                docs.append(doc)
+        self.texts.append(text)
+        return self._add(query)
+
+    def add_ids(self, ids: Sequence[int]) -> int:
+        """Index a text given as token ids (non-negative, as :class:`TokenIds` numbers them);
+        returns its position. An index takes either texts or ids, not both: ids have no
+        text in :attr:`texts`."""
+        return self._add(_Query(list(ids)))
+
+    def search_ids(
+        self, ids: Sequence[int], threshold: float, first_hit: bool = False
+    ) -> tuple[float, int | None]:
+        """:meth:`nearest_above` (or, with `first_hit`, the first text found above the
+        threshold, as :meth:`is_novel` decides) for a text given as token ids."""
+        return self._search_query(_Query(list(ids)), threshold, first_hit)
+
+    def _add(self, query: _Query) -> int:
+        doc = len(self._lengths)
+        if self.keeps_postings:
+            postings = self._postings
+            for key in query.order:
+                docs = postings.get(key)
+                if docs is None:
+                    postings[key] = array("i", (doc,))
+                else:
+                    docs.append(doc)
         n = len(query.ids)
         if self.prefix_threshold is not None and n:
             prefix_postings = self._prefix_postings
@@ -254,7 +287,6 @@ class RougeIndex:
         self._lengths.append(n)
         self._tokens.extend(query.ids)
         self._keys.extend(query.order)
-        self.texts.append(text)
         return doc
 
     def best(self, text: str) -> tuple[float, int | None]:
@@ -263,7 +295,7 @@ class RougeIndex:
         Ties go to the earliest text. (0.0, None) when no indexed text shares a token.
         """
         query = self._query(text)
-        if not query.order or not self.texts:
+        if not query.order or not len(self._lengths):
             return 0.0, None
         if self.prefix_threshold is not None:
             # Above the prefix threshold the best is found from the short prefix lists.
@@ -285,8 +317,12 @@ class RougeIndex:
     def _search(
         self, text: str, threshold: float | None, first_hit: bool
     ) -> tuple[float, int | None]:
-        query = self._query(text)
-        if not query.order or not self.texts:
+        return self._search_query(self._query(text), threshold, first_hit)
+
+    def _search_query(
+        self, query: _Query, threshold: float | None, first_hit: bool
+    ) -> tuple[float, int | None]:
+        if not query.order or not len(self._lengths):
             return 0.0, None
         if (
             threshold is not None
@@ -347,47 +383,113 @@ class RougeIndex:
     def _search_postings(
         self, query: _Query, floor: float, first_hit: bool
     ) -> tuple[float, int | None]:
-        m, counts = len(query.ids), query.counts
-        known = len(query.order)
+        """Read the posting lists of the query's occurrence keys, rarest first, counting in
+        :attr:`_hits` how many of them each text is in (ScanCount). A text in none of the lists
+        not yet read overlaps on at most R positions, R the number of those lists, so it scores
+        at most 2R/(m+R): reading stops as soon as that cannot beat the best found. Before each
+        longer list, the texts found that look best so far (most keys for their length) are
+        scored, so that the best is known early; at the end every text found is bounded by its
+        exact overlap, its count plus the unread lists that hold it (a binary search in each:
+        a list is in ascending order), and scored if it can still win."""
+        if not self.keeps_postings:
+            raise ValueError(
+                "this index keeps prefix lists only: ask at a threshold >= its prefix_threshold"
+            )
+        m = len(query.ids)
         postings = self._postings
         empty = array("i")
-        lists = sorted(((postings.get(t, empty), c) for t, c in counts.items()), key=_size)
-        if len(self._seen) < len(self.texts):
-            self._seen = np.zeros(2 * len(self.texts), dtype=bool)
-        seen = self._seen
-        gathered: list[np.ndarray] = []
-        pending: list[np.ndarray] = []
-        total = 0
+        lists = sorted((postings.get(key, empty) for key in query.order), key=len)
+        if len(self._hits) < len(self._lengths):
+            self._hits = np.zeros(2 * len(self._lengths), dtype=np.int32)
+        hits = self._hits
+        lengths = np.frombuffer(self._lengths, dtype=np.int32)
+        touched: list[np.ndarray] = []
+        found = 0  # texts in `touched`
+        tried = 0  # texts found when the best-looking ones were last scored
+        read = len(lists)
         best: tuple[float, int | None] = (0.0, None)
-        remaining = known  # query positions not covered by the lists read so far
         try:
-            for docs, c in lists:
-                # A text outside the lists read overlaps on at most `remaining` positions.
-                bound = 2 * remaining / (m + remaining)
+            for i, docs in enumerate(lists):
+                unread = len(lists) - i
+                if found > tried and len(docs) > self.seed_after + found:
+                    # Before a longer list: score the likeliest texts found so far.
+                    every = np.concatenate(touched)
+                    if len(every) > self.seed_texts:
+                        likely = hits[every] / (m + lengths[every])
+                        top = np.argpartition(-likely, self.seed_texts)[: self.seed_texts]
+                        every = every[top]
+                    every.sort()
+                    best = self._score(query, every.tolist(), floor, *best, first_hit)
+                    tried = found
+                    if first_hit and best[1] is not None:
+                        return best
+                bound = 2 * unread / (m + unread)
                 if bound + _SLACK <= floor or bound + _SLACK < best[0]:
+                    read = i
                     break
-                if pending and len(docs) > 32 + total:
-                    # Score what is gathered before reading a longer list: the best score
-                    # found may make it unnecessary.
-                    best = self._score(query, np.concatenate(pending), floor, *best, first_hit)
-                    pending = []
-                    if (first_hit and best[1] is not None) or bound + _SLACK < best[0]:
-                        break
-                remaining -= c
                 if not docs:
                     continue
                 new = np.frombuffer(docs, dtype=np.int32)
-                new = new[~seen[new]]
-                seen[new] = True
-                gathered.append(new)
-                pending.append(new)
-                total += len(new)
-            if pending and not (first_hit and best[1] is not None):
-                best = self._score(query, np.concatenate(pending), floor, *best, first_hit)
+                hits[new] += 1
+                new = new[hits[new] == 1]
+                touched.append(new)
+                found += len(new)
+            if found:
+                every = np.concatenate(touched)
+                best = self._score_found(query, every, lists[read:], floor, *best, first_hit)
         finally:
-            for docs in gathered:
-                seen[docs] = False
+            for docs in touched:
+                hits[docs] = 0
         return best
+
+    def _score_found(
+        self,
+        query: _Query,
+        docs: np.ndarray,
+        unread: list[array],
+        floor: float,
+        best_score: float,
+        best_doc: int | None,
+        first_hit: bool,
+    ) -> tuple[float, int | None]:
+        """Score `docs`, texts whose keys among the lists read are counted in :attr:`_hits`,
+        with `unread` the query's lists not read yet."""
+        m = len(query.ids)
+        self.pairs_bounded += len(docs)
+        target = max(floor, best_score)
+        # Whatever its length, a text needs an overlap above _need(target, m) to score above
+        # the target; the unread lists add at most one each.
+        overlap = self._hits[docs]
+        keep = overlap > math.floor(_need(target, m)) - len(unread)
+        if not keep.all():
+            docs, overlap = docs[keep], overlap[keep]
+        overlap = overlap.astype(np.int64)
+        n = np.frombuffer(self._lengths, dtype=np.int32)[docs].astype(np.int64)
+        required = target * (m + n) / 2 - _SLACK
+        # Look each text up in the unread lists one after the other, keeping only those that
+        # the lists left could still lift over the target.
+        for left in range(len(unread), -1, -1):
+            keep = np.minimum(overlap + left, n) > required
+            if not keep.all():
+                docs, n, overlap, required = docs[keep], n[keep], overlap[keep], required[keep]
+            if not left or not len(docs):
+                break
+            listed = np.frombuffer(unread[len(unread) - left], dtype=np.int32)
+            if not len(listed):
+                continue
+            at = np.minimum(np.searchsorted(listed, docs), len(listed) - 1)
+            overlap += listed[at] == docs
+        if not len(docs):
+            return best_score, best_doc
+        neg_bound = -2 * overlap / (m + n)
+        by_bound = np.lexsort((docs, neg_bound))
+        ranked = zip(
+            neg_bound[by_bound].tolist(),
+            docs[by_bound].tolist(),
+            n[by_bound].tolist(),
+            strict=True,
+        )
+        return self._best_of(query, ranked, floor, best_score, best_doc, first_hit)
 
     def _score(
         self,
@@ -424,6 +526,20 @@ class RougeIndex:
             ranked = self._bound_vector(query, np.asarray(docs), target)
         if not ranked:
             return best_score, best_doc
+        return self._best_of(query, ranked, floor, best_score, best_doc, first_hit)
+
+    def _best_of(
+        self,
+        query: _Query,
+        ranked: Iterable[tuple[float, int, int]],
+        floor: float,
+        best_score: float,
+        best_doc: int | None,
+        first_hit: bool,
+    ) -> tuple[float, int | None]:
+        """Compute the LCS of `ranked` texts, (-bound, text, length) best bound first, until
+        no later one can beat (or tie) the best; returns the best, scoring above `floor`."""
+        m = len(query.ids)
         masks = query.masks()
         full = (1 << m) - 1
         tokens, starts = self._tokens, self._starts
@@ -484,5 +600,41 @@ class RougeIndex:
         )
 
 
-def _size(item: tuple[array, int]) -> int:
-    return len(item[0])
+class TokenIds:
+    """A corpus as token ids, tokenised once: :meth:`feed` each text, then :meth:`finish`.
+
+    Tokens are numbered as :meth:`RougeIndex.learn_token_order` numbers them (by how many texts
+    hold them, commonest lowest; ties by first appearance), so an index fed these ids with
+    :meth:`RougeIndex.add_ids` reads the rarest tokens first.
+    """
+
+    def __init__(self, tokenizer: Tokenizer = rouge_tokenize) -> None:
+        self.tokenizer = tokenizer
+        self._vocab: dict[str, int] = {}
+        self._df = array("q")  # texts holding each token, by first-appearance number
+        self._flat = array("i")
+        self._ends = array("q", (0,))
+
+    def __len__(self) -> int:
+        return len(self._ends) - 1
+
+    def feed(self, text: str) -> None:
+        vocab = self._vocab
+        ids = [vocab.setdefault(t, len(vocab)) for t in self.tokenizer(text)]
+        df = self._df
+        if len(vocab) > len(df):
+            df.frombytes(bytes(8 * (len(vocab) - len(df))))
+        for t in set(ids):
+            df[t] += 1
+        self._flat.extend(ids)
+        self._ends.append(len(self._flat))
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, offsets): text i is ``ids[offsets[i]:offsets[i + 1]]`` (int32, int64)."""
+        df = self._df
+        order = sorted(range(len(df)), key=df.__getitem__, reverse=True)  # stable: ties keep
+        renumber = np.empty(len(df), dtype=np.int32)  # first appearance
+        renumber[order] = np.arange(len(df), dtype=np.int32)
+        flat = np.frombuffer(self._flat, dtype=np.int32)
+        ids = renumber[flat] if len(flat) else np.zeros(0, dtype=np.int32)
+        return ids, np.frombuffer(self._ends, dtype=np.int64).copy()

@@ -68,9 +68,13 @@ MONTH_DAY = re.compile(rf"\b{_MONTH}\s+{_DAY}\b{_YEAR}", re.IGNORECASE)
 DAY_MONTH = re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH}\b{_YEAR}", re.IGNORECASE)
 # "03/21/2026" (month first, as the bundled seeds write it)
 SLASH_DATE = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b")
-YEAR = re.compile(r"\b(1[5-9]\d\d|2[01]\d\d)\b")
+# "2023 年 12 月 28 日", "12月28号"
+CJK_DATE = re.compile(r"(?:(\d{4})\s*年\s*)?(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]")
+# Digits next to Chinese characters count: those are word characters to `\b`.
+YEAR = re.compile(r"(?<![0-9])(1[5-9]\d\d|2[01]\d\d)(?![0-9])")
 
-NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?")
+NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?\d+(?:,\d{3})*(?:\.\d+)?")
+CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 NUMBER_WORDS = {
     "zero": 0,
     "one": 1,
@@ -110,12 +114,18 @@ FACTORS = {
     12: ("month", "year", "dozen", "inch", "feet", "foot"),
     24: ("day", "hour"),
     60: ("hour", "minute", "second"),
-    100: ("%", "percent", "cent"),
+    100: ("%", "percent", "cent", "百分"),
     1000: ("thousand", "kilo", "km", "kg", "gram", "litre", "liter"),
     365: ("year", "annual"),
     3600: ("hour",),
 }
 FREE_NUMBERS = {0.0, 1.0, 2.0}
+# Chinese numerals up to 99 ("四", "十五", "二十五") and days named without a number.
+CJK_DIGITS = {"零": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7,
+              "八": 8, "九": 9}  # fmt: skip
+CJK_NUMERAL = re.compile(r"[零一二两三四五六七八九十]+")
+CJK_HOLIDAYS = {"元旦": (1, 1), "情人节": (2, 14), "国庆节": (10, 1), "万圣节": (10, 31),
+                "平安夜": (12, 24), "圣诞节": (12, 25)}  # fmt: skip
 # Days a request names without a number.
 HOLIDAYS = {
     "christmas eve": (12, 24),
@@ -146,22 +156,30 @@ def source_dates(text: str) -> tuple[set[tuple[int, int, int]], set[tuple[int, i
         full.add((int(y), int(m), int(d)))
     for m, d, y in SLASH_DATE.findall(text):
         full.add((int(y), int(m), int(d)))
+    for year, month, day in CJK_DATE.findall(text):
+        _add_date(full, partial, int(month), day, year)
+    for name, (month, day) in CJK_HOLIDAYS.items():
+        for year in re.findall(rf"(?:(\d{{4}})\s*年\s*的?\s*)?{name}", text):
+            _add_date(full, partial, month, str(day), year)
     for month, day, year in MONTH_DAY.findall(text):
         _add_date(full, partial, MONTHS[month.lower()], day, year)
     for day, month, year in DAY_MONTH.findall(text):
         _add_date(full, partial, MONTHS[month.lower()], day, year)
-    lower = text.lower().replace("’", "'")
-    for name, (month, day) in HOLIDAYS.items():
-        for m in re.finditer(
-            rf"\b{re.escape(name)}\b(?:\s+(?:day\s+)?(?:of\s+)?(\d{{4}}))?", lower
-        ):
+    lower = text.lower().replace("\u2019", "'")
+    # Longest names first, each blanked once read ("new year's eve" is not "new year").
+    for name, (month, day) in sorted(HOLIDAYS.items(), key=lambda h: -len(h[0])):
+        pattern = rf"\b{re.escape(name)}\b(?:\s+(?:day\s+)?(?:of\s+)?(\d{{4}}))?"
+        for m in re.finditer(pattern, lower):
             _add_date(full, partial, month, str(day), m.group(1) or "")
+        lower = re.sub(pattern, " ", lower)
     return full, partial, {int(y) for y in YEAR.findall(text)}
 
 
 def _add_date(
     full: set[tuple[int, int, int]], partial: set[tuple[int, int]], month: int, day: str, year: str
 ) -> None:
+    if not 1 <= month <= 12:
+        return
     if year:
         full.add((int(year), month, int(day)))
     else:
@@ -176,11 +194,35 @@ def source_numbers(text: str) -> set[float]:
             out.add(float(NUMBER_WORDS[w]))
         elif w in MONTHS and len(w) > 3:
             out.add(float(MONTHS[w]))
+    for numeral in CJK_NUMERAL.findall(text):
+        if (value := cjk_number(numeral)) is not None:
+            out.add(float(value))
     return out
 
 
+def cjk_number(numeral: str) -> int | None:
+    """A Chinese numeral up to 99 ("四" 4, "十五" 15, "二十" 20), else None."""
+    if numeral in CJK_DIGITS:
+        return CJK_DIGITS[numeral]
+    tens, ten, ones = numeral.partition("十")
+    if not ten or len(tens) > 1 or len(ones) > 1:
+        return None
+    if (tens and tens not in CJK_DIGITS) or (ones and ones not in CJK_DIGITS):
+        return None
+    return CJK_DIGITS.get(tens, 1) * 10 + CJK_DIGITS.get(ones, 0)
+
+
 def content_stems(text: str) -> set[str]:
-    return {w[:5] for w in WORD.findall(text.lower()) if len(w) >= 4 and w not in STOPWORDS}
+    """The content words of a text, by their first five letters; Chinese text, which has no
+    spaces, by its pairs of adjacent characters."""
+    stems = {
+        w[:5]
+        for w in WORD.findall(CJK_RUN.sub(" ", text.lower()))
+        if len(w) >= 4 and w not in STOPWORDS
+    }
+    for run in CJK_RUN.findall(text):
+        stems |= {run[i : i + 2] for i in range(len(run) - 1)}
+    return stems
 
 
 class Sources:
@@ -191,6 +233,7 @@ class Sources:
         self.full_dates, self.partial_dates, self.years = source_dates(text)
         self.numbers = source_numbers(text)
         self.stems = content_stems(text)
+        self.chinese = CJK_RUN.search(text) is not None
         lower = text.lower()
         self.free = FREE_NUMBERS | {
             float(f) for f, words in FACTORS.items() if any(w in lower for w in words)
@@ -261,7 +304,12 @@ def value_problem(value: Any, sources: Sources) -> str | None:
                 return f"the number {raw} is not in the request"
         # A text of several words shares a content word with the sources, or a number.
         stems = content_stems(rest)
-        if len(WORD.findall(rest)) >= 2 and stems and not stems & sources.stems and not numbers:
+        # (Not across scripts: a Chinese request's English search query shares no word.)
+        across = sources.chinese and not CJK_RUN.search(rest)
+        several = (
+            len(WORD.findall(CJK_RUN.sub(" ", rest))) + len("".join(CJK_RUN.findall(rest))) // 2
+        )
+        if several >= 2 and stems and not stems & sources.stems and not numbers and not across:
             return "no word of it is in the request"
     return None
 

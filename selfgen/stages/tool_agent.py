@@ -273,7 +273,9 @@ _WEEKDAYS_ZH = {
 }
 
 
-def semantic_check(output: str, answer: str, *, language: str = "en") -> str | None:
+def semantic_check(
+    output: str, answer: str, *, request: str | None = None, language: str = "en"
+) -> str | None:
     """Why the final answer does not use the tool's output, or None when it does.
 
     The rule: an answer must repeat a number (or date) of the output when the output has one,
@@ -282,20 +284,64 @@ def semantic_check(output: str, answer: str, *, language: str = "en") -> str | N
     weekday counts in its Chinese name and the answer needs the output's words only as far as
     it has any (names of products and people stay in Latin letters). A model judge can be
     layered on top where a capable backend is configured.
+
+    Given the `request`, an output of several sentences (documents a search returned) must
+    also answer it: a sentence the answer draws on (one holding a number or a content word of
+    the answer) must share a content word with the request. A search returns its best matches
+    even when none is about the request, and an answer quoting a number from an unrelated
+    document otherwise passes. Not checked in Chinese, whose requests share no words with the
+    tools' English outputs.
     """
     if not answer.strip():
         return "empty_answer"
     numbers = _numbers(output)
     if numbers:
-        return None if numbers & _numbers(answer) else "answer_ignores_tool_numbers"
-    out_words = {w for w in _WORD.findall(output.lower()) if len(w) > 3}
-    ans_words = {w for w in _WORD.findall(answer.lower()) if len(w) > 3}
-    if language == "zh":
-        for day, names in _WEEKDAYS_ZH.items():
-            if day in out_words and any(n in answer for n in names):
-                ans_words.add(day)
-    wanted = max(1, min(2, len(out_words)))
-    return None if len(out_words & ans_words) >= wanted else "answer_ignores_tool_output"
+        if not numbers & _numbers(answer):
+            return "answer_ignores_tool_numbers"
+    else:
+        out_words = {w for w in _WORD.findall(output.lower()) if len(w) > 3}
+        ans_words = {w for w in _WORD.findall(answer.lower()) if len(w) > 3}
+        if language == "zh":
+            for day, names in _WEEKDAYS_ZH.items():
+                if day in out_words and any(n in answer for n in names):
+                    ans_words.add(day)
+        wanted = max(1, min(2, len(out_words)))
+        if len(out_words & ans_words) < wanted:
+            return "answer_ignores_tool_output"
+    if request is None or language == "zh":
+        return None
+    return _unrelated_source(output, answer, request)
+
+
+# Words too common in requests to tie a request to a document.
+_REQUEST_STOP = frozenset(
+    "what which when where does that this with from have many much there their about into"
+    " them they your will would could should tell give know like make most more some than"
+    " then were been being just only also very".split()
+)
+# Where a sentence of prose ends (a table's rows are not sentences: a value ends a line).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _content_words(text: str) -> set[str]:
+    """Words of more than three letters, not among the commonest, a plural `s` dropped."""
+    out = set()
+    for w in _WORD.findall(text.lower()):
+        if len(w) > 3 and not w.isdigit() and w not in _REQUEST_STOP:
+            out.add(w[:-1] if w.endswith("s") and len(w) > 4 else w)
+    return out
+
+
+def _unrelated_source(output: str, answer: str, request: str) -> str | None:
+    sentences = [x for x in _SENTENCE_END.split(output) if x.strip()]
+    asked = _content_words(request)
+    if len(sentences) < 2 or not asked:
+        return None
+    numbers, words = _numbers(answer), _content_words(answer)
+    used = [x for x in sentences if _numbers(x) & numbers or _content_words(x) & words]
+    if any(_content_words(x) & asked for x in used):
+        return None
+    return "answer_from_an_unrelated_result"
 
 
 def _repeated_call(trace: Trace, calls: list[ToolCall]) -> str | None:
@@ -350,15 +396,19 @@ def answer_problem(trace: Trace, language: str = "en") -> str | None:
     for n, (_, _, earlier) in enumerate(trace.earlier_turns(), start=1):
         if earlier is not None and _normal(earlier) == _normal(answer):
             return f"repeats_the_answer_of_turn_{n}"
+    # The turn's request, with the conversation's first for a follow-up ("What are they?").
+    request = (
+        trace.turn_request if not trace.followups else f"{trace.request}\n{trace.turn_request}"
+    )
     if not trace.turn_calls:
         outputs = "\n".join(c.output or "" for _, calls, _ in trace.earlier_turns() for c in calls)
-        problem = semantic_check(outputs, answer, language=language)
+        problem = semantic_check(outputs, answer, request=request, language=language)
         return f"{problem} (answered without a call)" if problem else None
     last = call_turns(trace.turn_calls)[-1]
     if len(last) == 1:
-        return semantic_check(last[0].output or "", answer, language=language)
+        return semantic_check(last[0].output or "", answer, request=request, language=language)
     for n, call in enumerate(last, start=1):
-        problem = semantic_check(call.output or "", answer, language=language)
+        problem = semantic_check(call.output or "", answer, request=request, language=language)
         if problem:
             return f"{problem} (result {n})"
     return None
@@ -507,6 +557,12 @@ class ToolAgent:
             calls = [call] if call is not None else []
         if comp.finish_reason == "error":
             problem, calls = f"call_not_generated: {comp.extra.get('error', '')}"[:200], []
+        return self.run_calls(trace, calls, problem)
+
+    def run_calls(self, trace: Trace, calls: list[ToolCall], problem: str | None) -> bool:
+        """Validate one turn's calls (or record why they could not be parsed), check the
+        first call against the request's target tool, execute them in the sandbox and record
+        the results; False when the trace failed."""
         for n, call in enumerate(calls, start=1):
             if invalid := validate_arguments(self.specs[call.name], call.arguments):
                 where = f"call {n}: " if len(calls) > 1 else ""
@@ -517,7 +573,7 @@ class ToolAgent:
         if not trace.check_turn(Stage.FORMAT, problem):
             return False
         if trace.target is not None and not trace.calls:
-            [call] = calls  # a targeted trace makes one call a turn
+            call = calls[0]  # a targeted trace's first call is checked
             if call.name != trace.target:
                 # Kept in the trace (not run), so that stats count it under the tool it named.
                 trace.calls.append(ToolCall(call.name, call.arguments, None, "not run"))

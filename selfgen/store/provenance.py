@@ -26,6 +26,10 @@ def text_key(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
+# The generation calls behind a row, by stage: a task's, then a trace's.
+SAMPLING_STAGES = ("instructions", "classify", "instances", "tool_requests", "tool_agent")
+
+
 @dataclass(frozen=True)
 class ItemOrigin:
     """One kept task (a candidate) or trace, as the run made it. `sampling` holds the sampling
