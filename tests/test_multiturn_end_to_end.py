@@ -1,7 +1,7 @@
 """A real run of multi-turn traces on the embedded default: the model writes the follow-ups,
 each is filtered and run turn by turn, and the conversations are stored and exported.
 
-Three rounds: the bundled model rarely gets a whole conversation through (see the README's
+Five rounds: the bundled model rarely gets a whole conversation through (see the README's
 figures), but within them conversations pass their first turn, get follow-ups, and have those
 filtered and checked."""
 
@@ -17,7 +17,7 @@ from test_trace_kinds import _validate_and_render
 
 pytestmark = pytest.mark.slow
 
-MAX_ROUNDS = 3
+MAX_ROUNDS = 5
 
 
 @pytest.fixture(scope="module")
