@@ -370,7 +370,8 @@ class RunConfig:
         """The tool seed file of each kind of trace (by language where not given)."""
         suffix = "_zh" if self.language == "zh" else ""
         out = {}
-        if "single" in self.trace_kind_list():
+        # A multi-turn trace's first turn is made as a single trace is, from its seeds.
+        if {"single", "multiturn"} & set(self.trace_kind_list()):
             out["single"] = self.tool_seeds or f"seeds/tool_seed_tasks{suffix}.jsonl"
         if "parallel" in self.trace_kind_list():
             out["parallel"] = (

@@ -35,7 +35,7 @@ from selfgen.stages.followups import FOLLOWUP_TRIES, MAX_USER_TURNS, FollowUpSta
 from selfgen.stages.instances import InstanceStage
 from selfgen.stages.instructions import InstructionStage
 from selfgen.stages.native_agent import NativeToolAgent
-from selfgen.stages.tool_agent import ToolAgent, interleave_kinds, seeds_of_kind
+from selfgen.stages.tool_agent import ToolAgent, first_turn_kind, interleave_kinds, seeds_of_kind
 from selfgen.stages.tool_requests import ToolRequestStage
 from selfgen.store import GenerationRecord, RoundRecord, RunStore, RunTotals
 
@@ -120,9 +120,12 @@ class Loop:
             # The seeds' requests (and a multi-turn seed's follow-ups), then the run's.
             pool = [t.request for s in tool_seeds for t in s.turns()] + store.trace_pool()
             novelty = NoveltyFilter(rules, tokenizer, config.rouge_threshold, pool)
-            # One request stage per kind of trace, sharing one novelty pool.
+            # One request stage per kind of trace, sharing one novelty pool (a multi-turn trace's
+            # first request is written from the single traces' seeds).
             self.tool_requests = [
-                ToolRequestStage(config, specs, seeds_of_kind(tool_seeds, kind), novelty, kind)
+                ToolRequestStage(
+                    config, specs, seeds_of_kind(tool_seeds, first_turn_kind(kind)), novelty, kind
+                )
                 for kind in config.trace_kind_list()
             ]
             agent = NativeToolAgent if config.tool_protocol == "native" else ToolAgent

@@ -135,12 +135,44 @@ def test_followups_in_a_seed_parse_with_errors_naming_the_turn():
 
 def test_multiturn_seeds_are_their_own_kind():
     cfg = build_config({}, {"tools": "tools", "num_traces": 1, "trace_kinds": "multiturn"})
-    assert cfg.tool_seed_files() == {"multiturn": "seeds/tool_seed_tasks_multiturn.jsonl"}
+    # The first turn is made as a single trace's: from the single seeds.
+    assert cfg.tool_seed_files() == {
+        "single": "seeds/tool_seed_tasks.jsonl",
+        "multiturn": "seeds/tool_seed_tasks_multiturn.jsonl",
+    }
     seeds = load_tool_seeds(MULTITURN_SEEDS) + load_tool_seeds(ROOT / "seeds/tool_seed_tasks.jsonl")
     assert {s.kind for s in seeds_of_kind(seeds, "multiturn")} == {"multiturn"}
     assert not [s for s in seeds_of_kind(seeds, "single") if s.followups]
     with pytest.raises(ConfigError, match="multiturn has no Chinese prompts yet"):
         build_config({}, {"language": "zh", "trace_kinds": "single,multiturn"})
+
+
+def test_a_multiturn_trace_starts_as_a_targeted_single_request(specs):
+    import random
+
+    from selfgen.stages.tool_requests import ToolRequestStage
+
+    cfg = build_config(
+        {},
+        {
+            "tools": "tools",
+            "num_traces": 1,
+            "trace_kinds": "multiturn",
+            "trace_prompts_per_round": 7,
+        },
+    )
+    novelty = NoveltyFilter(
+        RuleFilter(cfg.rule_config()), TOKENIZERS[cfg.tokenizer_name()], cfg.rouge_threshold, []
+    )
+    single = seeds_of_kind(load_tool_seeds(ROOT / "seeds/tool_seed_tasks.jsonl"), "single")
+    stage = ToolRequestStage(cfg, specs, single, novelty, "multiturn")
+    prompts = stage.prompts(random.Random(0), [])
+    # One list for each tool, as for single traces; the trace is made for the list's tool.
+    assert sorted(p.target for p in prompts) == sorted(specs)
+    assert all(p.text.startswith("An assistant can call this tool:") for p in prompts)
+    trace = stage.make("Multiply 48 by 12.", 0, prompts[0])
+    assert (trace.kind, trace.target) == ("multiturn", prompts[0].target)
+    assert stage.name == "tool_requests_multiturn"
 
 
 def test_parse_followup():
@@ -234,11 +266,6 @@ def test_the_conversation_prompt_shows_the_earlier_turns_in_full(specs):
         "Result: 298.15 K\n"
         "Answer: That is 298.15 Kelvin.\n"
         "Request: Which is the bigger number?\n"
-    )
-    # In the first turn, the prompt ends as a single trace's does.
-    first = Trace(request="What is 9 C in F?", generation_index=0, kind="multiturn")
-    assert render_conversation_prompt("en", one, [seed], first).endswith(
-        demo + "Request: What is 9 C in F?\nCall:"
     )
 
 
@@ -542,13 +569,20 @@ def test_a_run_of_single_and_multiturn_traces(tmp_path, scripted):
     # A follow-up turn's first step is a choice between a call and the answer; the follow-up
     # itself is sampled like a request list.
     requests = made[0].requests
-    # Each kind sees its own worked examples.
+    # A first turn (of a single or a multi-turn trace) is shown single traces' examples; a
+    # follow-up turn, the worked conversations and the conversation so far.
     for r in requests:
-        if f"Request: {SINGLE[0][0]}" in r.prompt:
-            assert "follow up on the conversation" not in r.prompt
-            assert "And in Kelvin?" not in r.prompt
-        elif r.prompt.startswith("Answer each request."):
-            assert "follow up on the conversation" in r.prompt
+        if not r.prompt.startswith("Answer each request."):
+            continue
+        turns, i = TURNS[r.prompt.rsplit("Request: ", 1)[1].split("\n", 1)[0]]
+        follow_up_prompt = "follow up on the conversation" in r.prompt
+        assert follow_up_prompt == (i > 0)
+        shows_followups = any(
+            f"Request: {t.request}\n" in r.prompt for seed in seeds for t in seed.followups
+        )
+        assert shows_followups == (i > 0)
+        if i > 0:
+            assert f"Request: {turns[0][0]}\nCall: " in r.prompt
     followup_requests = [r for r in requests if r.prompt.startswith("A user talks")]
     assert followup_requests and all(r.params.stop == ("\n",) for r in followup_requests)
     assert any(

@@ -162,10 +162,10 @@ def render_conversation_prompt(
     demos: list[ToolSeed],
     trace: Trace,
 ) -> str:
-    """The prompt for the next step of a multi-turn trace: the earlier turns in full, then the
-    current request and its calls so far. In the first turn it ends as `render_agent_prompt`'s
-    does ("Call:", or "Result: ..." after each call); in a follow-up turn it ends with the
-    request's line or a result's, and the model writes "Call:" or "Answer:"."""
+    """The prompt for the next step of a multi-turn trace in a follow-up turn (the first turn's
+    is a single trace's, `render_agent_prompt`): the worked conversations, the earlier turns in
+    full, then the follow-up and its calls so far. It ends with the follow-up's line or a
+    result's, and the model writes "Call:" or "Answer:"."""
     text = load_prompt(language, "tool_agent_multiturn").format(
         tools=tool_list(specs), demos="".join(_demo(d) for d in demos)
     )
@@ -176,19 +176,21 @@ def render_conversation_prompt(
             text += "Call: " + shown + "\n" + "\n".join(results) + "\n"
         text += f"Answer: {_one_line(answer or '')}\n"
     text += f"Request: {trace.turn_request}\n"
-    first_turn = not trace.followups
-    if first_turn:
-        text += "Call:"
-    for i, group in enumerate(call_turns(trace.turn_calls)):
+    for group in call_turns(trace.turn_calls):
         shown, results = _turn_lines(group)
-        opening = " " if first_turn and i == 0 else "Call: "
-        text += opening + shown + "\n" + "\n".join(results) + "\n"
+        text += "Call: " + shown + "\n" + "\n".join(results) + "\n"
     return text
 
 
 def pick_demos(rng: random.Random, seeds: list[ToolSeed], count: int) -> list[ToolSeed]:
     with_calls = [s for s in seeds if s.calls]
     return rng.sample(with_calls, min(count, len(with_calls)))
+
+
+def first_turn_kind(kind: str) -> str:
+    """The kind whose request lists, worked examples and prompts make a trace's first turn: a
+    multi-turn trace starts as a single one."""
+    return "single" if kind == "multiturn" else kind
 
 
 def seeds_of_kind(seeds: list[ToolSeed], kind: str) -> list[ToolSeed]:
@@ -431,10 +433,14 @@ class ToolAgent:
         self.parallel_schema = parallel_schema(specs)
 
     def round_demos(self, rng: random.Random) -> dict[str, list[ToolSeed]]:
-        """The worked examples shown in every agent prompt of a round, by kind of trace."""
+        """The worked examples shown in every agent prompt of a round, by kind of trace (and
+        those of single traces where multi-turn ones need them for their first turn)."""
+        kinds = self.config.trace_kind_list()
+        if "multiturn" in kinds and "single" not in kinds:
+            kinds = ["single", *kinds]
         return {
             kind: pick_demos(rng, seeds_of_kind(self.tool_seeds, kind), self.config.trace_demos)
-            for kind in self.config.trace_kind_list()
+            for kind in kinds
         }
 
     def run(
@@ -637,13 +643,17 @@ class ToolAgent:
         params: SamplingParams,
         constraint: Constraint | None = None,
     ) -> GenerationRequest:
-        if trace.kind == "multiturn":
+        if trace.followups:
             prompt = render_conversation_prompt(
                 self.config.language, self.specs, demos[trace.kind], trace
             )
         else:
             prompt = render_agent_prompt(
-                self.config.language, self.specs, demos[trace.kind], trace.request, trace.calls
+                self.config.language,
+                self.specs,
+                demos[first_turn_kind(trace.kind)],
+                trace.request,
+                trace.calls,
             )
         # The prompt ends with "Call:" before the first call of a trace and with "Result: ...\n"
         # after each call or "Request: ...\n" in a follow-up turn; `closing` is what the model

@@ -48,8 +48,8 @@ def render_request_prompt(
 
 
 class ToolRequestStage(NumberedListStage[Trace]):
-    """New tool-use requests of one kind (single or parallel calls) from lists of seed and
-    verified requests of that kind."""
+    """New tool-use requests of one kind (single, parallel or multiturn) from lists of seed
+    and verified requests of that kind (a multi-turn trace's seeds are the single ones)."""
 
     def __init__(
         self,
@@ -72,10 +72,11 @@ class ToolRequestStage(NumberedListStage[Trace]):
                 self.seeds_by_tool.setdefault(s.calls[0].name, []).append(s.request)
 
     def prompts(self, rng: random.Random, pool: list[Verified]) -> list[ListPrompt]:
-        """The round's lists. Targeted (single-call requests only), they take the tools in turn
-        from a random one, so that over the rounds every tool gets as many lists."""
+        """The round's lists. Targeted (requests of single and multi-turn traces, whose first
+        turn makes one call at a time), they take the tools in turn from a random one, so that
+        over the rounds every tool gets as many lists."""
         c = self.config
-        if c.target_tools == "off" or self.kind != "single" or not self.seeds_by_tool:
+        if c.target_tools == "off" or self.kind == "parallel" or not self.seeds_by_tool:
             return super().prompts(rng, [request for request, _ in pool])
         tools = sorted(self.seeds_by_tool)
         start = rng.randrange(len(tools))

@@ -189,14 +189,15 @@ def trace_kind_pass_rates(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """For each kind of trace (single, parallel, multiturn), the traces that reached a tool,
     how many passed each check, how many were kept (`verified`), and the share that passed
     them all. A multi-turn trace passes a check when each of its turns got through it (see
-    `Trace.check_turn`), and `followup` counts those whose follow-ups all passed the rule and
-    novelty filters (None for the other kinds)."""
+    `Trace.check_turn`), and `followup` counts those that got follow-ups and whose follow-ups
+    all passed the rule and novelty filters (None for the other kinds)."""
     ok = [f"COALESCE({_ok(check)}, 0)" for check in TRACE_CHECKS]
-    followup = f"COALESCE(json_extract(checks, '$.{Stage.FOLLOWUP}.ok'), 1)"
+    followup = f"json_extract(checks, '$.{Stage.FOLLOWUP}.ok')"
     passed = "".join(f", SUM({x})" for x in ok)
-    every = " AND ".join([*ok, followup])
+    every = " AND ".join([*ok, f"COALESCE({followup}, 1)"])
     rows = db.execute(
-        f"SELECT kind, COUNT(*){passed}, SUM({followup}), SUM({every}), SUM({sql.KEPT})"
+        f"SELECT kind, COUNT(*){passed}, SUM(COALESCE({followup}, 0)), SUM({every}),"
+        f" SUM({sql.KEPT})"
         f" FROM traces WHERE {sql.PASSED_NOVELTY} GROUP BY kind ORDER BY kind"
     )
     return [
