@@ -71,6 +71,25 @@ def problem(specs, request, *calls):
             {"value": 120, "from_unit": "l", "to_unit": "l"},
             "convert_units: from_unit and to_unit are the same ('l')",
         ),
+        # The direction the request gives a number: before is back in time, after forward.
+        (
+            "What's the date 90 days before February 1, 2023?",
+            "add_days",
+            {"start": "2023-02-01", "days": 90},
+            "add_days.days: the number 90 has the wrong sign (the request goes back in time)",
+        ),
+        (
+            "What was the date two weeks ago, if today is 2026-03-02?",
+            "add_days",
+            {"start": "2026-03-02", "days": 14},
+            "add_days.days: the number 14 has the wrong sign (the request goes back in time)",
+        ),
+        (
+            "My visa starts on 2026-06-01. What's the date 3 business days after that?",
+            "add_days",
+            {"start": "2026-06-01", "days": -3},
+            "add_days.days: the number -3 has the wrong sign (the request goes forward in time)",
+        ),
         (
             "What is the highest price you can charge a product with your business?",
             "sql_query",
@@ -110,6 +129,13 @@ def test_made_up_arguments_are_rejected_with_the_argument_and_value(
          {"query": "SELECT COUNT(*) FROM orders WHERE strftime('%m', day) = '10'"}),
         ("Convert 5 km to miles.", "convert_units",
          {"value": 5, "from_unit": "km", "to_unit": "mi"}),
+        # A direction only counts with a unit of time; a number given both ways is not checked.
+        ("Convert -40 degrees from Celsius to Fahrenheit.", "convert_units",
+         {"value": -40, "from_unit": "C", "to_unit": "F"}),
+        ("A week from now, on 2026-05-04, what day will it be?", "add_days",
+         {"start": "2026-05-04", "days": 7}),
+        ("Which is a weekday: 5 days before or 5 days after 2026-01-01?", "add_days",
+         {"start": "2026-01-01", "days": 5}),
         # Chinese: dates with 年月日, digits next to characters, an English query.
         ("2023 年 12 月 28 日之后 30 天是哪一天？", "add_days", {"start": "2023-12-28", "days": 30}),
         ("2026年7月4日是星期几？", "weekday", {"day": "2026-07-04"}),

@@ -20,7 +20,10 @@ turns before the call):
 - a text argument of several words shares at least one content word with the sources (the
   first five letters of a word of four or more, so "products" meets "product");
 - two arguments with the same schema do not have the same value (a conversion from litres to
-  litres, the days between a date and itself).
+  litres, the days between a date and itself);
+- a number argument that may be negative has the sign the request gives its number: "90 days
+  before" is -90 and "3 weeks after" is +21 (the request's direction words: before, ago,
+  earlier, after, later, from...).
 
 Arguments with a default or a closed set of values (an enum, a small integer range) are
 settings, not content, and are not checked. The check is a heuristic: it rejects some honest
@@ -186,6 +189,27 @@ def _add_date(
         partial.add((month, int(day)))
 
 
+# "90 days before", "two weeks ago", "a month from now", "3 business days after": a number, a
+# unit of time, a direction.
+DIRECTED = re.compile(
+    r"\b(\d[\d,]*(?:\.\d+)?|"
+    + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True))
+    + r"|an?)\s+(?:[a-z]+\s+)?(?:day|week|fortnight|month|year|hour|minute|second)s?\s+"
+    r"(before|ago|earlier|prior|back|after|later|from|hence)\b"
+)
+BACKWARD = frozenset(("before", "ago", "earlier", "prior", "back"))
+
+
+def directed_numbers(text: str) -> dict[float, int]:
+    """The numbers a text gives a direction in time, with their sign: {90.0: -1} for "90 days
+    before", {3.0: 1} for "3 weeks after"; a number given both directions is left out."""
+    signs: dict[float, set[int]] = {}
+    for raw, word in DIRECTED.findall(text.lower()):
+        value = float(raw.replace(",", "")) if raw[0].isdigit() else NUMBER_WORDS.get(raw, 1)
+        signs.setdefault(value, set()).add(-1 if word in BACKWARD else 1)
+    return {float(value): next(iter(s)) for value, s in signs.items() if len(s) == 1}
+
+
 def source_numbers(text: str) -> set[float]:
     """The numbers a text writes, in digits or as words (a month's name gives its number)."""
     out = {float(n.replace(",", "")) for n in NUMBER.findall(text)}
@@ -232,6 +256,7 @@ class Sources:
         self.text = text
         self.full_dates, self.partial_dates, self.years = source_dates(text)
         self.numbers = source_numbers(text)
+        self.directed = directed_numbers(text)
         self.stems = content_stems(text)
         self.chinese = CJK_RUN.search(text) is not None
         lower = text.lower()
@@ -258,6 +283,15 @@ class Sources:
                 if _close(value, n * f) or _close(value, n / f):
                     return True
         return False
+
+    def sign_of(self, value: float) -> int | None:
+        """The sign the sources give a number (itself, or times or divided by a unit
+        factor: "3 weeks before" gives -21 days), or None where they give none."""
+        value = abs(value)
+        for n, sign in self.directed.items():
+            if _close(value, n) or any(_close(value, n * f) for f in FACTORS):
+                return sign
+        return None
 
 
 def _close(a: float, b: float) -> bool:
@@ -314,6 +348,20 @@ def value_problem(value: Any, sources: Sources) -> str | None:
     return None
 
 
+def sign_problem(value: Any, schema: dict[str, Any], sources: Sources) -> str | None:
+    """Why a signed number argument goes the wrong way ("90 days before" as +90), or None.
+    Only for arguments that may be negative: elsewhere the direction is the tool's own."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value == 0:
+        return None
+    if schema.get("type") not in ("integer", "number") or schema.get("minimum", -1) >= 0:
+        return None
+    sign = sources.sign_of(float(value))
+    if sign is None or (value > 0) == (sign > 0):
+        return None
+    way = "back" if sign < 0 else "forward"
+    return f"the number {value} has the wrong sign (the request goes {way} in time)"
+
+
 def call_problem(call: ToolCall, spec: ToolSpec, sources: Sources) -> str | None:
     """Why one call's arguments are not grounded in the sources, or None."""
     properties = spec.parameters.get("properties", {})
@@ -322,6 +370,8 @@ def call_problem(call: ToolCall, spec: ToolSpec, sources: Sources) -> str | None
         if _is_setting(schema):
             continue
         if problem := value_problem(value, sources):
+            return f"{call.name}.{name}: {problem}"
+        if problem := sign_problem(value, schema, sources):
             return f"{call.name}.{name}: {problem}"
     seen: dict[str, str] = {}
     for name, value in call.arguments.items():
