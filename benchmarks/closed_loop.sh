@@ -13,11 +13,13 @@
 #
 # A step whose output is already in OUT is not run again (a run is resumed), so the script can
 # be stopped and started again. Set EVAL_LIMIT to score only the first tasks of the 252,
-# THREADS for the model's CPU threads (default 2), EPOCHS for the tools mode's tune (default 3).
+# THREADS for the model's CPU threads (default 2), EPOCHS for the tools mode's tune (default 3),
+# EVAL_BATCH for the prompts each eval generates together (default eval's; more on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?give the mode: tools or tasks}
 threads=${THREADS:-2}  # CPU threads for the model in every step
+batch=(); [ -n "${EVAL_BATCH:-}" ] && batch=(--batch-size "$EVAL_BATCH")
 declare -A took
 step() {  # step NAME DONE-FILE COMMAND...: run COMMAND unless DONE-FILE exists; time it
     local name=$1 done=$2; shift 2
@@ -67,11 +69,11 @@ if [ "$mode" = tools ]; then
     # Base and tuned are evaluated apart (the same code as `eval --compare`), so that a stopped
     # script resumes after the slow base half, and one base result serves several runs.
     step eval_base "$out/eval_base.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
-        --threads "$threads" --json "$out/eval_base.json" -q
+        --threads "$threads" "${batch[@]}" --json "$out/eval_base.json" -q
     step eval_tuned "$out/eval_tuned.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
-        --adapter "$out/adapter" --threads "$threads" --json "$out/eval_tuned.json" -q
+        --adapter "$out/adapter" --threads "$threads" "${batch[@]}" --json "$out/eval_tuned.json" -q
     step eval_seeds "$out/eval_seeds.json" selfgen eval --tool-tasks seeds/tool_eval_tasks.jsonl \
-        --adapter "$out/adapter_seeds" --threads "$threads" --json "$out/eval_seeds.json" -q
+        --adapter "$out/adapter_seeds" --threads "$threads" "${batch[@]}" --json "$out/eval_seeds.json" -q
     times run export export_seeds tune_train tune_seeds eval_base eval_tuned eval_seeds
     python3 - "$out/eval_base.json" "$out/eval_tuned.json" "$out/eval_seeds.json" <<'PY'
 import json, sys
