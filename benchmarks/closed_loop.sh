@@ -14,7 +14,8 @@
 # A step whose output is already in OUT is not run again (a run is resumed), so the script can
 # be stopped and started again. Set EVAL_LIMIT to score only the first tasks of the 252,
 # THREADS for the model's CPU threads (default 2), EPOCHS for the tools mode's tune (default 3),
-# EVAL_BATCH for the prompts each eval generates together (default eval's; more on a GPU).
+# EVAL_BATCH for the prompts each eval generates together (default eval's; more on a GPU),
+# TUNE_SEED for the tools mode's tune seed (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?give the mode: tools or tasks}
@@ -64,7 +65,7 @@ if [ "$mode" = tools ]; then
         adapter=$out/adapter; [ $data = seeds ] && adapter=$out/adapter_seeds
         step "tune_$data" "$adapter/adapter_model.safetensors" selfgen tune "$out/$data.jsonl" \
             --out "$adapter" --epochs "$epochs" --learning-rate 1e-3 --batch-size 1 \
-            --grad-accum 2 --threads "$threads" --seed 1 --quiet
+            --grad-accum 2 --threads "$threads" --seed "${TUNE_SEED:-1}" --quiet
     done
     # Base and tuned are evaluated apart (the same code as `eval --compare`), so that a stopped
     # script resumes after the slow base half, and one base result serves several runs.
