@@ -55,11 +55,11 @@ if [ "$mode" = tools ]; then
     resume=(); [ -e "$out/run/selfgen.db" ] && resume=(--resume)
     step run "$out/train.jsonl" selfgen run --seeds seeds/seed_tasks.jsonl --tools tools/ \
         --num-traces "$n" -n 1 --seed 1 --threads "$threads" --out "$out/run" -q "${resume[@]}"
-    # The tool seeds and the verified traces (the one kept task is left out, so the adapter
-    # learns tool use alone); and the seeds alone, for the ablation that asks whether the
+    # The tool seeds and the verified traces that pass today's checks (the one kept task is left
+    # out, so the adapter learns tool use alone); and the seeds alone, for the ablation that asks whether the
     # generated traces teach anything the human examples do not.
     step export "$out/train.jsonl" selfgen export "$out/run" --format openai --only traces \
-        --include-seeds --out "$out/train.jsonl"
+        --include-seeds --recheck --out "$out/train.jsonl"
     step export_seeds "$out/seeds.jsonl" seeds_only "$out/run" "$out/seeds.jsonl"
     for data in train seeds; do
         adapter=$out/adapter; [ $data = seeds ] && adapter=$out/adapter_seeds

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import sys
 import typing
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from inspect import Parameter, Signature, signature
 from pathlib import Path
@@ -757,6 +758,14 @@ def export(
     license: Annotated[
         str, typer.Option(help="The license on the dataset card of --format hf (a Hub id).")
     ] = "unknown",
+    recheck: Annotated[
+        bool,
+        typer.Option(
+            "--recheck",
+            help="Judge verified traces again by this version's grounding and semantic checks;"
+            " leave out those that fail (marked, with --include-failed).",
+        ),
+    ] = False,
 ) -> None:
     """Write kept tasks as JSONL for fine-tuning (one row per instance), or a Hugging Face
     dataset folder (--format hf).
@@ -786,6 +795,7 @@ def export(
         selection=selection,
         only=only,
         with_metadata=with_metadata,
+        recheck=Counter() if recheck else None,
     )
     try:
         if format == "hf":
@@ -804,6 +814,13 @@ def export(
         fail(f"--out: cannot write {out} ({exc})", RUN_ERROR)
     finally:
         store.close()
+    if options["recheck"]:
+        failed = ", ".join(f"{stage} {n}" for stage, n in sorted(options["recheck"].items()))
+        verb = "marked" if include_failed else "left out"
+        typer.echo(
+            f"--recheck: {options['recheck'].total()} verified traces fail today's checks,"
+            f" {verb} ({failed})"
+        )
     for path, count in counts.items():
         typer.echo(f"wrote {count} rows to {path}")
 

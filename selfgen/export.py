@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -118,16 +119,23 @@ def trace_rows(
     allowed: set[int] | None = None,
     meta: Provenance | None = None,
     include_seeds: bool = False,
+    recheck: Counter[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Tool-use traces as chat rows with their tools. Alpaca has no place for tool calls, so
     traces are not exported in that format. Only verified traces, unless `include_failed`:
     those rows carry `"selfgen": {"verified": false, "stage", "reason"}`. Traces rejected by
     hand never; with `only_curated`, only those accepted by hand. With `include_seeds`, the
     run's tool seeds come first, with the outputs their calls gave when the run started (a
-    seed that needs no tool is a row that answers with the tools offered and none called)."""
+    seed that needs no tool is a row that answers with the tools offered and none called).
+
+    With `recheck` (a counter), each verified trace is judged again by today's grounding and
+    semantic checks (:func:`recheck_problem`): one that fails them is left out (marked as
+    failed, with `include_failed`) and counted under its stage in `recheck`."""
     if fmt == "alpaca":
         return
-    specs = [spec.openai() for spec in store.tool_specs().values()]
+    tool_specs = store.tool_specs()
+    specs = [spec.openai() for spec in tool_specs.values()]
+    config = store.config()
 
     def chat_row(messages: list[dict[str, Any]]) -> dict[str, Any]:
         if fmt == "openai":
@@ -148,8 +156,23 @@ def trace_rows(
         if allowed is not None and trace.id not in allowed:
             continue
         row = chat_row(trace.messages)
-        if trace.fate != Fate.KEPT:
-            row["selfgen"] = {"verified": False, "stage": trace.stage, "reason": trace.reason}
+        fate, stage, reason = trace.fate, trace.stage, trace.reason
+        if recheck is not None and fate == Fate.KEPT:
+            from selfgen.stages.tool_agent import recheck_problem
+
+            problem = recheck_problem(
+                Trace.from_messages(trace.messages),
+                tool_specs,
+                language=config.get("language", "en"),
+                ground=config.get("ground_calls", True),
+            )
+            if problem is not None:
+                recheck[str(problem[0])] += 1
+                if not include_failed:
+                    continue
+                fate, stage, reason = Fate.REJECTED, str(problem[0]), f"recheck: {problem[1]}"
+        if fate != Fate.KEPT:
+            row["selfgen"] = {"verified": False, "stage": stage, "reason": reason}
         if meta is not None:
             row["metadata"] = meta.trace(trace.id, trace.messages)
         yield row
@@ -206,12 +229,14 @@ def export_run(
     selection: Selection | None = None,
     only: str | None = None,
     with_metadata: bool = False,
+    recheck: Counter[str] | None = None,
 ) -> dict[str, int]:
     """Write the export; with `split`, a validation file beside `out`. Returns row counts.
     Verified tool traces follow the tasks (in the training file when splitting). Items rejected
     by hand in `selfgen inspect` are left out; `only_curated` keeps only those accepted by hand;
     a `selection` keeps the machine-made instances and traces whose scores it allows; `only`
-    ("tasks" or "traces") writes one kind alone; `with_metadata` adds each row's provenance.
+    ("tasks" or "traces") writes one kind alone; `with_metadata` adds each row's provenance;
+    `recheck` judges verified traces again by today's checks (see :func:`trace_rows`).
     A `sharegpt` export also writes LLaMA-Factory's `dataset_info.json` beside `out`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
@@ -230,6 +255,7 @@ def export_run(
         selection=selection,
         only=only,
         with_metadata=with_metadata,
+        recheck=recheck,
     )
     counts = {str(out): write_jsonl_atomic(out, train)}
     files = [out]
@@ -254,6 +280,7 @@ def export_rows(
     selection: Selection | None = None,
     only: str | None = None,
     with_metadata: bool = False,
+    recheck: Counter[str] | None = None,
 ) -> tuple[Iterator[dict[str, Any]], Iterator[dict[str, Any]] | None]:
     """The rows of an export (see :func:`export_run`): the training rows, and with `split` the
     validation rows (else None)."""
@@ -274,6 +301,7 @@ def export_rows(
         allowed=allowed_traces,
         meta=meta,
         include_seeds=include_seeds,
+        recheck=recheck,
     )
     if only == "tasks":
         traces = iter(())

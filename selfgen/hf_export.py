@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ def export_hf(
     selection: Selection | None = None,
     only: str | None = None,
     with_metadata: bool = False,
+    recheck: Counter[str] | None = None,
 ) -> dict[str, int]:
     """Write the dataset folder `out` (see the module's docstring); returns rows per split.
     `split` is the fraction of tasks for validation (DEFAULT_SPLIT when None). An existing
@@ -105,6 +107,7 @@ def export_hf(
         selection=selection,
         only=only,
         with_metadata=with_metadata,
+        recheck=recheck,
     )
     assert valid_rows is not None
     train = [_table_row(r) for r in train_rows]

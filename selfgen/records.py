@@ -275,6 +275,42 @@ class Trace(Record):
             ],
         )
 
+    @classmethod
+    def from_messages(cls, messages: list[dict[str, Any]], kind: str = "single") -> Trace:
+        """A stored trace back from its chat messages (the inverse of :meth:`messages`): each
+        user message starts a turn; a call's output is its tool message's content."""
+        outputs = {m["tool_call_id"]: m.get("content") for m in messages if m["role"] == "tool"}
+        turns: list[tuple[str, list[ToolCall], str | None]] = []
+        for m in messages:
+            if m["role"] == "user":
+                turns.append((m["content"], [], None))
+            elif m["role"] == "assistant" and turns and m.get("tool_calls"):
+                for k, call in enumerate(m["tool_calls"]):
+                    fn = call["function"]
+                    turns[-1][1].append(
+                        ToolCall(
+                            fn["name"],
+                            json.loads(fn["arguments"]),
+                            outputs.get(call["id"]),
+                            parallel=k > 0,
+                        )
+                    )
+            elif m["role"] == "assistant" and turns:
+                turns[-1] = (turns[-1][0], turns[-1][1], m.get("content"))
+        if not turns:
+            raise ValueError("a trace's messages have no user message")
+        (request, calls, answer), *later = turns
+        return cls(
+            request=request,
+            generation_index=-1,
+            kind=kind,
+            calls=calls,
+            answer=answer,
+            followups=[
+                FollowUp(request=r, generation_index=-1, calls=c, answer=a) for r, c, a in later
+            ],
+        )
+
     @property
     def turn(self) -> int:
         """The number of the user turn the trace is at (1 for the first request)."""

@@ -252,3 +252,90 @@ def test_an_ungrounded_trace_is_rejected_at_grounding_in_the_loop(tmp_path, scri
             # A run without the check counts it as passed where the call ran.
             assert tool_pass_rates(store.db)[0]["grounding"] == 1
         store.close()
+
+
+GROUNDED = "What's the date 90 days before 2023-02-01?"
+
+
+def test_export_recheck_judges_stored_traces_by_todays_checks(tmp_path, scripted):
+    """A trace verified by an earlier version (here: its stored call rewritten to +90 days, as
+    kept before the sign rule) is left out by `export --recheck`, or marked with the reason
+    under --include-failed; without --recheck it is exported as it was verified."""
+    import subprocess
+
+    from conftest import selfgen_cmd
+
+    cfg = build_config(
+        {},
+        {
+            "tools": str(ROOT / "tools"),
+            "tool_seeds": str(TOOL_SEEDS),
+            "num_traces": 1,
+            "backend": "scripted",
+            "prompts_per_round": 2,
+            "num_tasks": 1,
+            "max_rounds": 1,
+            "target_tools": "off",
+        },
+    )
+    others = scripted_model(cfg.seed)
+
+    def reply(request):
+        prompt = request.prompt
+        if prompt.startswith("An assistant can call"):
+            return f" {GROUNDED}"
+        if prompt.endswith(f"Request: {GROUNDED}\nCall:"):
+            return ' {"name": "add_days", "arguments": {"start": "2023-02-01", "days": -90}}'
+        if prompt.endswith("Answer:"):
+            return " It is 2022-11-03, a Thursday."
+        if "Request: " + GROUNDED in prompt:
+            return " Answer:"
+        return others(request)
+
+    scripted(reply)
+    run = tmp_path / "run"
+    store = RunStore.create(run, cfg.to_dict(), load_seed_tasks(SEEDS), {}, "test")
+    store.save_tools(tool_specs(cfg.tools), load_tool_seeds(cfg.tool_seeds))
+    with ToolSandbox(cfg.tools) as sandbox:
+        Loop(cfg, store, get_backend("scripted"), sandbox=sandbox).run()
+    (messages,) = store.db.execute(
+        "SELECT messages FROM traces WHERE request = ? AND fate = 'kept'", (GROUNDED,)
+    ).fetchone()
+
+    def export(*flags):
+        out = tmp_path / "out.jsonl"
+        done = subprocess.run(
+            [*selfgen_cmd(), "export", str(run), "--only", "traces", "--out", str(out), *flags],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout, [json.loads(line) for line in out.read_text().splitlines()]
+
+    # Verified today: --recheck keeps it.
+    stdout, rows = export("--recheck")
+    assert len(rows) == 1 and "0 verified traces" not in stdout
+    # As an older version kept it: "90 days before" called with +90.
+    with store.db:
+        store.db.execute(
+            "UPDATE traces SET messages = ? WHERE request = ?",
+            (messages.replace('\\"days\\": -90', '\\"days\\": 90'), GROUNDED),
+        )
+    store.close()
+    _, rows = export()
+    assert [
+        json.loads(r["messages"][1]["tool_calls"][0]["function"]["arguments"]) for r in rows
+    ] == [{"start": "2023-02-01", "days": 90}]
+    stdout, rows = export("--recheck")
+    assert rows == []
+    assert "--recheck: 1 verified traces fail today's checks, left out (grounding 1)" in stdout
+    stdout, rows = export("--recheck", "--include-failed")
+    marked = [r["selfgen"] for r in rows if r["messages"][0]["content"] == GROUNDED]
+    assert marked == [
+        {
+            "verified": False,
+            "stage": "grounding",
+            "reason": "recheck: ungrounded: add_days.days: the number 90 has the wrong sign"
+            " (the request goes back in time)",
+        }
+    ]

@@ -473,3 +473,35 @@ def test_the_bundled_english_seeds_pass_the_semantic_check():
             trace = Trace(request=seed.request, generation_index=0, calls=calls)
             trace.answer = seed.answer
             assert answer_problem(trace) is None, seed.id
+
+
+def test_a_trace_reads_back_from_its_messages():
+    """`Trace.from_messages` inverts `messages()` (what `export --recheck` judges): parallel
+    calls, outputs, follow-ups with and without calls."""
+    from selfgen.records import FollowUp, ToolCall, Trace
+
+    trace = Trace(
+        request="What weekday are July 4 and December 25, 2026?",
+        generation_index=0,
+        kind="multiturn",
+        calls=[
+            ToolCall("weekday", {"day": "2026-07-04"}, "Saturday"),
+            ToolCall("weekday", {"day": "2026-12-25"}, "Friday", parallel=True),
+        ],
+        answer="A Saturday and a Friday.",
+        followups=[
+            FollowUp(
+                request="And 10 days after Christmas?",
+                generation_index=1,
+                calls=[ToolCall("add_days", {"start": "2026-12-25", "days": 10}, "2027-01-04")],
+                answer="2027-01-04.",
+            ),
+            FollowUp(request="Thanks!", generation_index=2, answer="You're welcome."),
+        ],
+    )
+    back = Trace.from_messages(trace.messages(), kind="multiturn")
+    assert back.messages() == trace.messages()
+    assert back.calls == trace.calls and back.followups[0].calls == trace.followups[0].calls
+    assert [f.answer for f in back.followups] == ["2027-01-04.", "You're welcome."]
+    with pytest.raises(ValueError, match="no user message"):
+        Trace.from_messages([{"role": "assistant", "content": "hi"}])

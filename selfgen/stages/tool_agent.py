@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Any
 from selfgen.backends.base import Completion, Constraint, GenerationRequest, SamplingParams
 from selfgen.config import RunConfig
 from selfgen.prompts import load_prompt
-from selfgen.records import TARGET_REACHED, Fate, Stage, ToolCall, ToolSeed, Trace, call_turns
+from selfgen.records import (
+    TARGET_REACHED,
+    Fate,
+    FollowUp,
+    Stage,
+    ToolCall,
+    ToolSeed,
+    Trace,
+    call_turns,
+)
 from selfgen.stages import request_seed, shared_prefix
 from selfgen.stages.grounding import grounding_problem
 from selfgen.tooling import ToolSpec, validate_arguments
@@ -367,6 +376,36 @@ def turn_grounding_problem(trace: Trace, specs: dict[str, ToolSpec]) -> str | No
     sources = [request for request, _, _ in earlier] + [trace.turn_request]
     sources += [c.output or "" for _, calls, _ in earlier for c in calls]
     return grounding_problem("\n".join(sources), trace.turn_calls, specs)
+
+
+def recheck_problem(
+    trace: Trace, specs: dict[str, ToolSpec], *, language: str = "en", ground: bool = True
+) -> tuple[Stage, str] | None:
+    """The first check of today's grounding and semantic rules that a stored trace fails, turn
+    by turn as the agent checks them, with its stage; None when it passes them all. Checks
+    change between versions: this re-judges a trace verified by an earlier one."""
+    turns = [(trace.request, trace.calls, trace.answer)]
+    turns += [(f.request, f.calls, f.answer) for f in trace.followups]
+    for n in range(1, len(turns) + 1):
+        (request, calls, answer), *later = turns[:n]
+        partial = Trace(
+            request=request,
+            generation_index=-1,
+            kind=trace.kind,
+            calls=calls,
+            answer=answer,
+            followups=[FollowUp(request=r, generation_index=-1, calls=c, answer=a)
+                       for r, c, a in later],
+        )  # fmt: skip
+        where = f"turn {n}: " if n > 1 else ""
+        if partial.turn_answer is None:
+            return Stage.SEMANTIC, f"{where}no_answer"
+        if ground and partial.turn_calls:
+            if problem := turn_grounding_problem(partial, specs):
+                return Stage.GROUNDING, where + problem
+        if problem := answer_problem(partial, language):
+            return Stage.SEMANTIC, where + problem
+    return None
 
 
 def interleave_kinds(traces: list[Trace]) -> list[Trace]:
