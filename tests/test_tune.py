@@ -637,3 +637,14 @@ def test_eval_on_vllm_passes_what_vllm_takes(tmp_path, monkeypatch):
     vllm.LLM = refuse
     with pytest.raises(TuneError, match="--model: vLLM cannot load folder .1 validation error"):
         _generate_vllm(source, None, prompts=["p"], runs=["base"], max_new_tokens=5)
+
+
+def test_long_rows_in_batches_get_a_memory_note():
+    """Tool-use rows (about 1,400 tokens with SmolLM2's fallback) in batches of four took 23 GB
+    on a CPU and the process was killed without a word; `tune` now says what to do first."""
+    from selfgen.cli import _batch_memory_hint
+
+    note = _batch_memory_hint(4, 2, 1481)
+    assert note is not None and "--batch-size 1 --grad-accum 8" in note and "1481" in note
+    assert _batch_memory_hint(1, 8, 1481) is None  # one row a batch already
+    assert _batch_memory_hint(4, 1, 400) is None  # short instruction rows

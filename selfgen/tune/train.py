@@ -60,6 +60,8 @@ class TuneJob:
     unverified_rows: int
     train_dataset: Any
     eval_dataset: Any = None
+    # Tokens in the longest training row (what a batch's memory grows with).
+    longest_row: int = 0
     record: dict[str, Any] = field(default_factory=dict)
 
     def trainable_parameters(self) -> dict[str, Any]:
@@ -250,6 +252,7 @@ def prepare(data_path: Path, out_dir: Path, config: TuneConfig, resume: bool = F
         valid_rows=len(valid_rows),
         unverified_rows=chat.unverified,
         train_dataset=train_dataset,
+        longest_row=max((len(ids) for ids in train_dataset["input_ids"]), default=0),
         eval_dataset=eval_dataset,
     )
 
