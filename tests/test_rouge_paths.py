@@ -1,6 +1,6 @@
 """Every pruning path of the index against an exhaustive scan: prefix lists with positional
 and length filtering, the rarest-first posting search of `best`, the numpy and the plain Python
-bounds, posting lists read whole or at the lengths that can still win, learned and first-seen token orders; on Latin and CJK text, and on texts longer than
+bounds, learned and first-seen token orders; on Latin and CJK text, and on texts longer than
 300 tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
 and split between worker processes."""
 
@@ -62,21 +62,11 @@ def exhaustive(pool, query, tokenizer):
 
 
 def check_index(
-    pool,
-    queries,
-    tokenizer,
-    prefix,
-    learn_order,
-    vector_min,
-    seeding=(32, 16),
-    long_list=512,
-    *,
-    thresholds,
+    pool, queries, tokenizer, prefix, learn_order, vector_min, seeding=(32, 16), *, thresholds
 ):
     index = RougeIndex(tokenizer, prefix_threshold=prefix)
     index.vector_min = vector_min
     index.seed_after, index.seed_texts = seeding
-    index.long_list = long_list
     if learn_order:
         index.learn_token_order(pool)
     for text in pool:
@@ -102,8 +92,6 @@ PATHS = st.tuples(
     st.sampled_from([0, 10**9]),  # bounds always in numpy, or always in Python
     # a postings search scores early before every longer list (1 or 3 texts), or never
     st.sampled_from([(0, 1), (0, 3), (32, 16), (10**9, 16)]),
-    # posting lists split by text length from the first text, from the third, or never
-    st.sampled_from([0, 3, 10**9]),
 )
 
 

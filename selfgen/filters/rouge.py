@@ -92,9 +92,6 @@ _POSITION_BITS = 16
 _POSITION_MAX = (1 << _POSITION_BITS) - 1
 # A prefix list holds the texts of one length: (occurrence key << 32) | length.
 _LENGTH_BITS = 32
-# A split posting is (doc << 8) | length of the doc (capped).
-_SPLIT_LENGTH_BITS = 8
-_SPLIT_LENGTH_MAX = (1 << _SPLIT_LENGTH_BITS) - 1
 
 
 def _need(threshold: float, length: int) -> float:
@@ -179,10 +176,10 @@ class RougeIndex:
     # from reading the longest lists (the answers are the same whatever these are).
     seed_after = 32
     seed_texts = 16
-    # A posting list this long is also kept split by where the key falls in each text, so
-    # that a postings search reads only the texts that can still beat the best score found
-    # (the answers are the same whatever this is).
-    long_list = 512
+    # A postings search drops the texts it meets whose length keeps them from winning.
+    length_filter = True
+    # `best` below the prefix threshold starts from the best text the prefix lists found.
+    seed_from_prefixes = True
 
     def __init__(
         self,
@@ -209,14 +206,10 @@ class RougeIndex:
         # (occurrence key << 32) | text length -> (doc << 16) | position in the doc's prefix
         self._prefix_postings: dict[int, array] = {}
         self._prefix_lengths: dict[int, array] = {}  # occurrence key -> its lengths, sorted
-        # The posting lists of at least `long_list` texts again, split by how many of the
-        # text's keys are left from this one on in the global order (the most it can share
-        # with a query if this is the first key they share): (occurrence key << 32) | left ->
-        # (doc << 8) | length (capped: a smaller length only loosens the bound); key -> its
-        # `left` values, sorted.
-        self._split_postings: dict[int, array] = {}
-        self._split_lefts: dict[int, array] = {}
-        self._hits = np.zeros(0, dtype=np.int32)  # scratch: a query's keys found per text
+        # Scratch: how many of a query's keys each text holds, one byte a text (less memory
+        # traffic) for queries of fewer than 256 keys, else four.
+        self._hits = np.zeros(0, dtype=np.uint8)
+        self._hits_wide = np.zeros(0, dtype=np.int32)
         self._last: tuple[str, _Query] | None = None  # the last query, reused by `add`
         self.pairs_scored = 0  # LCS computations, for benchmarks
         self.pairs_bounded = 0  # candidates whose bound was computed
@@ -272,24 +265,15 @@ class RougeIndex:
 
     def _add(self, query: _Query) -> int:
         doc = len(self._lengths)
-        n = len(query.ids)
         if self.keeps_postings:
-            postings, split_lefts = self._postings, self._split_lefts
-            for j, key in enumerate(query.order):
+            postings = self._postings
+            for key in query.order:
                 docs = postings.get(key)
                 if docs is None:
-                    docs = postings[key] = array("i", (doc,))
+                    postings[key] = array("i", (doc,))
                 else:
                     docs.append(doc)
-                if key in split_lefts:
-                    self._add_split(key, doc, n, n - j)
-                elif len(docs) >= self.long_list:
-                    keys, starts, lengths = self._keys, self._starts, self._lengths
-                    for earlier in docs[:-1]:
-                        start, size = starts[earlier], lengths[earlier]
-                        at = keys[start : start + size].index(key)
-                        self._add_split(key, earlier, size, size - at)
-                    self._add_split(key, doc, n, n - j)
+        n = len(query.ids)
         if self.prefix_threshold is not None and n:
             prefix_postings = self._prefix_postings
             size = n - math.floor(_need(self.prefix_threshold, n))
@@ -312,19 +296,6 @@ class RougeIndex:
         self._keys.extend(query.order)
         return doc
 
-    def _add_split(self, key: int, doc: int, n: int, left: int) -> None:
-        entry = (doc << _SPLIT_LENGTH_BITS) | min(n, _SPLIT_LENGTH_MAX)
-        entries = self._split_postings.get((key << _LENGTH_BITS) | left)
-        if entries is not None:
-            entries.append(entry)
-            return
-        self._split_postings[(key << _LENGTH_BITS) | left] = array("q", (entry,))
-        lefts = self._split_lefts.get(key)
-        if lefts is None:
-            self._split_lefts[key] = array("i", (left,))
-        else:
-            lefts.insert(bisect.bisect_left(lefts, left), left)
-
     def best(self, text: str) -> tuple[float, int | None]:
         """The highest ROUGE-L F of `text` against the index, and which text has it.
 
@@ -333,12 +304,18 @@ class RougeIndex:
         query = self._query(text)
         if not query.order or not len(self._lengths):
             return 0.0, None
+        best: tuple[float, int | None] = (0.0, None)
         if self.prefix_threshold is not None:
             # Above the prefix threshold the best is found from the short prefix lists.
-            found = self._search_prefixes(query, self.prefix_threshold, first_hit=False)
+            candidates = self._prefix_candidates(query, self.prefix_threshold)
+            found = self._score(query, candidates, self.prefix_threshold, 0.0, None, False)
             if found[1] is not None:
                 return found
-        found = self._search_postings(query, 0.0, first_hit=False)
+            if self.seed_from_prefixes:
+                # Below it, the best of these texts (the ones sharing the query's rarest
+                # keys) is a good first best for the postings search, which then reads less.
+                best = self._score(query, candidates, 0.0, 0.0, None, False)
+        found = self._search_postings(query, 0.0, False, best)
         return found if found[1] is not None else (0.0, None)
 
     def nearest_above(self, text: str, threshold: float) -> tuple[float, int | None]:
@@ -372,6 +349,11 @@ class RougeIndex:
     def _search_prefixes(
         self, query: _Query, threshold: float, first_hit: bool
     ) -> tuple[float, int | None]:
+        found = self._prefix_candidates(query, threshold)
+        return self._score(query, found, threshold, 0.0, None, first_hit)
+
+    def _prefix_candidates(self, query: _Query, threshold: float) -> list[int] | np.ndarray:
+        """The texts, ascending, that the prefix lists leave possible above `threshold`."""
         m, order = len(query.ids), query.order
         known = len(order)
         size = known - math.floor(_need(threshold, m))
@@ -399,7 +381,7 @@ class RougeIndex:
                     parts.append(entries)
                     limits.append(limit)
         if not parts:
-            return 0.0, None
+            return []
         # A doc may come up at several positions; the first (the loosest bound) decides, and
         # passing at any of them implies passing at the first.
         if sum(len(p) for p in parts) < self.vector_min:
@@ -414,51 +396,50 @@ class RougeIndex:
             entries = np.concatenate([np.frombuffer(p, dtype=np.int64) for p in parts])
             passing = (entries & _POSITION_MAX) <= np.repeat(np.array(limits), lens)
             ranked = np.unique(entries[passing] >> _POSITION_BITS)
-        return self._score(query, ranked, threshold, 0.0, None, first_hit)
+        return ranked
+
+    def _counts(self, keys: int) -> np.ndarray:
+        """The scratch counts for a query of `keys` occurrence keys (zero between queries)."""
+        if keys < 256:
+            if len(self._hits) < len(self._lengths):
+                self._hits = np.zeros(2 * len(self._lengths), dtype=np.uint8)
+            return self._hits
+        if len(self._hits_wide) < len(self._lengths):
+            self._hits_wide = np.zeros(2 * len(self._lengths), dtype=np.int32)
+        return self._hits_wide
 
     def _search_postings(
-        self, query: _Query, floor: float, first_hit: bool
+        self,
+        query: _Query,
+        floor: float,
+        first_hit: bool,
+        best: tuple[float, int | None] = (0.0, None),
     ) -> tuple[float, int | None]:
-        """Read the posting lists of the query's occurrence keys in the global order (rarest
-        first), counting in :attr:`_hits` how many of them each text is in (ScanCount). A text
-        in none of the lists not yet read overlaps on at most R positions, R the number of
-        those lists, so it scores at most 2R/(m+R): reading stops as soon as that cannot beat
-        the best found. A text first met in a list shares at most min(R, left) keys with the
-        query, `left` its keys from this one on in the global order (positional filtering), so
-        it scores at most 2 min(R, left)/(m + n) at length n: of a long list, kept split by
-        `left` too, only the texts that can still beat the best are read, most of a common
-        token's texts holding it among their last keys. Before each longer list, the texts
-        found that look best so far (most keys for their length) are scored, so that the best
-        is known early; at the end every text found is bounded by its count plus the lists not
-        read whole, and the texts that can still win are bounded by their exact overlap (or,
-        when every list was read whole, by their count, and the lists not read are searched)
-        and scored if they can still win."""
+        """Read the posting lists of the query's occurrence keys, rarest first, counting in
+        :attr:`_hits` how many of them each text is in (ScanCount). A text in none of the lists
+        not yet read overlaps on at most R positions, R the number of those lists, so it scores
+        at most 2R/(m+R): reading stops as soon as that cannot beat the best found. Before each
+        longer list, the texts found that look best so far (most keys for their length) are
+        scored, so that the best is known early; at the end every text found is bounded by its
+        exact overlap, its count plus the unread lists that hold it (a binary search in each:
+        a list is in ascending order), and scored if it can still win."""
         if not self.keeps_postings:
             raise ValueError(
                 "this index keeps prefix lists only: ask at a threshold >= its prefix_threshold"
             )
         m = len(query.ids)
         postings = self._postings
-        split_lefts = self._split_lefts
         empty = array("i")
-        keys = query.order
-        if len(self._hits) < len(self._lengths):
-            self._hits = np.zeros(2 * len(self._lengths), dtype=np.int32)
-        hits = self._hits
+        lists = sorted((postings.get(key, empty) for key in query.order), key=len)
+        hits = self._counts(len(lists))
         lengths = np.frombuffer(self._lengths, dtype=np.int32)
         touched: list[np.ndarray] = []
-        firsts: list[int] = []  # the step at which each part of `touched` was found
         found = 0  # texts in `touched`
         tried = 0  # texts found when the best-looking ones were last scored
-        # Lists read in part: (list, step); the texts found before that step are looked up
-        # in it at the end.
-        unknown: list[tuple[array, int]] = []
-        read = len(keys)
-        best: tuple[float, int | None] = (0.0, None)
+        read = len(lists)
         try:
-            for i, key in enumerate(keys):
-                docs = postings.get(key, empty)
-                unread = len(keys) - i
+            for i, docs in enumerate(lists):
+                unread = len(lists) - i
                 if found > tried and len(docs) > self.seed_after + found:
                     # Before a longer list: score the likeliest texts found so far.
                     every = np.concatenate(touched)
@@ -477,101 +458,66 @@ class RougeIndex:
                     break
                 if not docs:
                     continue
-                lefts = split_lefts.get(key)
-                if lefts is None:
-                    new = np.frombuffer(docs, dtype=np.int32)
-                    hits[new] += 1
-                    new = new[hits[new] == 1]
-                else:
-                    # Only the texts not found before are counted here; those found before
-                    # are looked up in the whole list at the end, if they can still win.
-                    new = self._read_split(key, lefts, m, unread, floor, best[0])
-                    new = new[hits[new] == 0]
-                    hits[new] = 1
-                    if found:
-                        unknown.append((docs, i))
+                new = np.frombuffer(docs, dtype=np.int32)
+                hits[new] += 1
+                new = new[hits[new] == 1]
+                if self.length_filter and len(new) and (floor or best[1] is not None):
+                    # A text first met here holds at most the `unread` keys left, so it scores
+                    # at most 2 min(unread, n)/(m + n): the lengths too short or too long to
+                    # beat (or tie) the best are dropped now, and counted again from zero if
+                    # met later (when they can do even less).
+                    n = lengths[new]
+                    bound = 2 * np.minimum(n, unread) / (m + n)
+                    hopeless = (bound + _SLACK <= floor) | (bound + _SLACK < best[0])
+                    if hopeless.any():
+                        hits[new[hopeless]] = 0
+                        new = new[~hopeless]
                 touched.append(new)
-                firsts.append(i)
                 found += len(new)
             if found:
                 every = np.concatenate(touched)
-                first = np.repeat(np.array(firsts), [len(t) for t in touched])
-                unread_lists = [postings.get(key, empty) for key in keys[read:]]
-                unread_lists.sort(key=len)
-                unknown += [(docs, len(keys)) for docs in unread_lists]
-                best = self._score_found(query, every, first, unknown, floor, *best, first_hit)
+                best = self._score_found(query, every, lists[read:], floor, *best, first_hit)
         finally:
             for docs in touched:
                 hits[docs] = 0
         return best
 
-    def _read_split(
-        self, key: int, lefts: array, m: int, unread: int, floor: float, best_score: float
-    ) -> np.ndarray:
-        """The texts of a split list that, first met there, could still beat (or tie) the
-        best score and score above `floor`: 2 min(unread, left)/(m + n) must allow it."""
-        base = key << _LENGTH_BITS
-        parts: list[np.ndarray] = []
-        for left in lefts:
-            most = left if left < unread else unread
-            bound = 2 * most / (m + left)  # a text has at least `left` keys
-            if bound + _SLACK <= floor or bound + _SLACK < best_score:
-                continue
-            entries = np.frombuffer(self._split_postings[base | left], dtype=np.int64)
-            bounds = 2 * most / (m + (entries & _SPLIT_LENGTH_MAX))
-            passing = (bounds + _SLACK > floor) & (bounds + _SLACK >= best_score)
-            parts.append(entries[passing] >> _SPLIT_LENGTH_BITS)
-        if not parts:
-            return np.zeros(0, dtype=np.int64)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
     def _score_found(
         self,
         query: _Query,
         docs: np.ndarray,
-        first: np.ndarray,
-        unknown: list[tuple[array, int]],
+        unread: list[array],
         floor: float,
         best_score: float,
         best_doc: int | None,
         first_hit: bool,
     ) -> tuple[float, int | None]:
         """Score `docs`, texts whose keys among the lists read are counted in :attr:`_hits`,
-        `first` the step at which each was found; `unknown` holds (list, step), steps
-        ascending, for the lists that may hold a text found before `step` without counting
-        it (the lists not read have the last step)."""
+        with `unread` the query's lists not read yet."""
         m = len(query.ids)
         self.pairs_bounded += len(docs)
         target = max(floor, best_score)
         # Whatever its length, a text needs an overlap above _need(target, m) to score above
-        # the target; the lists not counted add at most one each.
-        overlap = self._hits[docs]
-        keep = overlap > math.floor(_need(target, m)) - len(unknown)
+        # the target; the unread lists add at most one each.
+        overlap = self._counts(len(query.order))[docs].astype(np.int64)
+        keep = overlap > math.floor(_need(target, m)) - len(unread)
         if not keep.all():
-            docs, overlap, first = docs[keep], overlap[keep], first[keep]
-        overlap = overlap.astype(np.int64)
+            docs, overlap = docs[keep], overlap[keep]
         n = np.frombuffer(self._lengths, dtype=np.int32)[docs].astype(np.int64)
         required = target * (m + n) / 2 - _SLACK
-        steps = np.array([step for _, step in unknown], dtype=np.int64)
-        left = len(unknown) - np.searchsorted(steps, first, side="right")
-        # Look each text up in the lists left one after the other, keeping only those that
+        # Look each text up in the unread lists one after the other, keeping only those that
         # the lists left could still lift over the target.
-        for listed, step in unknown:
+        for left in range(len(unread), -1, -1):
             keep = np.minimum(overlap + left, n) > required
             if not keep.all():
                 docs, n, overlap, required = docs[keep], n[keep], overlap[keep], required[keep]
-                left, first = left[keep], first[keep]
-            if not len(docs):
-                return best_score, best_doc
-            before = first < step
-            left -= before
-            items = np.frombuffer(listed, dtype=np.int32)
-            if len(items):
-                at = np.minimum(np.searchsorted(items, docs), len(items) - 1)
-                overlap += (items[at] == docs) & before
-        keep = np.minimum(overlap, n) > required
-        if not keep.all():
-            docs, n, overlap = docs[keep], n[keep], overlap[keep]
+            if not left or not len(docs):
+                break
+            listed = np.frombuffer(unread[len(unread) - left], dtype=np.int32)
+            if not len(listed):
+                continue
+            at = np.minimum(np.searchsorted(listed, docs), len(listed) - 1)
+            overlap += listed[at] == docs
         if not len(docs):
             return best_score, best_doc
         neg_bound = -2 * overlap / (m + n)
