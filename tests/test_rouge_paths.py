@@ -1,7 +1,8 @@
 """Every pruning path of the index against an exhaustive scan: prefix lists with positional
-and length filtering, the rarest-first posting search of `best`, the numpy and the plain Python
-bounds, learned and first-seen token orders; on Latin and CJK text, and on texts longer than
-300 tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
+and length filtering, the rarest-first posting search of `best` (with and without its length
+filter and its first best taken from the prefix lists), the numpy and the plain Python bounds,
+learned and first-seen token orders; on Latin and CJK text, and on texts longer than 300
+tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
 and split between worker processes."""
 
 import random
@@ -62,11 +63,21 @@ def exhaustive(pool, query, tokenizer):
 
 
 def check_index(
-    pool, queries, tokenizer, prefix, learn_order, vector_min, seeding=(32, 16), *, thresholds
+    pool,
+    queries,
+    tokenizer,
+    prefix,
+    learn_order,
+    vector_min,
+    seeding=(32, 16),
+    pruning=(True, True),
+    *,
+    thresholds,
 ):
     index = RougeIndex(tokenizer, prefix_threshold=prefix)
     index.vector_min = vector_min
     index.seed_after, index.seed_texts = seeding
+    index.length_filter, index.seed_from_prefixes = pruning
     if learn_order:
         index.learn_token_order(pool)
     for text in pool:
@@ -92,6 +103,9 @@ PATHS = st.tuples(
     st.sampled_from([0, 10**9]),  # bounds always in numpy, or always in Python
     # a postings search scores early before every longer list (1 or 3 texts), or never
     st.sampled_from([(0, 1), (0, 3), (32, 16), (10**9, 16)]),
+    # texts too short or too long to win dropped as met, or not; `best` below the prefix
+    # threshold starting from the best of the prefix candidates, or from nothing
+    st.tuples(st.booleans(), st.booleans()),
 )
 
 
@@ -121,7 +135,18 @@ def test_the_float_tie_at_the_threshold():
     assert SCORER.score(pool[0], query)["rougeL"].fmeasure > 0.7
     for prefix in (None, 0.7):
         for vector_min in (0, 10**9):
-            check_index(pool, [query], rouge_tokenize, prefix, True, vector_min, thresholds=[0.7])
+            for pruning in ((True, True), (False, False)):
+                check_index(
+                    pool,
+                    [query],
+                    rouge_tokenize,
+                    prefix,
+                    True,
+                    vector_min,
+                    (32, 16),
+                    pruning,
+                    thresholds=[0.7],
+                )
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
