@@ -269,3 +269,25 @@ def test_an_index_without_postings_refuses_what_it_cannot_answer():
     assert index.search_ids([0, 1, 2], 0.7) == (1.0, 0)
     with pytest.raises(ValueError, match="prefix lists only"):
         index.search_ids([0, 1, 2], 0.5)
+
+
+def test_a_tie_below_the_prefix_threshold_goes_to_the_earliest_text():
+    # Texts 2 and 3 both score 4/11: the later one is the best the prefix lists find, which
+    # is where the postings search starts from, and the earlier one must still win the tie.
+    pool = ["i", "a", "e d c c c e", "c c a f c b", "a f b", "e f a a c a"]
+    query = "c b e e h"
+    tied = [SCORER.score(pool[k], query)["rougeL"].fmeasure for k in (2, 3)]
+    assert tied[0] == tied[1] == max(SCORER.score(t, query)["rougeL"].fmeasure for t in pool)
+    for vector_min in (0, 10**9):
+        for pruning in ((True, True), (False, True), (True, False)):
+            check_index(
+                pool,
+                [query],
+                rouge_tokenize,
+                0.7,
+                True,
+                vector_min,
+                (32, 16),
+                pruning,
+                thresholds=[0.3, 0.7],
+            )
