@@ -1,6 +1,6 @@
 """Every pruning path of the index against an exhaustive scan: prefix lists with positional
-and length filtering, the rarest-first posting search of `best` (with and without its length
-filter and its first best taken from the prefix lists), the numpy and the plain Python bounds,
+and length filtering, the rarest-first posting search of `best` (with and without its first
+best taken from the prefix lists), the numpy and the plain Python bounds,
 learned and first-seen token orders; on Latin and CJK text, and on texts longer than 300
 tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
 and split between worker processes."""
@@ -70,14 +70,14 @@ def check_index(
     learn_order,
     vector_min,
     seeding=(32, 16),
-    pruning=(True, True),
+    seed_from_prefixes=True,
     *,
     thresholds,
 ):
     index = RougeIndex(tokenizer, prefix_threshold=prefix)
     index.vector_min = vector_min
     index.seed_after, index.seed_texts = seeding
-    index.length_filter, index.seed_from_prefixes = pruning
+    index.seed_from_prefixes = seed_from_prefixes
     if learn_order:
         index.learn_token_order(pool)
     for text in pool:
@@ -103,9 +103,8 @@ PATHS = st.tuples(
     st.sampled_from([0, 10**9]),  # bounds always in numpy, or always in Python
     # a postings search scores early before every longer list (1 or 3 texts), or never
     st.sampled_from([(0, 1), (0, 3), (32, 16), (10**9, 16)]),
-    # texts too short or too long to win dropped as met, or not; `best` below the prefix
-    # threshold starting from the best of the prefix candidates, or from nothing
-    st.tuples(st.booleans(), st.booleans()),
+    # `best` below the prefix threshold starts from the best of the prefix candidates, or not
+    st.booleans(),
 )
 
 
@@ -135,7 +134,7 @@ def test_the_float_tie_at_the_threshold():
     assert SCORER.score(pool[0], query)["rougeL"].fmeasure > 0.7
     for prefix in (None, 0.7):
         for vector_min in (0, 10**9):
-            for pruning in ((True, True), (False, False)):
+            for seed in (True, False):
                 check_index(
                     pool,
                     [query],
@@ -144,7 +143,7 @@ def test_the_float_tie_at_the_threshold():
                     True,
                     vector_min,
                     (32, 16),
-                    pruning,
+                    seed,
                     thresholds=[0.7],
                 )
 
@@ -279,7 +278,7 @@ def test_a_tie_below_the_prefix_threshold_goes_to_the_earliest_text():
     tied = [SCORER.score(pool[k], query)["rougeL"].fmeasure for k in (2, 3)]
     assert tied[0] == tied[1] == max(SCORER.score(t, query)["rougeL"].fmeasure for t in pool)
     for vector_min in (0, 10**9):
-        for pruning in ((True, True), (False, True), (True, False)):
+        for seed in (True, False):
             check_index(
                 pool,
                 [query],
@@ -288,6 +287,6 @@ def test_a_tie_below_the_prefix_threshold_goes_to_the_earliest_text():
                 True,
                 vector_min,
                 (32, 16),
-                pruning,
+                seed,
                 thresholds=[0.3, 0.7],
             )

@@ -176,8 +176,6 @@ class RougeIndex:
     # from reading the longest lists (the answers are the same whatever these are).
     seed_after = 32
     seed_texts = 16
-    # A postings search drops the texts it meets whose length keeps them from winning.
-    length_filter = True
     # `best` below the prefix threshold starts from the best text the prefix lists found.
     seed_from_prefixes = True
 
@@ -461,17 +459,6 @@ class RougeIndex:
                 new = np.frombuffer(docs, dtype=np.int32)
                 hits[new] += 1
                 new = new[hits[new] == 1]
-                if self.length_filter and len(new) and (floor or best[1] is not None):
-                    # A text first met here holds at most the `unread` keys left, so it scores
-                    # at most 2 min(unread, n)/(m + n): the lengths too short or too long to
-                    # beat (or tie) the best are dropped now, and counted again from zero if
-                    # met later (when they can do even less).
-                    n = lengths[new]
-                    bound = 2 * np.minimum(n, unread) / (m + n)
-                    hopeless = (bound + _SLACK <= floor) | (bound + _SLACK < best[0])
-                    if hopeless.any():
-                        hits[new[hopeless]] = 0
-                        new = new[~hopeless]
                 touched.append(new)
                 found += len(new)
             if found:
