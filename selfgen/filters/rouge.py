@@ -157,7 +157,8 @@ class RougeIndex:
       still win, in decreasing order of bound, stopping as soon as no later one can;
     - :meth:`best` reads the posting lists of the query's tokens rarest first and stops reading
       as soon as a text sharing none of the tokens left could not reach the best score found
-      (a text overlapping the query on at most R positions scores at most 2R/(m+R));
+      (a text overlapping the query on at most R positions scores at most 2R/(m+R)), starting
+      from the best of the prefix lists' candidates when there is none above their threshold;
     - with `prefix_threshold`, each text is also indexed by its prefix only (prefix filtering,
       as in set-similarity joins): under one fixed token order, two texts whose overlap reaches
       what threshold t requires must share a token among the first `len - floor(need)` of each.
@@ -420,7 +421,8 @@ class RougeIndex:
         longer list, the texts found that look best so far (most keys for their length) are
         scored, so that the best is known early; at the end every text found is bounded by its
         exact overlap, its count plus the unread lists that hold it (a binary search in each:
-        a list is in ascending order), and scored if it can still win."""
+        a list is in ascending order), and scored if it can still win. `best` is a score and
+        text already found (from the prefix lists), to beat or tie with an earlier text."""
         if not self.keeps_postings:
             raise ValueError(
                 "this index keeps prefix lists only: ask at a threshold >= its prefix_threshold"
