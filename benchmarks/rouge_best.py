@@ -5,9 +5,12 @@
 Indexes every line but a random 2,000 (seed 1) the way the loop's novelty filter does (prefix
 lists at 0.7, token order learned from the pool) and times `best` on the 2,000 held out: the
 build time, the mean milliseconds a query, how many have a neighbour above 0.7, and peak RSS.
+`--answers FILE` writes every answer (score and nearest line), one a line, to compare two
+versions of the index run back to back.
 """
 
 import argparse
+import json
 import random
 import resource
 import time
@@ -19,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="../shared/data/package_summaries_954k.txt")
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--answers", help="write each query's (score, nearest) here")
     args = parser.parse_args()
     with open(args.corpus, encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f if line.strip()]
@@ -31,8 +35,12 @@ def main() -> None:
     for text in pool:
         index.add(text)
     built = time.perf_counter()
-    scores = [index.best(q)[0] for q in queries]
+    answers = [index.best(q) for q in queries]
     done = time.perf_counter()
+    scores = [score for score, _ in answers]
+    if args.answers:
+        with open(args.answers, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(answer) + "\n" for answer in answers)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"pool {len(pool):,}: built in {built - start:.0f} s; best on {len(queries):,} held-out"

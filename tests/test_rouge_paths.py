@@ -1,7 +1,8 @@
 """Every pruning path of the index against an exhaustive scan: prefix lists with positional
-and length filtering, the rarest-first posting search of `best`, the numpy and the plain Python
-bounds, learned and first-seen token orders; on Latin and CJK text, and on texts longer than
-300 tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
+and length filtering, the rarest-first posting search of `best` (with and without its first
+best taken from the prefix lists), the numpy and the plain Python bounds,
+learned and first-seen token orders; on Latin and CJK text, and on texts longer than 300
+tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
 and split between worker processes."""
 
 import random
@@ -62,11 +63,21 @@ def exhaustive(pool, query, tokenizer):
 
 
 def check_index(
-    pool, queries, tokenizer, prefix, learn_order, vector_min, seeding=(32, 16), *, thresholds
+    pool,
+    queries,
+    tokenizer,
+    prefix,
+    learn_order,
+    vector_min,
+    seeding=(32, 16),
+    seed_from_prefixes=True,
+    *,
+    thresholds,
 ):
     index = RougeIndex(tokenizer, prefix_threshold=prefix)
     index.vector_min = vector_min
     index.seed_after, index.seed_texts = seeding
+    index.seed_from_prefixes = seed_from_prefixes
     if learn_order:
         index.learn_token_order(pool)
     for text in pool:
@@ -92,6 +103,8 @@ PATHS = st.tuples(
     st.sampled_from([0, 10**9]),  # bounds always in numpy, or always in Python
     # a postings search scores early before every longer list (1 or 3 texts), or never
     st.sampled_from([(0, 1), (0, 3), (32, 16), (10**9, 16)]),
+    # `best` below the prefix threshold starts from the best of the prefix candidates, or not
+    st.booleans(),
 )
 
 
@@ -121,7 +134,18 @@ def test_the_float_tie_at_the_threshold():
     assert SCORER.score(pool[0], query)["rougeL"].fmeasure > 0.7
     for prefix in (None, 0.7):
         for vector_min in (0, 10**9):
-            check_index(pool, [query], rouge_tokenize, prefix, True, vector_min, thresholds=[0.7])
+            for seed in (True, False):
+                check_index(
+                    pool,
+                    [query],
+                    rouge_tokenize,
+                    prefix,
+                    True,
+                    vector_min,
+                    (32, 16),
+                    seed,
+                    thresholds=[0.7],
+                )
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -244,3 +268,25 @@ def test_an_index_without_postings_refuses_what_it_cannot_answer():
     assert index.search_ids([0, 1, 2], 0.7) == (1.0, 0)
     with pytest.raises(ValueError, match="prefix lists only"):
         index.search_ids([0, 1, 2], 0.5)
+
+
+def test_a_tie_below_the_prefix_threshold_goes_to_the_earliest_text():
+    # Texts 2 and 3 both score 4/11: the later one is the best the prefix lists find, which
+    # is where the postings search starts from, and the earlier one must still win the tie.
+    pool = ["i", "a", "e d c c c e", "c c a f c b", "a f b", "e f a a c a"]
+    query = "c b e e h"
+    tied = [SCORER.score(pool[k], query)["rougeL"].fmeasure for k in (2, 3)]
+    assert tied[0] == tied[1] == max(SCORER.score(t, query)["rougeL"].fmeasure for t in pool)
+    for vector_min in (0, 10**9):
+        for seed in (True, False):
+            check_index(
+                pool,
+                [query],
+                rouge_tokenize,
+                0.7,
+                True,
+                vector_min,
+                (32, 16),
+                seed,
+                thresholds=[0.3, 0.7],
+            )

@@ -157,7 +157,8 @@ class RougeIndex:
       still win, in decreasing order of bound, stopping as soon as no later one can;
     - :meth:`best` reads the posting lists of the query's tokens rarest first and stops reading
       as soon as a text sharing none of the tokens left could not reach the best score found
-      (a text overlapping the query on at most R positions scores at most 2R/(m+R));
+      (a text overlapping the query on at most R positions scores at most 2R/(m+R)), starting
+      from the best of the prefix lists' candidates when there is none above their threshold;
     - with `prefix_threshold`, each text is also indexed by its prefix only (prefix filtering,
       as in set-similarity joins): under one fixed token order, two texts whose overlap reaches
       what threshold t requires must share a token among the first `len - floor(need)` of each.
@@ -176,6 +177,8 @@ class RougeIndex:
     # from reading the longest lists (the answers are the same whatever these are).
     seed_after = 32
     seed_texts = 16
+    # `best` below the prefix threshold starts from the best text the prefix lists found.
+    seed_from_prefixes = True
 
     def __init__(
         self,
@@ -202,7 +205,10 @@ class RougeIndex:
         # (occurrence key << 32) | text length -> (doc << 16) | position in the doc's prefix
         self._prefix_postings: dict[int, array] = {}
         self._prefix_lengths: dict[int, array] = {}  # occurrence key -> its lengths, sorted
-        self._hits = np.zeros(0, dtype=np.int32)  # scratch: a query's keys found per text
+        # Scratch: how many of a query's keys each text holds, one byte a text (less memory
+        # traffic) for queries of fewer than 256 keys, else four.
+        self._hits = np.zeros(0, dtype=np.uint8)
+        self._hits_wide = np.zeros(0, dtype=np.int32)
         self._last: tuple[str, _Query] | None = None  # the last query, reused by `add`
         self.pairs_scored = 0  # LCS computations, for benchmarks
         self.pairs_bounded = 0  # candidates whose bound was computed
@@ -297,12 +303,18 @@ class RougeIndex:
         query = self._query(text)
         if not query.order or not len(self._lengths):
             return 0.0, None
+        best: tuple[float, int | None] = (0.0, None)
         if self.prefix_threshold is not None:
             # Above the prefix threshold the best is found from the short prefix lists.
-            found = self._search_prefixes(query, self.prefix_threshold, first_hit=False)
+            candidates = self._prefix_candidates(query, self.prefix_threshold)
+            found = self._score(query, candidates, self.prefix_threshold, 0.0, None, False)
             if found[1] is not None:
                 return found
-        found = self._search_postings(query, 0.0, first_hit=False)
+            if self.seed_from_prefixes:
+                # Below it, the best of these texts (the ones sharing the query's rarest
+                # keys) is a good first best for the postings search, which then reads less.
+                best = self._score(query, candidates, 0.0, 0.0, None, False)
+        found = self._search_postings(query, 0.0, False, best)
         return found if found[1] is not None else (0.0, None)
 
     def nearest_above(self, text: str, threshold: float) -> tuple[float, int | None]:
@@ -336,6 +348,11 @@ class RougeIndex:
     def _search_prefixes(
         self, query: _Query, threshold: float, first_hit: bool
     ) -> tuple[float, int | None]:
+        found = self._prefix_candidates(query, threshold)
+        return self._score(query, found, threshold, 0.0, None, first_hit)
+
+    def _prefix_candidates(self, query: _Query, threshold: float) -> list[int] | np.ndarray:
+        """The texts, ascending, that the prefix lists leave possible above `threshold`."""
         m, order = len(query.ids), query.order
         known = len(order)
         size = known - math.floor(_need(threshold, m))
@@ -363,7 +380,7 @@ class RougeIndex:
                     parts.append(entries)
                     limits.append(limit)
         if not parts:
-            return 0.0, None
+            return []
         # A doc may come up at several positions; the first (the loosest bound) decides, and
         # passing at any of them implies passing at the first.
         if sum(len(p) for p in parts) < self.vector_min:
@@ -378,10 +395,24 @@ class RougeIndex:
             entries = np.concatenate([np.frombuffer(p, dtype=np.int64) for p in parts])
             passing = (entries & _POSITION_MAX) <= np.repeat(np.array(limits), lens)
             ranked = np.unique(entries[passing] >> _POSITION_BITS)
-        return self._score(query, ranked, threshold, 0.0, None, first_hit)
+        return ranked
+
+    def _counts(self, keys: int) -> np.ndarray:
+        """The scratch counts for a query of `keys` occurrence keys (zero between queries)."""
+        if keys < 256:
+            if len(self._hits) < len(self._lengths):
+                self._hits = np.zeros(2 * len(self._lengths), dtype=np.uint8)
+            return self._hits
+        if len(self._hits_wide) < len(self._lengths):
+            self._hits_wide = np.zeros(2 * len(self._lengths), dtype=np.int32)
+        return self._hits_wide
 
     def _search_postings(
-        self, query: _Query, floor: float, first_hit: bool
+        self,
+        query: _Query,
+        floor: float,
+        first_hit: bool,
+        best: tuple[float, int | None] = (0.0, None),
     ) -> tuple[float, int | None]:
         """Read the posting lists of the query's occurrence keys, rarest first, counting in
         :attr:`_hits` how many of them each text is in (ScanCount). A text in none of the lists
@@ -390,7 +421,8 @@ class RougeIndex:
         longer list, the texts found that look best so far (most keys for their length) are
         scored, so that the best is known early; at the end every text found is bounded by its
         exact overlap, its count plus the unread lists that hold it (a binary search in each:
-        a list is in ascending order), and scored if it can still win."""
+        a list is in ascending order), and scored if it can still win. `best` is a score and
+        text already found (from the prefix lists), to beat or tie with an earlier text."""
         if not self.keeps_postings:
             raise ValueError(
                 "this index keeps prefix lists only: ask at a threshold >= its prefix_threshold"
@@ -399,15 +431,12 @@ class RougeIndex:
         postings = self._postings
         empty = array("i")
         lists = sorted((postings.get(key, empty) for key in query.order), key=len)
-        if len(self._hits) < len(self._lengths):
-            self._hits = np.zeros(2 * len(self._lengths), dtype=np.int32)
-        hits = self._hits
+        hits = self._counts(len(lists))
         lengths = np.frombuffer(self._lengths, dtype=np.int32)
         touched: list[np.ndarray] = []
         found = 0  # texts in `touched`
         tried = 0  # texts found when the best-looking ones were last scored
         read = len(lists)
-        best: tuple[float, int | None] = (0.0, None)
         try:
             for i, docs in enumerate(lists):
                 unread = len(lists) - i
@@ -459,11 +488,10 @@ class RougeIndex:
         target = max(floor, best_score)
         # Whatever its length, a text needs an overlap above _need(target, m) to score above
         # the target; the unread lists add at most one each.
-        overlap = self._hits[docs]
+        overlap = self._counts(len(query.order))[docs].astype(np.int64)
         keep = overlap > math.floor(_need(target, m)) - len(unread)
         if not keep.all():
             docs, overlap = docs[keep], overlap[keep]
-        overlap = overlap.astype(np.int64)
         n = np.frombuffer(self._lengths, dtype=np.int32)[docs].astype(np.int64)
         required = target * (m + n) / 2 - _SLACK
         # Look each text up in the unread lists one after the other, keeping only those that
