@@ -192,6 +192,46 @@ def test_the_bundled_seeds_are_grounded(specs):
     assert failed == ["tool_seed_21", "tool_seed_25", "tool_seed_36"]
 
 
+def run_one_trace(run, scripted, request, arguments, answer, **settings):
+    """The real loop, sandbox and store on a scripted model that asks `request`, calls
+    add_days with `arguments` and answers `answer`; returns the run's store (open)."""
+    cfg = build_config(
+        {},
+        {
+            "tools": str(ROOT / "tools"),
+            "tool_seeds": str(TOOL_SEEDS),
+            "num_traces": 1,
+            "backend": "scripted",
+            "prompts_per_round": 2,
+            "num_tasks": 1,
+            "max_rounds": 1,
+            "target_tools": "off",
+            **settings,
+        },
+    )
+    others = scripted_model(cfg.seed)
+    call = json.dumps({"name": "add_days", "arguments": arguments})
+
+    def reply(request_):
+        prompt = request_.prompt
+        if prompt.startswith("An assistant can call"):
+            return f" {request}"
+        if prompt.endswith(f"Request: {request}\nCall:"):
+            return f" {call}"
+        if prompt.endswith("Answer:"):
+            return f" {answer}"
+        if "Request: " + request in prompt:
+            return " Answer:"
+        return others(request_)
+
+    scripted(reply)
+    store = RunStore.create(run, cfg.to_dict(), load_seed_tasks(SEEDS), {}, "test")
+    store.save_tools(tool_specs(cfg.tools), load_tool_seeds(cfg.tool_seeds))
+    with ToolSandbox(cfg.tools) as sandbox:
+        Loop(cfg, store, get_backend("scripted"), sandbox=sandbox).run()
+    return store
+
+
 MADE_UP = "What's the date 90 days before February 1, 2023?"
 
 
@@ -200,40 +240,14 @@ def test_an_ungrounded_trace_is_rejected_at_grounding_in_the_loop(tmp_path, scri
     result, but the date was made up, so the trace stops at `grounding`; with the check off it
     is kept."""
     for ground, expected in ((True, "grounding"), (False, "verified")):
-        cfg = build_config(
-            {},
-            {
-                "tools": str(ROOT / "tools"),
-                "tool_seeds": str(TOOL_SEEDS),
-                "num_traces": 1,
-                "backend": "scripted",
-                "prompts_per_round": 2,
-                "num_tasks": 1,
-                "max_rounds": 1,
-                "target_tools": "off",
-                "ground_calls": ground,
-            },
+        store = run_one_trace(
+            tmp_path / f"run_{ground}",
+            scripted,
+            MADE_UP,
+            {"start": "2023-02-09", "days": -90},
+            "It is 2022-11-11.",
+            ground_calls=ground,
         )
-        others = scripted_model(cfg.seed)
-
-        def reply(request, others=others):
-            prompt = request.prompt
-            if prompt.startswith("An assistant can call"):
-                return f" {MADE_UP}"
-            if prompt.endswith(f"Request: {MADE_UP}\nCall:"):
-                return ' {"name": "add_days", "arguments": {"start": "2023-02-09", "days": -90}}'
-            if prompt.endswith("Answer:"):
-                return " It is 2022-11-11."
-            if "Request: " + MADE_UP in prompt:
-                return " Answer:"
-            return others(request)
-
-        scripted(reply)
-        run = tmp_path / f"run_{ground}"
-        store = RunStore.create(run, cfg.to_dict(), load_seed_tasks(SEEDS), {}, "test")
-        store.save_tools(tool_specs(cfg.tools), load_tool_seeds(cfg.tool_seeds))
-        with ToolSandbox(cfg.tools) as sandbox:
-            Loop(cfg, store, get_backend("scripted"), sandbox=sandbox).run()
         fate, stage, reason, checks = store.db.execute(
             "SELECT fate, stage, reason, checks FROM traces WHERE request = ?", (MADE_UP,)
         ).fetchone()
@@ -265,39 +279,14 @@ def test_export_recheck_judges_stored_traces_by_todays_checks(tmp_path, scripted
 
     from conftest import selfgen_cmd
 
-    cfg = build_config(
-        {},
-        {
-            "tools": str(ROOT / "tools"),
-            "tool_seeds": str(TOOL_SEEDS),
-            "num_traces": 1,
-            "backend": "scripted",
-            "prompts_per_round": 2,
-            "num_tasks": 1,
-            "max_rounds": 1,
-            "target_tools": "off",
-        },
-    )
-    others = scripted_model(cfg.seed)
-
-    def reply(request):
-        prompt = request.prompt
-        if prompt.startswith("An assistant can call"):
-            return f" {GROUNDED}"
-        if prompt.endswith(f"Request: {GROUNDED}\nCall:"):
-            return ' {"name": "add_days", "arguments": {"start": "2023-02-01", "days": -90}}'
-        if prompt.endswith("Answer:"):
-            return " It is 2022-11-03, a Thursday."
-        if "Request: " + GROUNDED in prompt:
-            return " Answer:"
-        return others(request)
-
-    scripted(reply)
     run = tmp_path / "run"
-    store = RunStore.create(run, cfg.to_dict(), load_seed_tasks(SEEDS), {}, "test")
-    store.save_tools(tool_specs(cfg.tools), load_tool_seeds(cfg.tool_seeds))
-    with ToolSandbox(cfg.tools) as sandbox:
-        Loop(cfg, store, get_backend("scripted"), sandbox=sandbox).run()
+    store = run_one_trace(
+        run,
+        scripted,
+        GROUNDED,
+        {"start": "2023-02-01", "days": -90},
+        "It is 2022-11-03, a Thursday.",
+    )
     (messages,) = store.db.execute(
         "SELECT messages FROM traces WHERE request = ? AND fate = 'kept'", (GROUNDED,)
     ).fetchone()
