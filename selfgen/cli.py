@@ -1119,11 +1119,10 @@ def dedupe(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Processes sharing the work (same decisions for any number); 0: the usable"
-            " CPU cores, at most 4 (one for inputs under 20,000 rows). Default 1: two were not"
-            " faster than one on 100,000 rows.",
+            help="Processes sharing the work (same decisions for any number). Default 0: the"
+            " usable CPU cores, at most 4, and one process for inputs under 20,000 rows.",
         ),
-    ] = 1,
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     log_format: Annotated[str, LOG_FORMAT] = "auto",
 ) -> None:

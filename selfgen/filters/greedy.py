@@ -5,16 +5,17 @@ above the threshold, and kept otherwise. Kept rows are numbered 0, 1, ... in the
 kept (rows kept unconditionally, such as an `--against` file, first).
 
 :class:`GreedyDedupe` decides on one process with one :class:`RougeIndex`.
-:class:`ParallelGreedyDedupe` splits the kept rows between worker processes, round robin (kept
-row g lives in worker g % W, each with its own index in the same token numbering), and takes
-rows in batches. Every worker answers every row of a batch against its share; the parent then
-walks the batch in order and checks the rows no worker rejected against the rows that the
-workers do not hold yet (those kept in the previous batch and earlier in this one), in two
-small indexes of its own. A row's answer therefore covers every row kept before it, exactly
-once, and the decisions are those of one process: the same rows kept, and with `nearest` the
-same nearest row and score (ties to the earliest kept row). Two batches may be out at once, so
-the workers answer batch k + 1 while the parent walks batch k; the rows kept in batch k reach
-the workers with the next batch submitted.
+:class:`ParallelGreedyDedupe` gives every worker process an index of all the kept rows (in the
+same token numbering, so kept row g is text g of every index) and splits the rows to decide: each
+batch is cut into one contiguous slice per worker, and a worker answers only its slice. The
+parent then walks the batch in order and checks the rows their worker did not reject against
+the rows that the workers do not hold yet (those kept in the previous batch and earlier in this
+one), in two small indexes of its own. A row's answer therefore covers every row kept before it,
+exactly once, and the decisions are those of one process: the same rows kept, and with `nearest`
+the same nearest row and score (ties to the earliest kept row). Two batches may be out at once,
+so the workers answer batch k + 1 while the parent walks batch k; the rows kept in batch k reach
+the workers with the next batch submitted. Every worker adds every kept row (a small part of the
+work), so the costly part, each row's search, is done once, by one worker.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ Decision = tuple[float, int] | None
 def _queries(ids: np.ndarray, offsets: np.ndarray) -> list[_Query]:
     flat, ends = ids.tolist(), offsets.tolist()
     return [_Query(flat[a:b]) for a, b in zip(ends, ends[1:], strict=False)]
+
+
+def _slices(rows: int, workers: int) -> list[tuple[int, int]]:
+    """Rows 0..rows - 1 cut into `workers` contiguous slices (start, stop), as even as can be."""
+    cuts = [rows * w // workers for w in range(workers + 1)]
+    return list(zip(cuts, cuts[1:], strict=False))
 
 
 def _rows(ids: np.ndarray, offsets: np.ndarray, start: int, stop: int):
@@ -92,10 +99,12 @@ class GreedyDedupe:
 
 
 def _serve(conn: Connection, threshold: float) -> None:
-    """A worker: its share of the kept rows in one index; answers batches until told to stop."""
+    """A worker: every kept row in one index; answers its slice of each batch until told to
+    stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     index = RougeIndex(prefix_threshold=threshold, postings=False)
-    recent: dict[int, list[_Query]] = {}  # rows of the batches whose kept rows are not in yet
+    # The batches whose kept rows are not in yet: their rows, and the queries already built.
+    recent: dict[int, tuple[np.ndarray, np.ndarray, dict[int, _Query]]] = {}
     while True:
         try:
             message = conn.recv()
@@ -107,19 +116,22 @@ def _serve(conn: Connection, threshold: float) -> None:
             for query in _queries(message[1], message[2]):
                 index._add(query)
             continue
-        _, seq, adds, ids, offsets, first_hit = message
+        _, seq, adds, ids, offsets, lo, hi, first_hit = message
         for earlier, kept in adds:
-            rows = recent.pop(earlier)
+            rows, ends, built = recent.pop(earlier)
             for i in kept.tolist():
-                index._add(rows[i])
-        queries = _queries(ids, offsets)
-        recent[seq] = queries
-        scores = np.zeros(len(queries), dtype=np.float64)
-        docs = np.full(len(queries), -1, dtype=np.int64)
-        for i, query in enumerate(queries):
-            score, doc = index._search_query(query, threshold, first_hit)
+                query = built.get(i)
+                if query is None:
+                    query = _Query(rows[ends[i] : ends[i + 1]].tolist())
+                index._add(query)
+        built = dict(enumerate(_queries(*_rows(ids, offsets, lo, hi)), start=lo))
+        recent[seq] = (ids, offsets, built)
+        scores = np.zeros(hi - lo, dtype=np.float64)
+        docs = np.full(hi - lo, -1, dtype=np.int64)
+        for i in range(lo, hi):
+            score, doc = index._search_query(built[i], threshold, first_hit)
             if doc is not None:
-                scores[i], docs[i] = score, doc
+                scores[i - lo], docs[i - lo] = score, doc
         conn.send((scores, docs))
 
 
@@ -147,9 +159,9 @@ class ParallelGreedyDedupe:
         self._seq = 0
         # Submitted batches, oldest first: (number, rows, kept rows the workers held for it).
         self._pending: deque[tuple[int, tuple[np.ndarray, np.ndarray], int]] = deque()
-        # Batches collected whose kept rows the workers have not been sent: (number, rows kept
-        # in it, by worker); and the parent's indexes of the rows kept in recent batches.
-        self._unsent: list[tuple[int, list[list[int]]]] = []
+        # Batches collected whose kept rows the workers have not been sent: (number, the rows
+        # kept in it); and the parent's indexes of the rows kept in recent batches.
+        self._unsent: list[tuple[int, list[int]]] = []
         self._locals: deque[tuple[int, RougeIndex]] = deque()  # (first kept row, its index)
         context = multiprocessing.get_context(start_method)
         self._conns: list[Connection] = []
@@ -170,14 +182,10 @@ class ParallelGreedyDedupe:
         """Rows start..stop count as kept, without a decision; only before any :meth:`submit`."""
         if self._seq:
             raise RuntimeError("rows to keep come before the first batch")
-        rows = np.arange(start, stop)
-        for w, conn in enumerate(self._conns):
-            mine = rows[(self.kept + np.arange(len(rows))) % self.workers == w]
-            parts = [ids[offsets[r] : offsets[r + 1]] for r in mine.tolist()]
-            flat = np.concatenate(parts) if parts else np.zeros(0, dtype=ids.dtype)
-            ends = np.concatenate(([0], np.cumsum(offsets[mine + 1] - offsets[mine])))
-            conn.send(("keep", flat, ends.astype(np.int64)))
-        self.kept += len(rows)
+        flat, ends = _rows(ids, offsets, start, stop)
+        for conn in self._conns:
+            conn.send(("keep", flat, ends))
+        self.kept += stop - start
         self._sent = self.kept
 
     def submit(self, ids: np.ndarray, offsets: np.ndarray, start: int, stop: int) -> None:
@@ -185,9 +193,10 @@ class ParallelGreedyDedupe:
             raise RuntimeError("collect the decisions of a batch before submitting more")
         batch_ids, batch_offsets = _rows(ids, offsets, start, stop)
         first_hit = not self.nearest
+        cuts = _slices(stop - start, self.workers)
+        adds = [(seq, np.array(kept, dtype=np.int64)) for seq, kept in self._unsent]
         for w, conn in enumerate(self._conns):
-            adds = [(seq, np.array(kept[w], dtype=np.int64)) for seq, kept in self._unsent]
-            conn.send(("batch", self._seq, adds, batch_ids, batch_offsets, first_hit))
+            conn.send(("batch", self._seq, adds, batch_ids, batch_offsets, *cuts[w], first_hit))
         self._unsent = []
         self._sent = self.kept
         self._pending.append((self._seq, (batch_ids, batch_offsets), self._sent))
@@ -205,25 +214,19 @@ class ParallelGreedyDedupe:
             raise RuntimeError("a de-duplication worker process ended unexpectedly") from None
         seq, (batch_ids, batch_offsets), held = self._pending.popleft()
         flat, ends = batch_ids.tolist(), batch_offsets.tolist()
-        threshold, workers, first_hit = self.threshold, self.workers, not self.nearest
+        threshold, first_hit = self.threshold, not self.nearest
+        # Each row's answer from the worker whose slice holds it, for kept rows 0..held - 1.
+        scores = np.concatenate([reply[0] for reply in replies]).tolist()
+        docs = np.concatenate([reply[1] for reply in replies]).tolist()
         # Kept rows 0..held - 1 are the workers'; the parent's indexes hold the others, whole
         # batches each, the one for this batch last.
         current = RougeIndex(prefix_threshold=threshold, postings=False)
         parts = [(base, index) for base, index in self._locals if base >= held]
         parts.append((self.kept, current))
-        kept_by_worker: list[list[int]] = [[] for _ in range(workers)]
+        kept_here: list[int] = []
         decisions: list[Decision] = []
         for i in range(len(ends) - 1):
-            found: Decision = None
-            for w, (scores, docs) in enumerate(replies):
-                doc = int(docs[i])
-                if doc < 0:
-                    continue
-                score, kept_row = float(scores[i]), doc * workers + w
-                if found is None or score > found[0] or (score == found[0] and kept_row < found[1]):
-                    found = (score, kept_row)
-                if first_hit:
-                    break
+            found: Decision = None if docs[i] < 0 else (scores[i], docs[i])
             if found is not None and first_hit:
                 decisions.append(found)
                 continue
@@ -237,13 +240,13 @@ class ParallelGreedyDedupe:
                 if doc is not None and (found is None or score > found[0]):
                     found = (score, base + doc)
             if found is None:
-                kept_by_worker[self.kept % workers].append(i)
+                kept_here.append(i)
                 current._add(query)
                 self.kept += 1
             decisions.append(found)
         if len(current):
             self._locals.append((parts[-1][0], current))
-        self._unsent.append((seq, kept_by_worker))
+        self._unsent.append((seq, kept_here))
         return decisions
 
     def close(self) -> None:

@@ -359,6 +359,8 @@ class RougeIndex:
         # F > t needs min(m, n) > t(m+n)/2, so n > t*m/(2-t): shorter texts are never read.
         shortest = math.floor(_need(threshold, m))
         prefix_postings, prefix_lengths = self._prefix_postings, self._prefix_lengths
+        if prefix_lengths.keys().isdisjoint(order[:size]):
+            return []  # no text shares a key of the query's prefix (often so in a small index)
         parts: list[array] = []
         limits: list[int] = []  # the largest doc prefix position that can pass, per part
         for i in range(min(size, known)):
