@@ -275,7 +275,8 @@ class RougeIndex:
         n = len(query.ids)
         if self.prefix_threshold is not None and n:
             prefix_postings = self._prefix_postings
-            size = n - math.floor(_need(self.prefix_threshold, n))
+            # Two keys past the prefix filter's one: see _prefix_candidates.
+            size = min(n, n - math.floor(_need(self.prefix_threshold, n)) + 1)
             prefix_lengths = self._prefix_lengths
             for j, key in enumerate(query.order[:size]):
                 entry = (doc << _POSITION_BITS) | min(j, _POSITION_MAX)
@@ -352,52 +353,71 @@ class RougeIndex:
         return self._score(query, found, threshold, 0.0, None, first_hit)
 
     def _prefix_candidates(self, query: _Query, threshold: float) -> list[int] | np.ndarray:
-        """The texts, ascending, that the prefix lists leave possible above `threshold`."""
+        """The texts, ascending, that the prefix lists leave possible above `threshold`.
+
+        Under one global order of the keys, two texts of m and n keys that share at least
+        `alpha` of them share at least two among the first m - alpha + 2 keys of one and the
+        first n - alpha + 2 of the other (the first two shared keys: at least alpha - 2 shared
+        ones come after them in each). So a text found in only one of the query's lists is
+        not a candidate, where alpha >= 2; most texts that a list of a fairly common key brings
+        up are found once. Texts are indexed by their first n - alpha + 2 keys for the
+        smallest alpha any query can need (prefix filtering with two keys, after Wang, Li and
+        Feng's k-prefix filter)."""
         m, order = len(query.ids), query.order
         known = len(order)
-        size = known - math.floor(_need(threshold, m))
+        size = min(known, known - math.floor(_need(threshold, m)) + 1)
         # F > t needs min(m, n) > t(m+n)/2, so n > t*m/(2-t): shorter texts are never read.
         shortest = math.floor(_need(threshold, m))
         prefix_postings, prefix_lengths = self._prefix_postings, self._prefix_lengths
         if prefix_lengths.keys().isdisjoint(order[:size]):
             return []  # no text shares a key of the query's prefix (often so in a small index)
+
+        def gap(n: int) -> int:
+            """alpha - k + 1 for texts of n keys, k the keys they must share in the prefixes
+            (two, or one where alpha is 1): the query's prefix for them is its first
+            known - gap keys, and theirs their first n - gap + 1."""
+            return max(1, math.floor(threshold * (m + n) / 2 - _SLACK))
+
+        def shared(n: int) -> int:
+            """Keys a text of n keys must share with the query in their prefixes."""
+            return 2 if math.floor(threshold * (m + n) / 2 - _SLACK) >= 1 else 1
+
         parts: list[array] = []
-        limits: list[int] = []  # the largest doc prefix position that can pass, per part
-        for i in range(min(size, known)):
+        for i in range(size):
             lengths = prefix_lengths.get(order[i])
             if lengths is None:
                 continue
             base = order[i] << _LENGTH_BITS
-            left = known - i  # query positions from the first shared key on
-            for n in lengths[bisect.bisect_left(lengths, shortest) :]:
-                required = threshold * (m + n) / 2 - _SLACK
-                if left <= required:
-                    break  # longer texts need even more overlap
-                entries = prefix_postings[base | n]
-                # The first shared key in the global order is at position i of the query
-                # and j of the doc (every other one comes after both in each), so the
-                # overlap is at most min(known - i, n - j): j < n - required.
-                limit = math.ceil(n - required) - 1
-                if limit >= 0:
-                    parts.append(entries)
-                    limits.append(limit)
+            # This key is in the query's prefix for texts of n keys while gap(n) <= known - i.
+            left = known - i
+            longest = int(2 * (left + 1) / threshold) - m + 1 if threshold > 0 else 1 << 30
+            while longest > 0 and gap(longest) > left:
+                longest -= 1
+            lo = bisect.bisect_left(lengths, shortest)
+            hi = bisect.bisect_right(lengths, longest)
+            parts.extend([prefix_postings[base | n] for n in lengths[lo:hi]])
         if not parts:
             return []
-        # A doc may come up at several positions; the first (the loosest bound) decides, and
-        # passing at any of them implies passing at the first.
+        lengths_of = self._lengths
         if sum(len(p) for p in parts) < self.vector_min:
-            docs: set[int] = set()
-            for entries, limit in zip(parts, limits, strict=True):
+            seen: dict[int, int] = {}
+            for entries in parts:
                 for e in entries:
-                    if e & _POSITION_MAX <= limit:
-                        docs.add(e >> _POSITION_BITS)
-            ranked = sorted(docs)
-        else:
-            lens = [len(p) for p in parts]
-            entries = np.concatenate([np.frombuffer(p, dtype=np.int64) for p in parts])
-            passing = (entries & _POSITION_MAX) <= np.repeat(np.array(limits), lens)
-            ranked = np.unique(entries[passing] >> _POSITION_BITS)
-        return ranked
+                    doc = e >> _POSITION_BITS
+                    n = lengths_of[doc]
+                    if e & _POSITION_MAX <= n - gap(n):  # in the doc's prefix for this query
+                        seen[doc] = seen.get(doc, 0) + 1
+            return sorted(doc for doc, count in seen.items() if count >= shared(lengths_of[doc]))
+        entries = np.frombuffer(b"".join(parts), dtype=np.int64)
+        docs = entries >> _POSITION_BITS
+        n = np.frombuffer(lengths_of, dtype=np.int32)[docs]
+        floor = np.floor(threshold * (m + n) / 2 - _SLACK)
+        passing = (entries & _POSITION_MAX) <= n - np.maximum(floor, 1)
+        docs, counts = np.unique(docs[passing], return_counts=True)
+        if shared(1) == 2:  # so for every length
+            return docs[counts >= 2]
+        n = np.frombuffer(lengths_of, dtype=np.int32)[docs]
+        return docs[counts >= np.where(np.floor(threshold * (m + n) / 2 - _SLACK) >= 1, 2, 1)]
 
     def _counts(self, keys: int) -> np.ndarray:
         """The scratch counts for a query of `keys` occurrence keys (zero between queries)."""
