@@ -7,6 +7,7 @@ and split between worker processes."""
 
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -290,3 +291,36 @@ def test_a_tie_below_the_prefix_threshold_goes_to_the_earliest_text():
                 seed,
                 thresholds=[0.3, 0.7],
             )
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(st.lists(st.sampled_from("abcdefg"), max_size=6).map(" ".join), max_size=30),
+    st.lists(st.sampled_from("abcdefg"), min_size=1, max_size=6).map(" ".join),
+    st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9]),
+    st.sampled_from([0, 10**9]),
+)
+def test_prefix_candidates_hold_every_text_above_the_threshold(pool, query, threshold, vector_min):
+    # Short texts over a few tokens: many where one shared key is enough (alpha 1: texts of
+    # one or two tokens) next to many where two are needed, on both paths.
+    index = RougeIndex(prefix_threshold=threshold)
+    index.vector_min = vector_min
+    for text in pool:
+        index.add(text)
+    candidates = set(np.asarray(index._prefix_candidates(index._query(query), threshold)).tolist())
+    above = {
+        i for i, score in enumerate(exhaustive(pool, query, rouge_tokenize)) if score > threshold
+    }
+    assert above <= candidates
+
+
+def test_a_text_sharing_one_prefix_key_is_not_a_candidate():
+    # Every text shares the query's rarest token, and only one text shares anything else in
+    # the prefix: the two-key prefix filter leaves that one text (one key was enough before).
+    pool = [f"rare w{i} x{i} y{i} z{i}" for i in range(60)] + ["rare common q r s"]
+    index = RougeIndex(prefix_threshold=0.7)
+    index.learn_token_order([*pool, "common " * 50])
+    for text in pool:
+        index.add(text)
+    query = index._query("rare common q r s")
+    assert list(np.asarray(index._prefix_candidates(query, 0.7)).tolist()) == [60]

@@ -390,8 +390,9 @@ class RougeIndex:
             base = order[i] << _LENGTH_BITS
             # This key is in the query's prefix for texts of n keys while gap(n) <= known - i.
             left = known - i
-            longest = int(2 * (left + 1) / threshold) - m + 1 if threshold > 0 else 1 << 30
-            while longest > 0 and gap(longest) > left:
+            # n < 2(left + 1)/t - m, give or take the slack and rounding: start above it.
+            longest = int(2 * (left + 1) / threshold) - m + 2 if threshold > 0 else 1 << 30
+            while longest > 0 and math.floor(threshold * (m + longest) / 2 - _SLACK) > left:
                 longest -= 1
             lo = bisect.bisect_left(lengths, shortest)
             hi = bisect.bisect_right(lengths, longest)
@@ -399,7 +400,8 @@ class RougeIndex:
         if not parts:
             return []
         lengths_of = self._lengths
-        if sum(len(p) for p in parts) < self.vector_min:
+        joined = b"".join(parts)
+        if len(joined) < 8 * self.vector_min:
             seen: dict[int, int] = {}
             for entries in parts:
                 for e in entries:
@@ -408,14 +410,16 @@ class RougeIndex:
                     if e & _POSITION_MAX <= n - gap(n):  # in the doc's prefix for this query
                         seen[doc] = seen.get(doc, 0) + 1
             return sorted(doc for doc, count in seen.items() if count >= shared(lengths_of[doc]))
-        entries = np.frombuffer(b"".join(parts), dtype=np.int64)
+        entries = np.frombuffer(joined, dtype=np.int64)
         docs = entries >> _POSITION_BITS
         n = np.frombuffer(lengths_of, dtype=np.int32)[docs]
         floor = np.floor(threshold * (m + n) / 2 - _SLACK)
-        passing = (entries & _POSITION_MAX) <= n - np.maximum(floor, 1)
-        docs, counts = np.unique(docs[passing], return_counts=True)
-        if shared(1) == 2:  # so for every length
-            return docs[counts >= 2]
+        docs = docs[(entries & _POSITION_MAX) <= n - np.maximum(floor, 1)]
+        docs.sort()
+        if shared(1) == 2:  # so for every length: the texts found at least twice
+            twice = docs[1:][docs[1:] == docs[:-1]]
+            return twice[np.concatenate(([True], twice[1:] != twice[:-1]))] if len(twice) else twice
+        docs, counts = np.unique(docs, return_counts=True)
         n = np.frombuffer(lengths_of, dtype=np.int32)[docs]
         return docs[counts >= np.where(np.floor(threshold * (m + n) / 2 - _SLACK) >= 1, 2, 1)]
 
