@@ -176,7 +176,7 @@ def dedupe(
 ) -> DedupeSummary:
     """Greedy de-duplication of `inputs` into `out`; see the module docstring.
 
-    `workers` processes share the kept rows (:mod:`selfgen.filters.greedy`; the decisions are
+    `workers` processes split the rows to check (:mod:`selfgen.filters.greedy`; the decisions are
     those of one process); None picks :func:`default_workers`, or one process for inputs of
     fewer than :data:`PARALLEL_MIN_ROWS` rows.
     """
