@@ -375,7 +375,7 @@ class RougeIndex:
         def gap(n: int) -> int:
             """alpha - k + 1 for texts of n keys, k the keys they must share in the prefixes
             (two, or one where alpha is 1): the query's prefix for them is its first
-            known - gap keys, and theirs their first n - gap + 1."""
+            known - gap + 1 keys, and theirs their first n - gap + 1."""
             return max(1, math.floor(threshold * (m + n) / 2 - _SLACK))
 
         def shared(n: int) -> int:
