@@ -6,7 +6,14 @@ import subprocess
 import pytest
 from conftest import ROOT, selfgen_cmd, shared_file
 
-from selfgen.dedupe import DedupeError, dedupe, extract, parse_field_path
+from selfgen.dedupe import (
+    PARALLEL_MIN_ROWS,
+    DedupeError,
+    dedupe,
+    default_workers,
+    extract,
+    parse_field_path,
+)
 from selfgen.filters.rouge import RougeIndex, rouge_l_f, rouge_tokenize
 
 
@@ -167,6 +174,18 @@ def test_workers_write_the_same_files_as_one_process_on_real_lines(tmp_path, chi
     kept_rows, rejected_rows, _ = outputs["1"]
     assert rejected_rows.count(b'"near_duplicate"') > 10  # the corpus does have near-duplicates
     assert len(kept_rows.splitlines()) + rejected_rows.count(b"\n") == 3000
+
+
+def test_the_default_takes_the_usable_cores_from_20000_rows_on(tmp_path, child_env):
+    # Without --workers: one process below PARALLEL_MIN_ROWS rows, the usable cores from there.
+    for rows, processes in ((PARALLEL_MIN_ROWS - 1, 1), (PARALLEL_MIN_ROWS, default_workers())):
+        src, out = tmp_path / f"in{rows}.txt", tmp_path / f"out{rows}.txt"
+        src.write_text("".join(f"row {i} of part {i % 97}\n" for i in range(rows)))
+        proc = run([str(src), "--out", str(out), "-q"], child_env)
+        assert proc.returncode == 0, proc.stderr
+        plural = "es" if processes > 1 else ""
+        assert f"read {rows} rows in " in proc.stdout
+        assert f"({processes} process{plural})" in proc.stdout
 
 
 def test_workers_keep_row_order_with_malformed_rows_across_batches(tmp_path):
