@@ -5,6 +5,7 @@ learned and first-seen token orders; on Latin and CJK text, and on texts longer 
 tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
 and split between worker processes."""
 
+import math
 import random
 
 import numpy as np
@@ -14,7 +15,17 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
 from selfgen.filters.greedy import GreedyDedupe, ParallelGreedyDedupe
-from selfgen.filters.rouge import RougeIndex, TokenIds, cjk_tokenize, rouge_l_f, rouge_tokenize
+from selfgen.filters.rouge import (
+    _REACH_MAX,
+    _SLACK,
+    RougeIndex,
+    TokenIds,
+    _need,
+    _reach,
+    cjk_tokenize,
+    rouge_l_f,
+    rouge_tokenize,
+)
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True)
@@ -307,20 +318,26 @@ def test_prefix_candidates_hold_every_text_above_the_threshold(pool, query, thre
     index.vector_min = vector_min
     for text in pool:
         index.add(text)
-    candidates = set(np.asarray(index._prefix_candidates(index._query(query), threshold)).tolist())
-    above = {
-        i for i, score in enumerate(exhaustive(pool, query, rouge_tokenize)) if score > threshold
-    }
-    assert above <= candidates
+    scores = exhaustive(pool, query, rouge_tokenize)
+    # At the index's threshold, and above it (the reach stored with each prefix key is the
+    # index's: looser than a higher threshold needs).
+    for asked in (threshold, min(1.0, threshold + 0.15)):
+        found = index._prefix_candidates(index._query(query), asked)
+        above = {i for i, score in enumerate(scores) if score > asked}
+        assert above <= set(np.asarray(found).tolist())
 
 
-def test_a_text_sharing_one_prefix_key_is_not_a_candidate():
-    # Every text shares the query's rarest token, and only one text shares anything else in
-    # the prefix: the two-key prefix filter leaves that one text (one key was enough before).
-    pool = [f"rare w{i} x{i} y{i} z{i}" for i in range(60)] + ["rare common q r s"]
-    index = RougeIndex(prefix_threshold=0.7)
-    index.learn_token_order([*pool, "common " * 50])
-    for text in pool:
-        index.add(text)
-    query = index._query("rare common q r s")
-    assert list(np.asarray(index._prefix_candidates(query, 0.7)).tolist()) == [60]
+def test_the_reach_of_a_prefix_key_is_the_longest_query_it_serves():
+    # Straight from the definition: the key at position j of a text of n keys is in the text's
+    # prefix for a query of m tokens while j <= n - max(1, floor(t(m + n)/2)).
+    for threshold in (0.3, 0.5, 0.7, 0.75, 0.9, 1.0):
+        for n in range(1, 60):
+            size = min(n, n - math.floor(_need(threshold, n)) + 1)
+            for j in range(size):
+                reach = _reach(threshold, n, j)
+                serves = [
+                    j <= n - max(1, math.floor(threshold * (m + n) / 2 - _SLACK))
+                    for m in range(1, reach + 5)
+                ]
+                assert serves == [m <= reach for m in range(1, reach + 5)], (threshold, n, j)
+    assert _reach(0.0, 10, 3) == _REACH_MAX  # every query: the cap

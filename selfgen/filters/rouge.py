@@ -86,18 +86,70 @@ _SLACK = 1e-9
 # An occurrence of a token is keyed (id << 32) | k for its k-th occurrence in a text, so that
 # multiset intersections are set intersections of keys.
 _OCCURRENCE_BITS = 32
-# A prefix posting is (doc << 16) | position of the key in the doc's prefix (capped: a smaller
-# position only loosens the positional bound).
-_POSITION_BITS = 16
-_POSITION_MAX = (1 << _POSITION_BITS) - 1
-# A prefix list holds the texts of one length: (occurrence key << 32) | length.
-_LENGTH_BITS = 32
+# A prefix posting is (doc << 16) | reach: the longest query whose prefix filter this key of the
+# doc's prefix still takes part in (see _reach; capped: a larger reach only loosens the filter).
+_REACH_BITS = 16
+_REACH_MAX = (1 << _REACH_BITS) - 1
 
 
 def _need(threshold: float, length: int) -> float:
     """F > threshold needs an LCS (and so an overlap) above this, for a text of `length` tokens
     against a text of any length: L <= n and 2L/(m+n) > t give L > t*m/(2-t)."""
     return max(0.0, (threshold - _SLACK) * length / (2 - threshold + _SLACK))
+
+
+def _reach(threshold: float, n: int, j: int) -> int:
+    """The longest query (in tokens) for which the key at position j of a text of n keys is in
+    that text's prefix for the query (see RougeIndex._prefix_candidates): the largest m with
+    floor(threshold * (m + n) / 2) <= n - j, computed exactly as the query computes it, and
+    capped at _REACH_MAX (the filter then keeps the key for any query)."""
+    if threshold <= 0:
+        return _REACH_MAX
+
+    def fits(m: int) -> bool:
+        return math.floor(threshold * (m + n) / 2 - _SLACK) <= n - j
+
+    m = max(0, math.ceil(2 * (n - j + 1) / threshold) - n)
+    while m > 0 and not fits(m):
+        m -= 1
+    while m < _REACH_MAX and fits(m + 1):
+        m += 1
+    return m
+
+
+class _PrefixPlan:
+    """What a query of m tokens (`known` of them indexed) reads of the prefix lists at a
+    threshold: its prefix keys, and for each the lengths of the texts to read."""
+
+    __slots__ = ("threshold", "m", "shortest", "longest", "pairs")
+
+    def __init__(self, threshold: float, m: int, known: int) -> None:
+        self.threshold, self.m = threshold, m
+        # F > t needs min(m, n) > t(m+n)/2, so n > t*m/(2-t): shorter texts are never read.
+        self.shortest = math.floor(_need(threshold, m))
+        size = min(known, known - self.shortest + 1)
+        # The key at position i is in the query's prefix for texts of n keys while
+        # gap(n) <= known - i: the longest such n for each i (gap grows with n).
+        self.longest: list[int] = []
+        for i in range(size):
+            left = known - i
+            # n < 2(left + 1)/t - m, give or take the slack and rounding: start above it.
+            n = int(2 * (left + 1) / threshold) - m + 2 if threshold > 0 else 1 << 30
+            while n > 0 and self.gap(n) > left:
+                n -= 1
+            self.longest.append(n)
+        # Whether texts of every length must share two prefix keys with the query.
+        self.pairs = self.shared(1) == 2
+
+    def gap(self, n: int) -> int:
+        """alpha - k + 1 for texts of n keys, k the keys they must share in the prefixes (two,
+        or one where alpha is 1): the query's prefix for them is its first known - gap + 1
+        keys, and theirs their first n - gap + 1."""
+        return max(1, math.floor(self.threshold * (self.m + n) / 2 - _SLACK))
+
+    def shared(self, n: int) -> int:
+        """Keys a text of n keys must share with the query in their prefixes."""
+        return 2 if math.floor(self.threshold * (self.m + n) / 2 - _SLACK) >= 1 else 1
 
 
 class _Query:
@@ -202,9 +254,12 @@ class RougeIndex:
         self._lengths = array("i")
         # occurrence key -> the texts holding it, in ascending order (texts are only added)
         self._postings: dict[int, array] = {}
-        # (occurrence key << 32) | text length -> (doc << 16) | position in the doc's prefix
-        self._prefix_postings: dict[int, array] = {}
-        self._prefix_lengths: dict[int, array] = {}  # occurrence key -> its lengths, sorted
+        # Prefix lists: occurrence key -> the lengths of the texts holding it in their prefix,
+        # sorted, and for each length a list of entries (doc << 16) | position in the prefix.
+        self._prefix_lengths: dict[int, array] = {}
+        self._prefix_postings: dict[int, list[array]] = {}
+        self._reaches: dict[int, list[int]] = {}  # text length -> reach of each prefix position
+        self._plans: dict[tuple[float, int, int], _PrefixPlan] = {}
         # Scratch: how many of a query's keys each text holds, one byte a text (less memory
         # traffic) for queries of fewer than 256 keys, else four.
         self._hits = np.zeros(0, dtype=np.uint8)
@@ -274,22 +329,28 @@ class RougeIndex:
                     docs.append(doc)
         n = len(query.ids)
         if self.prefix_threshold is not None and n:
-            prefix_postings = self._prefix_postings
-            # Two keys past the prefix filter's one: see _prefix_candidates.
-            size = min(n, n - math.floor(_need(self.prefix_threshold, n)) + 1)
-            prefix_lengths = self._prefix_lengths
-            for j, key in enumerate(query.order[:size]):
-                entry = (doc << _POSITION_BITS) | min(j, _POSITION_MAX)
-                entries = prefix_postings.get((key << _LENGTH_BITS) | n)
-                if entries is not None:
-                    entries.append(entry)
-                    continue
-                prefix_postings[(key << _LENGTH_BITS) | n] = array("q", (entry,))
+            prefix_postings, prefix_lengths = self._prefix_postings, self._prefix_lengths
+            # The reach of each position of the prefix of a text of n keys, which is two keys
+            # past the prefix filter's one (see _prefix_candidates).
+            reaches = self._reaches.get(n)
+            if reaches is None:
+                threshold = self.prefix_threshold
+                size = min(n, n - math.floor(_need(threshold, n)) + 1)
+                reaches = self._reaches[n] = [_reach(threshold, n, j) for j in range(size)]
+            base = doc << _REACH_BITS
+            for key, reach in zip(query.order, reaches, strict=False):  # the prefix
+                entry = base | reach
                 lengths = prefix_lengths.get(key)
                 if lengths is None:
                     prefix_lengths[key] = array("i", (n,))
+                    prefix_postings[key] = [array("q", (entry,))]
+                    continue
+                at = bisect.bisect_left(lengths, n)
+                if at < len(lengths) and lengths[at] == n:
+                    prefix_postings[key][at].append(entry)
                 else:
-                    lengths.insert(bisect.bisect_left(lengths, n), n)
+                    lengths.insert(at, n)
+                    prefix_postings[key].insert(at, array("q", (entry,)))
         self._starts.append(len(self._tokens))
         self._lengths.append(n)
         self._tokens.extend(query.ids)
@@ -364,63 +425,47 @@ class RougeIndex:
         smallest alpha any query can need (prefix filtering with two keys, after Wang, Li and
         Feng's k-prefix filter)."""
         m, order = len(query.ids), query.order
-        known = len(order)
-        size = min(known, known - math.floor(_need(threshold, m)) + 1)
-        # F > t needs min(m, n) > t(m+n)/2, so n > t*m/(2-t): shorter texts are never read.
-        shortest = math.floor(_need(threshold, m))
+        plan = self._plans.get((threshold, m, len(order)))
+        if plan is None:
+            plan = self._plans[threshold, m, len(order)] = _PrefixPlan(threshold, m, len(order))
         prefix_postings, prefix_lengths = self._prefix_postings, self._prefix_lengths
-        if prefix_lengths.keys().isdisjoint(order[:size]):
+        if prefix_lengths.keys().isdisjoint(order[: len(plan.longest)]):
             return []  # no text shares a key of the query's prefix (often so in a small index)
-
-        def gap(n: int) -> int:
-            """alpha - k + 1 for texts of n keys, k the keys they must share in the prefixes
-            (two, or one where alpha is 1): the query's prefix for them is its first
-            known - gap + 1 keys, and theirs their first n - gap + 1."""
-            return max(1, math.floor(threshold * (m + n) / 2 - _SLACK))
-
-        def shared(n: int) -> int:
-            """Keys a text of n keys must share with the query in their prefixes."""
-            return 2 if math.floor(threshold * (m + n) / 2 - _SLACK) >= 1 else 1
-
+        shortest = plan.shortest
         parts: list[array] = []
-        for i in range(size):
-            lengths = prefix_lengths.get(order[i])
-            if lengths is None:
-                continue
-            base = order[i] << _LENGTH_BITS
-            # This key is in the query's prefix for texts of n keys while gap(n) <= known - i.
-            left = known - i
-            # n < 2(left + 1)/t - m, give or take the slack and rounding: start above it.
-            longest = int(2 * (left + 1) / threshold) - m + 2 if threshold > 0 else 1 << 30
-            while longest > 0 and math.floor(threshold * (m + longest) / 2 - _SLACK) > left:
-                longest -= 1
-            lo = bisect.bisect_left(lengths, shortest)
-            hi = bisect.bisect_right(lengths, longest)
-            parts.extend([prefix_postings[base | n] for n in lengths[lo:hi]])
+        for key, longest in zip(order, plan.longest, strict=False):  # the prefix
+            lengths = prefix_lengths.get(key)
+            if lengths is not None:
+                lo = bisect.bisect_left(lengths, shortest)
+                hi = bisect.bisect_right(lengths, longest)
+                if lo < hi:
+                    parts.extend(prefix_postings[key][lo:hi])
         if not parts:
             return []
-        lengths_of = self._lengths
         joined = b"".join(parts)
+        # A key of a text's prefix counts while the query is no longer than the key's reach.
+        reach = min(m, _REACH_MAX)
         if len(joined) < 8 * self.vector_min:
             seen: dict[int, int] = {}
             for entries in parts:
                 for e in entries:
-                    doc = e >> _POSITION_BITS
-                    n = lengths_of[doc]
-                    if e & _POSITION_MAX <= n - gap(n):  # in the doc's prefix for this query
+                    if e & _REACH_MAX >= reach:
+                        doc = e >> _REACH_BITS
                         seen[doc] = seen.get(doc, 0) + 1
-            return sorted(doc for doc, count in seen.items() if count >= shared(lengths_of[doc]))
+            if plan.pairs:
+                return sorted(doc for doc, count in seen.items() if count >= 2)
+            lengths_of = self._lengths
+            return sorted(
+                doc for doc, count in seen.items() if count >= plan.shared(lengths_of[doc])
+            )
         entries = np.frombuffer(joined, dtype=np.int64)
-        docs = entries >> _POSITION_BITS
-        n = np.frombuffer(lengths_of, dtype=np.int32)[docs]
-        floor = np.floor(threshold * (m + n) / 2 - _SLACK)
-        docs = docs[(entries & _POSITION_MAX) <= n - np.maximum(floor, 1)]
+        docs = entries[(entries & _REACH_MAX) >= reach] >> _REACH_BITS
         docs.sort()
-        if shared(1) == 2:  # so for every length: the texts found at least twice
+        if plan.pairs:  # the texts found at least twice
             twice = docs[1:][docs[1:] == docs[:-1]]
             return twice[np.concatenate(([True], twice[1:] != twice[:-1]))] if len(twice) else twice
         docs, counts = np.unique(docs, return_counts=True)
-        n = np.frombuffer(lengths_of, dtype=np.int32)[docs]
+        n = np.frombuffer(self._lengths, dtype=np.int32)[docs]
         return docs[counts >= np.where(np.floor(threshold * (m + n) / 2 - _SLACK) >= 1, 2, 1)]
 
     def _counts(self, keys: int) -> np.ndarray:
