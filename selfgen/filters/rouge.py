@@ -153,25 +153,29 @@ class _PrefixPlan:
 
 
 class _Query:
-    """A text as the index sees it: token ids (-1 for tokens it has never indexed), counts of
-    the known ones, and their occurrence keys in the global order."""
+    """A text as the index sees it: token ids (-1 for tokens it has never indexed) and the
+    occurrence keys of the known ones in the global order."""
 
-    __slots__ = ("ids", "counts", "order", "sorted_keys", "key_set", "_masks")
+    __slots__ = ("ids", "order", "sorted_keys", "key_set", "_masks")
 
     def __init__(self, ids: list[int]) -> None:
         self.ids = ids
-        counts: dict[int, int] = {}
-        for t in ids:
-            if t >= 0:
-                counts[t] = counts.get(t, 0) + 1
-        self.counts = counts
         # Higher token id first, then occurrence number: with ids numbered commonest first
         # (or by first appearance), the rarest tokens lead.
-        order: list[int] = []
-        for t in sorted(counts, reverse=True):
-            base = t << _OCCURRENCE_BITS
-            order.extend(range(base, base + counts[t]))
-        self.order = order
+        distinct = set(ids)
+        distinct.discard(-1)
+        if len(distinct) == len(ids):  # every token known, and once (most texts)
+            self.order = [t << _OCCURRENCE_BITS for t in sorted(distinct, reverse=True)]
+        else:
+            counts: dict[int, int] = {}
+            for t in ids:
+                if t >= 0:
+                    counts[t] = counts.get(t, 0) + 1
+            order: list[int] = []
+            for t in sorted(counts, reverse=True):
+                base = t << _OCCURRENCE_BITS
+                order.extend(range(base, base + counts[t]))
+            self.order = order
         self.sorted_keys: np.ndarray | None = None
         self.key_set: set[int] | None = None
         self._masks: dict[int, int] | None = None
@@ -255,9 +259,8 @@ class RougeIndex:
         # occurrence key -> the texts holding it, in ascending order (texts are only added)
         self._postings: dict[int, array] = {}
         # Prefix lists: occurrence key -> the lengths of the texts holding it in their prefix,
-        # sorted, and for each length a list of entries (doc << 16) | position in the prefix.
-        self._prefix_lengths: dict[int, array] = {}
-        self._prefix_postings: dict[int, list[array]] = {}
+        # sorted, and for each length a list of entries (doc << 16) | reach (see _reach).
+        self._prefix: dict[int, tuple[array, list[array]]] = {}
         self._reaches: dict[int, list[int]] = {}  # text length -> reach of each prefix position
         self._plans: dict[tuple[float, int, int], _PrefixPlan] = {}
         # Scratch: how many of a query's keys each text holds, one byte a text (less memory
@@ -329,7 +332,7 @@ class RougeIndex:
                     docs.append(doc)
         n = len(query.ids)
         if self.prefix_threshold is not None and n:
-            prefix_postings, prefix_lengths = self._prefix_postings, self._prefix_lengths
+            prefix = self._prefix
             # The reach of each position of the prefix of a text of n keys, which is two keys
             # past the prefix filter's one (see _prefix_candidates).
             reaches = self._reaches.get(n)
@@ -340,17 +343,17 @@ class RougeIndex:
             base = doc << _REACH_BITS
             for key, reach in zip(query.order, reaches, strict=False):  # the prefix
                 entry = base | reach
-                lengths = prefix_lengths.get(key)
-                if lengths is None:
-                    prefix_lengths[key] = array("i", (n,))
-                    prefix_postings[key] = [array("q", (entry,))]
+                lists = prefix.get(key)
+                if lists is None:
+                    prefix[key] = (array("i", (n,)), [array("q", (entry,))])
                     continue
+                lengths = lists[0]
                 at = bisect.bisect_left(lengths, n)
                 if at < len(lengths) and lengths[at] == n:
-                    prefix_postings[key][at].append(entry)
+                    lists[1][at].append(entry)
                 else:
                     lengths.insert(at, n)
-                    prefix_postings[key].insert(at, array("q", (entry,)))
+                    lists[1].insert(at, array("q", (entry,)))
         self._starts.append(len(self._tokens))
         self._lengths.append(n)
         self._tokens.extend(query.ids)
@@ -428,18 +431,16 @@ class RougeIndex:
         plan = self._plans.get((threshold, m, len(order)))
         if plan is None:
             plan = self._plans[threshold, m, len(order)] = _PrefixPlan(threshold, m, len(order))
-        prefix_postings, prefix_lengths = self._prefix_postings, self._prefix_lengths
-        if prefix_lengths.keys().isdisjoint(order[: len(plan.longest)]):
-            return []  # no text shares a key of the query's prefix (often so in a small index)
-        shortest = plan.shortest
+        prefix, shortest = self._prefix, plan.shortest
         parts: list[array] = []
         for key, longest in zip(order, plan.longest, strict=False):  # the prefix
-            lengths = prefix_lengths.get(key)
-            if lengths is not None:
+            lists = prefix.get(key)
+            if lists is not None:
+                lengths = lists[0]
                 lo = bisect.bisect_left(lengths, shortest)
                 hi = bisect.bisect_right(lengths, longest)
                 if lo < hi:
-                    parts.extend(prefix_postings[key][lo:hi])
+                    parts.extend(lists[1][lo:hi])
         if not parts:
             return []
         joined = b"".join(parts)
