@@ -217,10 +217,12 @@ class RougeIndex:
       from the best of the prefix lists' candidates when there is none above their threshold;
     - with `prefix_threshold`, each text is also indexed by its prefix only (prefix filtering,
       as in set-similarity joins): under one fixed token order, two texts whose overlap reaches
-      what threshold t requires must share a token among the first `len - floor(need)` of each.
-      Their first shared token, at positions i and j, bounds the overlap by min(m - i, n - j)
-      (positional filtering, after PPJoin), and prefix entries are kept by text length, so a
-      query reads only the lengths that this bound leaves possible at each position. The order
+      what threshold t requires must share a token among the first `len - floor(need)` of each,
+      and two tokens among a prefix one token longer (see :meth:`_prefix_candidates`). The
+      prefix lists of a token are kept by text length, so a query reads only the lengths that
+      the threshold leaves possible at each position of its prefix (positional filtering, after
+      PPJoin); each entry carries its reach, the longest query for which that token is still
+      in the text's prefix, so the text's side of the same filter is one comparison. The order
       puts later-seen tokens first, which in practice is rarest first; :meth:`learn_token_order`
       makes it exact. Queries with a threshold >= `prefix_threshold` read those lists only.
     """
