@@ -1120,7 +1120,7 @@ def dedupe(
         int | None,
         typer.Option(
             help="Processes sharing the work (same decisions for any number). Default 0: the"
-            " usable CPU cores, at most 4, and one process for inputs under 20,000 rows.",
+            " usable CPU cores, at most 4, and one process for inputs under 500,000 rows.",
         ),
     ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

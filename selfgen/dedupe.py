@@ -144,9 +144,12 @@ class DedupeSummary:
     malformed_lines: list[str] = field(default_factory=list)
 
 
-# The most worker processes `workers=None` picks, and the fewest rows worth starting them for.
+# The most worker processes `workers=None` picks, and the fewest rows worth starting them for:
+# every worker adds every kept row and the parent checks the rows of the last two batches, so
+# on 2 cores two processes took as long as one at 300,000 rows and 0.9 of the time at 954,357
+# (benchmarks/rouge_scale.py; README).
 MAX_AUTO_WORKERS = 4
-PARALLEL_MIN_ROWS = 20_000
+PARALLEL_MIN_ROWS = 500_000
 
 
 def default_workers() -> int:

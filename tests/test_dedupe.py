@@ -6,8 +6,8 @@ import subprocess
 import pytest
 from conftest import ROOT, selfgen_cmd, shared_file
 
+import selfgen.dedupe as dedupe_module
 from selfgen.dedupe import (
-    PARALLEL_MIN_ROWS,
     DedupeError,
     dedupe,
     default_workers,
@@ -176,16 +176,21 @@ def test_workers_write_the_same_files_as_one_process_on_real_lines(tmp_path, chi
     assert len(kept_rows.splitlines()) + rejected_rows.count(b"\n") == 3000
 
 
-def test_the_default_takes_the_usable_cores_from_20000_rows_on(tmp_path, child_env):
-    # Without --workers: one process below PARALLEL_MIN_ROWS rows, the usable cores from there.
-    for rows, processes in ((PARALLEL_MIN_ROWS - 1, 1), (PARALLEL_MIN_ROWS, default_workers())):
-        src, out = tmp_path / f"in{rows}.txt", tmp_path / f"out{rows}.txt"
-        src.write_text("".join(f"row {i} of part {i % 97}\n" for i in range(rows)))
-        proc = run([str(src), "--out", str(out), "-q"], child_env)
-        assert proc.returncode == 0, proc.stderr
-        plural = "es" if processes > 1 else ""
-        assert f"read {rows} rows in " in proc.stdout
-        assert f"({processes} process{plural})" in proc.stdout
+def test_the_default_takes_the_usable_cores_from_parallel_min_rows_on(
+    tmp_path, child_env, monkeypatch
+):
+    # Without --workers the command passes None: one process below PARALLEL_MIN_ROWS rows, the
+    # usable cores from there (the threshold lowered here, so that the files stay small).
+    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("".join(f"row {i} of part {i % 97}\n" for i in range(300)))
+    proc = run([str(src), "--out", str(out), "-q"], child_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "read 300 rows in " in proc.stdout and "(1 process)" in proc.stdout
+    monkeypatch.setattr(dedupe_module, "PARALLEL_MIN_ROWS", 300)
+    assert dedupe(src, out, workers=None).workers == default_workers()
+    lines = src.read_text().splitlines(keepends=True)
+    src.write_text("".join(lines[:299]))
+    assert dedupe(src, out, workers=None).workers == 1
 
 
 def test_workers_keep_row_order_with_malformed_rows_across_batches(tmp_path):
