@@ -2,7 +2,7 @@
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenize
 
 from selfgen.filters.rouge import RougeIndex, cjk_tokenize, rouge_l_f, rouge_tokenize
 
@@ -44,6 +44,12 @@ SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
 
 def reference(a: str, b: str) -> float:
     return SCORER.score(a, b)["rougeL"].fmeasure
+
+
+@SETTINGS
+@given(st.one_of(TEXT, st.text(alphabet=st.characters(codec="utf-8"), max_size=60)))
+def test_the_default_tokens_are_rouge_scores(text):
+    assert rouge_tokenize(text) == tokenize.tokenize(text, None)
 
 
 @SETTINGS
