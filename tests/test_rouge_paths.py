@@ -5,6 +5,7 @@ learned and first-seen token orders; on Latin and CJK text, and on texts longer 
 tokens. Greedy de-duplication is checked the same way, decision by decision, on one process
 and split between worker processes."""
 
+import itertools
 import math
 import random
 
@@ -341,3 +342,21 @@ def test_the_reach_of_a_prefix_key_is_the_longest_query_it_serves():
                 ]
                 assert serves == [m <= reach for m in range(1, reach + 5)], (threshold, n, j)
     assert _reach(0.0, 10, 3) == _REACH_MAX  # every query: the cap
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.one_of(latin_text(0, 12), st.text(max_size=20)), max_size=40), st.integers(1, 5))
+def test_token_ids_number_tokens_commonest_first(texts, chunk):
+    # By the number of texts holding a token, commonest first, ties by first appearance; the
+    # document frequencies counted a few texts at a time.
+    corpus = TokenIds(rouge_tokenize)
+    corpus.df_chunk = chunk
+    for text in texts:
+        corpus.feed(text)
+    ids, offsets = corpus.finish()
+    tokens = [rouge_tokenize(text) for text in texts]
+    first_seen = list(dict.fromkeys(t for row in tokens for t in row))
+    df = {t: sum(t in row for row in tokens) for t in first_seen}
+    number = {t: i for i, t in enumerate(sorted(first_seen, key=lambda t: -df[t]))}
+    assert ids.tolist() == [number[t] for row in tokens for t in row]
+    assert offsets.tolist() == [0, *itertools.accumulate(len(row) for row in tokens)]

@@ -704,15 +704,17 @@ class RougeIndex:
 class TokenIds:
     """A corpus as token ids, tokenised once: :meth:`feed` each text, then :meth:`finish`.
 
-    Tokens are numbered as :meth:`RougeIndex.learn_token_order` numbers them (by how many texts
-    hold them, commonest lowest; ties by first appearance), so an index fed these ids with
-    :meth:`RougeIndex.add_ids` reads the rarest tokens first.
+    Tokens are numbered by how many texts hold them, commonest lowest, ties by first appearance
+    (the order :meth:`RougeIndex.learn_token_order` learns, but for ties), so an index fed these
+    ids with :meth:`RougeIndex.add_ids` reads the rarest tokens first.
     """
+
+    # Texts whose document frequencies :meth:`finish` counts at once (bounds its memory).
+    df_chunk = 1 << 18
 
     def __init__(self, tokenizer: Tokenizer = rouge_tokenize) -> None:
         self.tokenizer = tokenizer
-        self._vocab: dict[str, int] = {}
-        self._df = array("q")  # texts holding each token, by first-appearance number
+        self._vocab: dict[str, int] = {}  # token -> first-appearance number
         self._flat = array("i")
         self._ends = array("q", (0,))
 
@@ -720,22 +722,38 @@ class TokenIds:
         return len(self._ends) - 1
 
     def feed(self, text: str) -> None:
+        tokens = self.tokenizer(text)
         vocab = self._vocab
-        ids = [vocab.setdefault(t, len(vocab)) for t in self.tokenizer(text)]
-        df = self._df
-        if len(vocab) > len(df):
-            df.frombytes(bytes(8 * (len(vocab) - len(df))))
-        for t in set(ids):
-            df[t] += 1
+        ids = list(map(vocab.get, tokens))
+        if None in ids:  # new tokens: numbered in order of first appearance
+            ids = [vocab.setdefault(t, len(vocab)) for t in tokens]
         self._flat.extend(ids)
         self._ends.append(len(self._flat))
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, offsets): text i is ``ids[offsets[i]:offsets[i + 1]]`` (int32, int64)."""
-        df = self._df
-        order = sorted(range(len(df)), key=df.__getitem__, reverse=True)  # stable: ties keep
-        renumber = np.empty(len(df), dtype=np.int32)  # first appearance
-        renumber[order] = np.arange(len(df), dtype=np.int32)
+        size = len(self._vocab)
         flat = np.frombuffer(self._flat, dtype=np.int32)
+        ends = np.frombuffer(self._ends, dtype=np.int64).copy()
+        # Document frequency: each (text, token) pair counted once, a chunk of texts at a time.
+        df = np.zeros(size, dtype=np.int64)
+        for first in range(0, len(ends) - 1, self.df_chunk):
+            last = min(first + self.df_chunk, len(ends) - 1)
+            lo, hi = int(ends[first]), int(ends[last])
+            if lo == hi:
+                continue
+            text = np.repeat(
+                np.arange(first, last, dtype=np.int64), np.diff(ends[first : last + 1])
+            )
+            pairs = text * size + flat[lo:hi]
+            pairs.sort()  # then each pair once (a sort: np.unique is many times slower here)
+            first_of = np.empty(len(pairs), dtype=bool)
+            first_of[0] = True
+            np.not_equal(pairs[1:], pairs[:-1], out=first_of[1:])
+            df += np.bincount(pairs[first_of] % size, minlength=size)
+        # Commonest first; ties keep the order of first appearance (a stable sort).
+        order = np.argsort(-df, kind="stable")
+        renumber = np.empty(size, dtype=np.int32)
+        renumber[order] = np.arange(size, dtype=np.int32)
         ids = renumber[flat] if len(flat) else np.zeros(0, dtype=np.int32)
-        return ids, np.frombuffer(self._ends, dtype=np.int64).copy()
+        return ids, ends
