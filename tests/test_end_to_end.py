@@ -165,13 +165,17 @@ def test_original_self_instruct_seed_file(tmp_path, child_env):
 SMALL_RUN = ["--seeds", str(SEEDS), "-n", "12", "--seed", "4", "--prompts-per-round", "1", "-q"]
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def _uninterrupted_run(tmp_path_factory, name, args):
     import os
 
-    out = tmp_path_factory.mktemp("reference") / "run"
-    selfgen(["run", "--out", str(out), *SMALL_RUN], dict(os.environ))
+    out = tmp_path_factory.mktemp(name) / "run"
+    selfgen(["run", "--out", str(out), *args], dict(os.environ))
     return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    return _uninterrupted_run(tmp_path_factory, "reference", SMALL_RUN)
 
 
 def test_the_data_of_a_seed_fixed_run_is_the_recorded_data(reference_run):
@@ -187,11 +191,7 @@ LONG_RUN = ["--seeds", str(SEEDS), "-n", "20", "--seed", "4", "--prompts-per-rou
 
 @pytest.fixture(scope="module")
 def long_reference_run(tmp_path_factory):
-    import os
-
-    out = tmp_path_factory.mktemp("long_reference") / "run"
-    selfgen(["run", "--out", str(out), *LONG_RUN], dict(os.environ))
-    return out
+    return _uninterrupted_run(tmp_path_factory, "long_reference", LONG_RUN)
 
 
 def rounds_in(out):
