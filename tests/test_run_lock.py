@@ -3,6 +3,7 @@ lock left by a killed process blocks nothing. The store's lock alone first (real
 processes), then two real `selfgen run`s of the bundled model on one store."""
 
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -82,9 +83,19 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_at_once(tmp_path):
     store.close()
 
 
-# The real thing. Seed 4 with one prompt a round keeps 2 tasks in round 1 and reaches 3 in
-# round 2, so a run to 3 tasks is between its rounds once round 1 is committed.
+# The real thing. With one prompt a round, round 1 writes a couple of candidates, so a run to
+# 3 tasks is between its rounds once round 1 is committed. How many round 1 keeps depends on
+# what the model writes, and that depends on the CPU (llama.cpp's arithmetic): 2 on one
+# machine, 1 on another. The tests read it from the run instead of assuming it.
 RUN = ["--seeds", str(SEEDS), "-n", "3", "--seed", "4", "--prompts-per-round", "1"]
+ROUND_DONE = re.compile(r"round (\d+) done: kept (\d+)/3, ")
+
+
+def kept_after(line):
+    """The round number and the tasks kept so far, from a plain `round N done:` line."""
+    match = ROUND_DONE.match(line)
+    assert match, line
+    return int(match[1]), int(match[2])
 
 
 def start_run(out, child_env, *flags):
@@ -114,12 +125,15 @@ def test_a_second_run_is_refused_while_the_first_writes(tmp_path, child_env):
     out = tmp_path / "run"
     first = start_run(out, child_env, *RUN, "--log-format", "json")
     log = Lines(first.stderr)
-    log.wait_for(lambda line: line.startswith('{"event": "round"'))
+    round_1 = json.loads(log.wait_for(lambda line: line.startswith('{"event": "round"')))
     # Stopped between its rounds, the first run is alive and holds the lock for as long as
     # the test needs, whatever the speed of this machine.
     first.send_signal(signal.SIGSTOP)
     try:
         assert rounds_in(out) == 1
+        assert round_1["round"] == 1
+        kept_1 = round_1["kept"]
+        assert kept_1 < 3, "round 1 reached the target: this test needs a run between rounds"
         second = selfgen(["run", "--out", str(out), "-n", "5"], child_env)
         assert second.returncode == 1
         [line] = second.stderr.splitlines()
@@ -134,10 +148,10 @@ def test_a_second_run_is_refused_while_the_first_writes(tmp_path, child_env):
         # Readers work while the run holds the store.
         stats = selfgen(["stats", str(out), "--json"], child_env)
         assert stats.returncode == 0, stats.stderr
-        assert json.loads(stats.stdout)["kept"] == 2
+        assert json.loads(stats.stdout)["kept"] == kept_1
         exported = selfgen(["export", str(out), "--out", str(tmp_path / "x.jsonl")], child_env)
         assert exported.returncode == 0, exported.stderr
-        assert len((tmp_path / "x.jsonl").read_text().splitlines()) >= 2
+        assert len((tmp_path / "x.jsonl").read_text().splitlines()) >= kept_1
     finally:
         first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=1200) == 0, "\n".join(log.all())
@@ -146,7 +160,11 @@ def test_a_second_run_is_refused_while_the_first_writes(tmp_path, child_env):
     events = [json.loads(line) for line in log.all()]
     assert events[0]["event"] == "start" and events[0]["resumed"] is False
     rounds = [e for e in events if e["event"] == "round"]
-    assert [(e["round"], e["kept"], e["target"]) for e in rounds] == [(1, 2, 3), (2, 3, 3)]
+    assert [e["round"] for e in rounds] == list(range(1, len(rounds) + 1))
+    assert rounds[0]["kept"] == kept_1 and rounds[-1]["kept"] == 3
+    assert all(e["target"] == 3 for e in rounds)
+    assert all(a["kept"] <= b["kept"] for a, b in zip(rounds, rounds[1:]))
+    assert rounds_in(out) == len(rounds)
     assert events[-1] == {
         **events[-1],
         "event": "stopped",
@@ -164,16 +182,18 @@ def test_a_run_killed_holding_the_lock_does_not_block_the_next(tmp_path, child_e
     first = start_run(out, child_env, *RUN)  # stderr is a pipe: plain lines
     log = Lines(first.stderr)
     done = log.wait_for(lambda line: line.startswith("round 1 done:"))
-    assert done.startswith("round 1 done: kept 2/3, 2 candidates, 100% accepted, ")
+    _, kept_1 = kept_after(done)
+    assert kept_1 < 3, "round 1 reached the target: this test needs a run between rounds"
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert json.loads((out / LOCK_NAME).read_text())["pid"] == first.pid
     resumed = selfgen(["run", "--out", str(out), "--resume"], child_env)
     assert resumed.returncode == 0, resumed.stderr
     lines = resumed.stderr.splitlines()
-    assert lines[0] == f"resuming the run in {out}: 2 of 3 tasks kept in 1 rounds so far"
-    assert [line for line in lines if " done: " in line] == [
-        next(line for line in lines if line.startswith("round 2 done: kept 3/3, "))
-    ]
+    assert lines[0] == f"resuming the run in {out}: {kept_1} of 3 tasks kept in 1 rounds so far"
+    # The resumed run goes on from round 2 and stops at the round that reaches the target.
+    done = [kept_after(line) for line in lines if " done: " in line]
+    assert [n for n, _ in done] == list(range(2, len(done) + 2))
+    assert [k for _, k in done][-1] == 3 and all(k < 3 for _, k in done[:-1])
     check_whole(out, 3)
-    assert rounds_in(out) == 2
+    assert rounds_in(out) == len(done) + 1
