@@ -2,51 +2,94 @@
 
     python benchmarks/rouge_best.py [--corpus ../shared/data/package_summaries_954k.txt]
 
-Indexes every line but a random 2,000 (seed 1) the way the loop's novelty filter does (prefix
-lists at 0.7, token order learned from the pool) and times `best` on the 2,000 held out: the
-build time, the mean milliseconds a query, how many have a neighbour above 0.7, and peak RSS.
-`--answers FILE` writes every answer (score and nearest line), one a line, to compare two
-versions of the index run back to back.
+Indexes every line but a random 2,000 (seed 1) the way the loop's novelty filter does (token
+order learned from the pool, prefix lists at 0.7 and at the filter's lower `best` levels) and
+times `best` on the 2,000 held out. Each configuration of prefix lists runs in a process of its
+own, one after the other, so that its peak RSS is its own; the first is the baseline (prefix
+lists at 0.7 only, the index before `best_levels`) and every other must give the same answers.
+It prints a table: build time, mean milliseconds a query (and by the score of the answer), the
+ratio to the baseline, and peak RSS. `--answers FILE` also writes the baseline's answers.
 """
 
 import argparse
 import json
+import multiprocessing
 import random
 import resource
 import time
 
-from selfgen.filters.rouge import TOKENIZERS, RougeIndex
+BANDS = [(0.7, 1.0), (0.5, 0.7), (0.4, 0.5), (0.0, 0.4)]
+
+
+def measure(corpus: str, queries: int, levels: tuple[float, ...]) -> dict:
+    from selfgen.filters.rouge import TOKENIZERS, RougeIndex
+
+    with open(corpus, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    held = set(random.Random(1).sample(range(len(lines)), queries))
+    pool = [line for i, line in enumerate(lines) if i not in held]
+    asked = [lines[i] for i in sorted(held)]
+    start = time.perf_counter()
+    index = RougeIndex(TOKENIZERS["rouge"], prefix_threshold=levels[0], best_levels=levels[1:])
+    index.learn_token_order(pool)
+    for text in pool:
+        index.add(text)
+    built = time.perf_counter() - start
+    answers, seconds = [], []
+    for query in asked:
+        t = time.perf_counter()
+        answers.append(index.best(query))
+        seconds.append(time.perf_counter() - t)
+    return {
+        "pool": len(pool),
+        "built_s": built,
+        "answers": answers,
+        "seconds": seconds,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="../shared/data/package_summaries_954k.txt")
     parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--answers", help="write each query's (score, nearest) here")
+    parser.add_argument(
+        "--levels",
+        default="0.7;0.7,0.5,0.4",
+        help="configurations to compare, ';' between them, the baseline first",
+    )
+    parser.add_argument("--answers", help="write the baseline's (score, nearest), one a line")
     args = parser.parse_args()
-    with open(args.corpus, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
-    held = set(random.Random(1).sample(range(len(lines)), args.queries))
-    pool = [line for i, line in enumerate(lines) if i not in held]
-    queries = [lines[i] for i in sorted(held)]
-    start = time.perf_counter()
-    index = RougeIndex(TOKENIZERS["rouge"], prefix_threshold=0.7)
-    index.learn_token_order(pool)
-    for text in pool:
-        index.add(text)
-    built = time.perf_counter()
-    answers = [index.best(q) for q in queries]
-    done = time.perf_counter()
-    scores = [score for score, _ in answers]
+    configs = [tuple(float(t) for t in c.split(",")) for c in args.levels.split(";")]
+    spawn = multiprocessing.get_context("spawn")
+    results = []
+    for levels in configs:
+        with spawn.Pool(1) as pool:
+            results.append(pool.apply(measure, (args.corpus, args.queries, levels)))
+    base = results[0]
     if args.answers:
         with open(args.answers, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(answer) + "\n" for answer in answers)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"pool {len(pool):,}: built in {built - start:.0f} s; best on {len(queries):,} held-out"
-        f" queries: {(done - built) / len(queries) * 1000:.2f} ms each; above 0.7:"
-        f" {sum(s > 0.7 for s in scores)}; peak RSS {rss:.0f} MB"
-    )
+            f.writelines(json.dumps(answer) + "\n" for answer in base["answers"])
+    scores = [score for score, _ in base["answers"]]
+    counts = [sum(lo < s <= hi for s in scores) for lo, hi in BANDS]
+    print(f"pool {base['pool']:,}, {len(scores):,} held-out queries; their best scores:")
+    print(", ".join(f"({lo}, {hi}]: {n}" for (lo, hi), n in zip(BANDS, counts, strict=True)))
+    bands = " | ".join(f"ms, best in ({lo}, {hi}]" for lo, hi in BANDS)
+    print(f"\n| prefix lists at | build s | ms a query | vs baseline | {bands} | peak RSS MB |")
+    print("|---|---:|---:|---:|" + "---:|" * len(BANDS) + "---:|")
+    base_ms = sum(base["seconds"]) / len(scores) * 1000
+    for levels, r in zip(configs, results, strict=True):
+        if r["answers"] != base["answers"]:
+            raise SystemExit(f"prefix lists at {levels}: answers differ from the baseline's")
+        ms = sum(r["seconds"]) / len(scores) * 1000
+        by_band = []
+        for lo, hi in BANDS:
+            times = [t for t, s in zip(r["seconds"], scores, strict=True) if lo < s <= hi]
+            by_band.append(f"{sum(times) / max(1, len(times)) * 1000:.2f}")
+        print(
+            f"| {', '.join(map(str, levels))} | {r['built_s']:.0f} | {ms:.2f} |"
+            f" {ms / base_ms:.2f} | {' | '.join(by_band)} | {r['rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,11 @@ def check_index(
     *,
     thresholds,
 ):
-    index = RougeIndex(tokenizer, prefix_threshold=prefix)
+    # `prefix`: None, or the thresholds of the prefix lists, the highest first.
+    levels = () if prefix is None else tuple(prefix) if isinstance(prefix, tuple) else (prefix,)
+    index = RougeIndex(
+        tokenizer, prefix_threshold=levels[0] if levels else None, best_levels=levels[1:]
+    )
     index.vector_min = vector_min
     index.seed_after, index.seed_texts = seeding
     index.seed_from_prefixes = seed_from_prefixes
@@ -111,7 +115,8 @@ def check_index(
 
 
 PATHS = st.tuples(
-    st.sampled_from([None, 0.0, 0.5, 0.7]),  # prefix lists at this threshold, or none
+    # prefix lists at this threshold (or these, for `best`), or none
+    st.sampled_from([None, 0.0, 0.5, 0.7, (0.7, 0.5, 0.4), (0.5, 0.2)]),
     st.booleans(),  # token order learned from the pool, or first-seen
     st.sampled_from([0, 10**9]),  # bounds always in numpy, or always in Python
     # a postings search scores early before every longer list (1 or 3 texts), or never
@@ -127,7 +132,7 @@ def test_every_path_equals_an_exhaustive_scan(base, rng, path):
     pool = base + variants(base, rng)
     rng.shuffle(pool)
     queries = [*variants(base[:3], rng), *base[:2]]
-    check_index(pool, queries, rouge_tokenize, *path, thresholds=[0.5, 0.7, 0.9])
+    check_index(pool, queries, rouge_tokenize, *path, thresholds=[0.3, 0.45, 0.5, 0.7, 0.9])
 
 
 @SETTINGS
@@ -136,7 +141,7 @@ def test_every_path_equals_an_exhaustive_scan_on_cjk(base, rng, path):
     pool = base + variants(base, rng)
     rng.shuffle(pool)
     queries = [*variants(base[:3], rng), *base[:2]]
-    check_index(pool, queries, cjk_tokenize, *path, thresholds=[0.5, 0.7, 0.9])
+    check_index(pool, queries, cjk_tokenize, *path, thresholds=[0.3, 0.45, 0.5, 0.7, 0.9])
 
 
 def test_the_float_tie_at_the_threshold():
@@ -145,7 +150,7 @@ def test_the_float_tie_at_the_threshold():
     pool = [" ".join(f"w{i}" for i in range(12))]
     query = " ".join([*(f"w{i}" for i in range(7)), "v0"])
     assert SCORER.score(pool[0], query)["rougeL"].fmeasure > 0.7
-    for prefix in (None, 0.7):
+    for prefix in (None, 0.7, (0.7, 0.5)):
         for vector_min in (0, 10**9):
             for seed in (True, False):
                 check_index(

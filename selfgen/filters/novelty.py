@@ -15,6 +15,8 @@ from selfgen.filters.rules import RuleFilter
 from selfgen.records import Record, Stage
 
 NEAR_DUPLICATE = "near_duplicate"
+# Thresholds of the extra prefix lists that `best` reads before the posting lists.
+BEST_LEVELS = (0.5, 0.4, 0.3)
 
 
 class NoveltyFilter:
@@ -26,8 +28,14 @@ class NoveltyFilter:
         pool = list(pool)
         # Prefix lists at the threshold answer near-duplicates from a few short lists, and a
         # token order learned from the pool reads the rarest tokens first; scores and nearest
-        # neighbours are the same as without either.
-        self.index = RougeIndex(tokenizer, prefix_threshold=threshold)
+        # neighbours are the same as without either. Every record asks for its nearest
+        # neighbour, most of them below the threshold: prefix lists at lower levels find those
+        # (benchmarks/rouge_best.py: 2.3 times faster at 952K texts, for twice the memory).
+        self.index = RougeIndex(
+            tokenizer,
+            prefix_threshold=threshold,
+            best_levels=[t for t in BEST_LEVELS if t < threshold],
+        )
         self.index.learn_token_order(pool)
         for text in pool:
             self.index.add(text)
