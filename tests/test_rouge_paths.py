@@ -11,6 +11,7 @@ import random
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
@@ -365,3 +366,41 @@ def test_token_ids_number_tokens_commonest_first(texts, chunk):
     number = {t: i for i, t in enumerate(sorted(first_seen, key=lambda t: -df[t]))}
     assert ids.tolist() == [number[t] for row in tokens for t in row]
     assert offsets.tolist() == [0, *itertools.accumulate(len(row) for row in tokens)]
+
+
+def test_the_loops_novelty_filter_records_the_exact_nearest_neighbour():
+    # The loop's filter keeps prefix lists at its threshold and at lower levels for `best`:
+    # each record's nearest neighbour and score are those of a scan of the whole pool, which
+    # grows by every record that passes.
+    from selfgen.config import build_config
+    from selfgen.filters.novelty import BEST_LEVELS, NoveltyFilter
+    from selfgen.filters.rules import RuleFilter
+    from selfgen.records import Candidate, Fate, Stage
+    from selfgen.seeds import load_seed_tasks
+
+    cfg = build_config({}, {})
+    instructions = [t.instruction for t in load_seed_tasks(ROOT / "seeds" / "seed_tasks.jsonl")]
+    rng = random.Random(7)
+    pool, asked = instructions[::2], instructions[1::2]
+    asked += variants(pool[:40], rng)
+    rng.shuffle(asked)
+    novelty = NoveltyFilter(RuleFilter(cfg.rule_config()), rouge_tokenize, 0.7, pool)
+    assert [level.threshold for level in novelty.index._levels] == [0.7, *BEST_LEVELS]
+    pooled = [rouge_tokenize(t) for t in pool]
+    bands = set()
+    for text in asked:
+        record = Candidate(instruction=text, generation_index=0)
+        novel = novelty.judge(record)
+        if record.stage == Stage.RULES:
+            continue
+        tokens = rouge_tokenize(text)
+        scores = [rouge_l_f(tokens, p) for p in pooled]
+        best = max(scores)
+        assert record.rouge_l == best
+        assert record.nearest == (pool[scores.index(best)] if best > 0 else None)
+        assert novel == (best <= 0.7) and (record.fate == Fate.REJECTED) == (not novel)
+        bands.add(next(t for t in (0.7, *BEST_LEVELS, 0.0) if best > t or t == 0.0))
+        if novel:
+            pool.append(text)
+            pooled.append(tokens)
+    assert bands == {0.7, *BEST_LEVELS, 0.0}  # every level answered some, and the postings
