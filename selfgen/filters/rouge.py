@@ -151,6 +151,18 @@ class _PrefixPlan:
         return 2 if math.floor(self.threshold * (self.m + n) / 2 - _SLACK) >= 1 else 1
 
 
+def _without(docs: list[int] | np.ndarray, seen: list[int] | np.ndarray) -> list[int] | np.ndarray:
+    """The texts of `docs` not in `seen`, both ascending."""
+    if not len(seen) or not len(docs):
+        return docs
+    if isinstance(docs, list):
+        gone = set(seen.tolist() if isinstance(seen, np.ndarray) else seen)
+        return [doc for doc in docs if doc not in gone]
+    seen = np.asarray(seen, dtype=docs.dtype)
+    at = np.minimum(np.searchsorted(seen, docs), len(seen) - 1)
+    return docs[seen[at] != docs]
+
+
 class _PrefixLists:
     """Prefix lists at one threshold: occurrence key -> the lengths of the texts holding it in
     their prefix, sorted, and for each length a list of entries (doc << 16) | reach (see
@@ -402,6 +414,7 @@ class RougeIndex:
         if not query.order or not len(self._lengths):
             return 0.0, None
         best: tuple[float, int | None] = (0.0, None)
+        done: list[int] | np.ndarray = []  # texts scored or ruled out by an earlier level
         for level in self._levels:
             # Every text above a level's threshold is among its candidates, so a best above
             # the threshold, among them and the best so far, is the best of all.
@@ -412,10 +425,14 @@ class RougeIndex:
                     return found
                 continue
             # Below it, the best of these texts (the ones sharing the query's rarest keys) is
-            # a first best for the next level, or the postings search, which reads less.
-            best = self._score(query, candidates, 0.0, *best, False)
+            # a first best for the next level, or the postings search, which reads less. A
+            # text an earlier level saw either was scored or could not reach the best then,
+            # which has only grown since: it is not looked at again.
+            fresh = _without(candidates, done)
+            best = self._score(query, fresh, 0.0, *best, False)
             if best[1] is not None and best[0] > level.threshold:
                 return best
+            done = candidates
         found = self._search_postings(query, 0.0, False, best)
         return found if found[1] is not None else (0.0, None)
 
