@@ -18,6 +18,8 @@ import random
 import resource
 import time
 
+from selfgen.filters.novelty import BEST_LEVELS
+
 BANDS = [(0.7, 1.0), (0.5, 0.7), (0.4, 0.5), (0.0, 0.4)]
 
 
@@ -53,10 +55,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="../shared/data/package_summaries_954k.txt")
     parser.add_argument("--queries", type=int, default=2000)
+    loops = ",".join(map(str, (0.7, *BEST_LEVELS)))
     parser.add_argument(
         "--levels",
-        default="0.7;0.7,0.5,0.4",
-        help="configurations to compare, ';' between them, the baseline first",
+        default=f"0.7;{loops}",
+        help="configurations to compare, ';' between them, the baseline first"
+        f" (default: 0.7 alone, then the loop's novelty filter, {loops})",
     )
     parser.add_argument("--answers", help="write the baseline's (score, nearest), one a line")
     args = parser.parse_args()

@@ -89,7 +89,7 @@ def check_index(
     thresholds,
 ):
     # `prefix`: None, or the thresholds of the prefix lists, the highest first.
-    levels = () if prefix is None else tuple(prefix) if isinstance(prefix, tuple) else (prefix,)
+    levels = () if prefix is None else prefix if isinstance(prefix, tuple) else (prefix,)
     index = RougeIndex(
         tokenizer, prefix_threshold=levels[0] if levels else None, best_levels=levels[1:]
     )
@@ -404,3 +404,11 @@ def test_the_loops_novelty_filter_records_the_exact_nearest_neighbour():
             pool.append(text)
             pooled.append(tokens)
     assert bands == {0.7, *BEST_LEVELS, 0.0}  # every level answered some, and the postings
+
+
+@pytest.mark.parametrize(
+    ("prefix", "levels"), [(None, (0.5,)), (0.7, (0.7,)), (0.7, (0.8,)), (0.7, (0.0,))]
+)
+def test_best_levels_lie_below_the_prefix_threshold(prefix, levels):
+    with pytest.raises(ValueError, match="best_levels must lie between 0 and the prefix"):
+        RougeIndex(prefix_threshold=prefix, best_levels=levels)

@@ -30,7 +30,7 @@ class NoveltyFilter:
         # token order learned from the pool reads the rarest tokens first; scores and nearest
         # neighbours are the same as without either. Every record asks for its nearest
         # neighbour, most of them below the threshold: prefix lists at lower levels find those
-        # (benchmarks/rouge_best.py: 2.3 times faster at 952K texts, for twice the memory).
+        # (benchmarks/rouge_best.py: 2.2 times faster at 952K texts, for twice the memory).
         self.index = RougeIndex(
             tokenizer,
             prefix_threshold=threshold,
