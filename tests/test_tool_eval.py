@@ -278,7 +278,8 @@ def tool_adapter(tmp_path_factory, evaluator):
         "learning_rate": 2e-3,
         "logging_steps": 1,
         "save_steps": 100,
-        "threads": 1,
+        # Both cores: nothing else runs beside it (1.7 times as fast as one thread on 2 cores).
+        "threads": 2,
     }
     job = prepare(data, folder / "adapter", build_tune_config(settings))
     before = {n: p.detach().clone() for n, p in job.trainable_parameters().items()}
@@ -300,7 +301,7 @@ def test_a_tiny_tune_on_traces_changes_how_the_model_calls_tools(tool_adapter, t
     results_path = tmp_path / "results.json"
     proc = subprocess.run(
         [*selfgen_cmd(), "eval", "--tool-tasks", str(tasks), "--tools", str(TOOLS)]
-        + ["--adapter", str(adapter), "--compare", "--max-new-tokens", "64", "--threads", "1"]
+        + ["--adapter", str(adapter), "--compare", "--max-new-tokens", "64", "--threads", "2"]
         + ["--json", str(results_path), "-q"],
         capture_output=True,
         text=True,
