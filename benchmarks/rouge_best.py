@@ -51,6 +51,47 @@ def measure(corpus: str, queries: int, levels: tuple[float, ...]) -> dict:
     }
 
 
+def measure_parallel(
+    corpus: str, queries: int, levels: tuple[float, ...], workers: int, batches: list[int]
+) -> list[dict]:
+    """As `measure`, on a ParallelRougeIndex of `workers` processes, asked `batch` queries at a
+    time (nothing added), for each batch size. A query's time is its batch's, shared equally."""
+    from selfgen.filters.parallel import ParallelRougeIndex
+    from selfgen.filters.rouge import TOKENIZERS
+
+    with open(corpus, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    held = set(random.Random(1).sample(range(len(lines)), queries))
+    pool = [line for i, line in enumerate(lines) if i not in held]
+    asked = [lines[i] for i in sorted(held)]
+    start = time.perf_counter()
+    index = ParallelRougeIndex(
+        TOKENIZERS["rouge"], levels[0], levels[1:], workers=workers, pool=pool
+    )
+    # The workers build their indexes as the pool arrives: wait until they are done.
+    index.best_batch(["warm up"] * workers)
+    built = time.perf_counter() - start
+    results = []
+    with index:
+        for batch in batches:
+            answers, seconds = [], []
+            for first in range(0, len(asked), batch):
+                part = asked[first : first + batch]
+                t = time.perf_counter()
+                answers.extend(index.best_batch(part))
+                seconds.extend([(time.perf_counter() - t) / len(part)] * len(part))
+            results.append({"pool": len(pool), "built_s": built, "answers": answers})
+            results[-1]["seconds"] = seconds
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for proc in index._procs:
+            with open(f"/proc/{proc.pid}/status", encoding="ascii") as status:
+                peak = next(line for line in status if line.startswith("VmHWM:"))
+            rss_mb += int(peak.split()[1]) / 1024
+    for result in results:
+        result["rss_mb"] = rss_mb
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="../shared/data/package_summaries_954k.txt")
@@ -62,14 +103,36 @@ def main() -> None:
         help="configurations to compare, ';' between them, the baseline first"
         f" (default: 0.7 alone, then the loop's novelty filter, {loops})",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="then the last configuration on this many processes, as --novelty-workers runs"
+        " it (0: not measured)",
+    )
+    parser.add_argument(
+        "--batch",
+        default="8,64",
+        help="queries a batch, with --workers, comma-separated (default: 8, the most one of the"
+        " loop's completions gives, and 64)",
+    )
     parser.add_argument("--answers", help="write the baseline's (score, nearest), one a line")
     args = parser.parse_args()
     configs = [tuple(float(t) for t in c.split(",")) for c in args.levels.split(";")]
     spawn = multiprocessing.get_context("spawn")
     results = []
+    labels = [", ".join(map(str, levels)) for levels in configs]
     for levels in configs:
         with spawn.Pool(1) as pool:
             results.append(pool.apply(measure, (args.corpus, args.queries, levels)))
+    if args.workers > 1:
+        # In this process (a pool's process may not start processes of its own), which has
+        # held nothing large so far.
+        batches = [int(b) for b in args.batch.split(",")]
+        job = (args.corpus, args.queries, configs[-1], args.workers, batches)
+        results.extend(measure_parallel(*job))
+        last = labels[-1]
+        labels.extend(f"{last} on {args.workers} processes, batches of {b}" for b in batches)
     base = results[0]
     if args.answers:
         with open(args.answers, "w", encoding="utf-8") as f:
@@ -82,16 +145,16 @@ def main() -> None:
     print(f"\n| prefix lists at | build s | ms a query | vs baseline | {bands} | peak RSS MB |")
     print("|---|---:|---:|---:|" + "---:|" * len(BANDS) + "---:|")
     base_ms = sum(base["seconds"]) / len(scores) * 1000
-    for levels, r in zip(configs, results, strict=True):
+    for label, r in zip(labels, results, strict=True):
         if r["answers"] != base["answers"]:
-            raise SystemExit(f"prefix lists at {levels}: answers differ from the baseline's")
+            raise SystemExit(f"prefix lists at {label}: answers differ from the baseline's")
         ms = sum(r["seconds"]) / len(scores) * 1000
         by_band = []
         for lo, hi in BANDS:
             times = [t for t, s in zip(r["seconds"], scores, strict=True) if lo < s <= hi]
             by_band.append(f"{sum(times) / max(1, len(times)) * 1000:.2f}")
         print(
-            f"| {', '.join(map(str, levels))} | {r['built_s']:.0f} | {ms:.2f} |"
+            f"| {label} | {r['built_s']:.0f} | {ms:.2f} |"
             f" {ms / base_ms:.2f} | {' | '.join(by_band)} | {r['rss_mb']:.0f} |"
         )
 

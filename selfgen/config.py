@@ -216,6 +216,12 @@ class RunConfig:
     rouge_threshold: float = setting(
         0.7, help="Reject when ROUGE-L F against the pool exceeds this."
     )
+    novelty_workers: int = setting(
+        1,
+        resumable=True,
+        help="Processes for the ROUGE-L check (same decisions; pays for pools of 100K texts and"
+        " more, where the backend leaves cores free).",
+    )
     tokenizer: str | None = setting(
         None, toml_only=True, default_text="by language", help="ROUGE-L tokens: rouge or cjk."
     )
@@ -464,6 +470,7 @@ class RunConfig:
         for name in ("max_tokens", "instance_max_tokens", "call_max_tokens", "answer_max_tokens"):
             need(getattr(self, name) >= 1, name, "must be at least 1")
         need(0.0 <= self.rouge_threshold <= 1.0, "rouge_threshold", "must be in [0, 1]")
+        need(self.novelty_workers >= 1, "novelty_workers", "must be at least 1")
         need(self.tokenizer_name() in ("rouge", "cjk"), "tokenizer", "must be 'rouge' or 'cjk'")
         need(
             (self.language_check or "ascii_start") in ("ascii_start", "cjk", "none"),

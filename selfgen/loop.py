@@ -76,6 +76,10 @@ class _Queue:
         if new:
             self.futures.extend(self.backend.submit(new))
 
+    def ready(self, index: int) -> bool:
+        """Whether request `index` was submitted and its completion has come back."""
+        return index < len(self.futures) and self.futures[index].done()
+
     def cancel(self) -> None:
         for future in self.futures:
             future.cancel()
@@ -107,7 +111,9 @@ class Loop:
         rules = RuleFilter(config.rule_config())
         tokenizer = TOKENIZERS[config.tokenizer_name()]
         pool = [s.instruction for s in seeds] + store.novelty_pool()
-        novelty = NoveltyFilter(rules, tokenizer, config.rouge_threshold, pool)
+        workers = config.novelty_workers
+        novelty = NoveltyFilter(rules, tokenizer, config.rouge_threshold, pool, workers)
+        self._novelty = [novelty]
         self.instructions = InstructionStage(config, seeds, novelty)
         self.classify = ClassifyStage(config, seeds)
         self.instances = InstanceStage(config, seeds)
@@ -119,7 +125,8 @@ class Loop:
             specs, tool_seeds = store.tool_specs(), store.tool_seeds()
             # The seeds' requests (and a multi-turn seed's follow-ups), then the run's.
             pool = [t.request for s in tool_seeds for t in s.turns()] + store.trace_pool()
-            novelty = NoveltyFilter(rules, tokenizer, config.rouge_threshold, pool)
+            novelty = NoveltyFilter(rules, tokenizer, config.rouge_threshold, pool, workers)
+            self._novelty.append(novelty)
             # One request stage per kind of trace, sharing one novelty pool (a multi-turn trace's
             # first request is written from the single traces' seeds).
             self.tool_requests = [
@@ -155,14 +162,19 @@ class Loop:
         return None
 
     def run(self) -> RunResult:
-        totals = self.store.totals()
-        while (reason := self._should_stop(totals)) is None:
-            self.run_round(
-                totals.rounds + 1,
-                self.config.num_tasks - totals.kept,
-                self.config.num_traces - totals.traces,
-            )
+        """Rounds until a stop condition holds; then the novelty filters' worker processes
+        (with --novelty-workers) end."""
+        try:
             totals = self.store.totals()
+            while (reason := self._should_stop(totals)) is None:
+                self.run_round(
+                    totals.rounds + 1,
+                    self.config.num_tasks - totals.kept,
+                    self.config.num_traces - totals.traces,
+                )
+                totals = self.store.totals()
+        finally:
+            self.close()
         self.on_event(
             "stopped",
             {
@@ -173,6 +185,11 @@ class Loop:
             },
         )
         return RunResult(reason, totals)
+
+    def close(self) -> None:
+        """End the novelty filters' worker processes, if they have any."""
+        for novelty in self._novelty:
+            novelty.close()
 
     def run_round(self, number: int, still_needed: int, traces_needed: int = 0) -> RoundRecord:
         started = time.perf_counter()
@@ -235,13 +252,18 @@ class Loop:
             lists.add(self.instructions.request(prompt, rnd.number, j))
 
         survivors: list[Candidate] = []
-        for j, prompt in enumerate(prompts):
-            gen_index, comp = self._take(rnd, lists, j, self.instructions.name)
-            for cand in self.instructions.apply(prompt, comp, gen_index):
-                rnd.candidates.append(cand)
-                if cand.fate is Fate.PENDING:
-                    classify.add(self.classify.request(cand, rnd.number, len(survivors)))
-                    survivors.append(cand)
+        j = 0
+        while j < len(prompts):
+            # The next completion, and those that have come back after it: judged as one batch.
+            taken = self._take_ready(rnd, lists, j, len(prompts), self.instructions.name)
+            answered = [(prompts[j + k], comp, gen) for k, (gen, comp) in enumerate(taken)]
+            j += len(taken)
+            for cands in self.instructions.apply_many(answered):
+                for cand in cands:
+                    rnd.candidates.append(cand)
+                    if cand.fate is Fate.PENDING:
+                        classify.add(self.classify.request(cand, rnd.number, len(survivors)))
+                        survivors.append(cand)
 
         answered: list[Candidate] = []
         for j, cand in enumerate(survivors):
@@ -284,11 +306,14 @@ class Loop:
             asked.append((stage, prompts, lists))
         novel = []
         for stage, prompts, lists in asked:
-            for j, prompt in enumerate(prompts):
-                gen_index, comp = self._take(rnd, lists, j, stage.name)
-                traces = stage.apply(prompt, comp, gen_index)
-                rnd.traces.extend(traces)
-                novel += [t for t in traces if t.fate is Fate.PENDING]
+            j = 0
+            while j < len(prompts):
+                taken = self._take_ready(rnd, lists, j, len(prompts), stage.name)
+                answered = [(prompts[j + k], comp, gen) for k, (gen, comp) in enumerate(taken)]
+                j += len(taken)
+                for traces in stage.apply_many(answered):
+                    rnd.traces.extend(traces)
+                    novel += [t for t in traces if t.fate is Fate.PENDING]
 
         demos = self.agent.round_demos(self.rng)
         self.agent.run(
@@ -369,6 +394,16 @@ class Loop:
                 q.flush()
         comp = queue.futures[index].result()
         return self._record(rnd, stage, queue.requests[index], comp), comp
+
+    def _take_ready(
+        self, rnd: RoundRecord, queue: _Queue, first: int, end: int, stage: str
+    ) -> list[tuple[int, Completion]]:
+        """:meth:`_take` request `first` of `queue`, then those after it (before `end`) whose
+        completions have already come back, without waiting for any more."""
+        taken = [self._take(rnd, queue, first, stage)]
+        while first + len(taken) < end and queue.ready(first + len(taken)):
+            taken.append(self._take(rnd, queue, first + len(taken), stage))
+        return taken
 
     def _generate(
         self, rnd: RoundRecord, stage: str, requests: list[GenerationRequest]

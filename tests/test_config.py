@@ -27,7 +27,7 @@ RUN_FLAGS = {
     "--tensor-parallel-size", "--gpu-memory-utilization", "--dtype", "--engine",
     "--ray-address", "--workers", "-n", "--num-tasks", "--max-rounds", "--token-budget",
     "--patience", "--prompts-per-round", "--seed-instructions", "--machine-instructions",
-    "--temperature", "--top-p", "--rouge-threshold", "--min-words", "--max-words",
+    "--temperature", "--top-p", "--rouge-threshold", "--novelty-workers", "--min-words", "--max-words",
     "--language-check", "--tools", "--tool-seeds", "--num-traces",
     "--trace-kinds", "--parallel-tool-seeds", "--multiturn-tool-seeds", "--mcp-config",
     "--tool-protocol",

@@ -182,6 +182,20 @@ def test_the_data_of_a_seed_fixed_run_is_the_recorded_data(reference_run):
     check_fingerprint(reference_run, "reference")
 
 
+def test_novelty_workers_decide_as_one_process(reference_run, tmp_path, child_env):
+    # The same run with the ROUGE-L check on two worker processes: every candidate's fate,
+    # reason, score and nearest text are those of the one-process run.
+    out = tmp_path / "run"
+    selfgen(["run", "--out", str(out), *SMALL_RUN, "--novelty-workers", "2"], child_env)
+    query = "SELECT instruction, stage, fate, reason, rouge_l, nearest FROM candidates ORDER BY id"
+    rows = {}
+    for run in (reference_run, out):
+        with sqlite3.connect(run / "selfgen.db") as db:
+            rows[run] = db.execute(query).fetchall()
+    assert rows[out] == rows[reference_run]
+    assert any(fate == "kept" for _, _, fate, _, _, _ in rows[out])
+
+
 # The SIGKILL test's run: long enough that its first five kills cannot finish it. How many
 # rounds 12 tasks take depends on the machine (llama.cpp's arithmetic differs between CPUs):
 # 7 on one 2-core machine, where this test then failed its own guard, more on others. 20 took

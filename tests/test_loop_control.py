@@ -9,6 +9,7 @@ from conftest import SEEDS
 
 from selfgen.backends.base import get_backend
 from selfgen.config import RunConfig, build_config, conflicts
+from selfgen.filters.parallel import ParallelRougeIndex
 from selfgen.loop import Loop
 from selfgen.seeds import load_seed_tasks
 from selfgen.store import RunStore
@@ -62,6 +63,26 @@ def test_reaches_the_exact_target_and_records_every_fate(tmp_path, scripted):
     ).fetchone()[0]
     assert missing == 0
     assert store.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 5
+
+
+def test_novelty_workers_give_the_decisions_of_one_process(tmp_path, scripted):
+    # Each completion's items are judged as a batch on two worker processes: the near-duplicate
+    # inside a completion (item 12 repeats item 9) and every score and nearest text must be
+    # what one process decides, item by item.
+    runs = {}
+    for workers in (1, 2):
+        cfg, store, backend, _ = start(
+            tmp_path / str(workers), scripted, model(), num_tasks=6, novelty_workers=workers
+        )
+        loop = Loop(cfg, store, backend)
+        assert isinstance(loop.instructions.novelty.index, ParallelRougeIndex) == (workers == 2)
+        loop.run()
+        runs[workers] = store.db.execute(
+            "SELECT instruction, stage, fate, reason, rouge_l, nearest FROM candidates ORDER BY id"
+        ).fetchall()
+    assert [tuple(r) for r in runs[2]] == [tuple(r) for r in runs[1]]
+    assert ("rouge", "near_duplicate") in {(r["stage"], r["reason"]) for r in runs[2]}
+    assert sum(r["fate"] == "kept" for r in runs[2]) == 6
 
 
 def test_patience_stops_a_run_that_keeps_nothing(tmp_path, scripted):

@@ -412,3 +412,54 @@ def test_the_loops_novelty_filter_records_the_exact_nearest_neighbour():
 def test_best_levels_lie_below_the_prefix_threshold(prefix, levels):
     with pytest.raises(ValueError, match="best_levels must lie between 0 and the prefix"):
         RougeIndex(prefix_threshold=prefix, best_levels=levels)
+
+
+def exhaustive_best_batches(
+    tokenize, pool: list[str], batches: list[list[str]], add_at_most: float | None
+) -> list[tuple[float, int | None]]:
+    """`best_batch` by brute force: every text against every text of the pool before it."""
+    pooled = [tokenize(t) for t in pool]
+    answers = []
+    for batch in batches:
+        added = []
+        for text in batch:
+            tokens = tokenize(text)
+            scores = [rouge_l_f(tokens, p) for p in pooled]
+            best = max(scores, default=0.0)
+            answers.append((best, scores.index(best)) if best > 0 else (0.0, None))
+            if add_at_most is not None and best <= add_at_most:
+                added.append(tokens)
+                pooled.append(tokens)
+    return answers
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    st.lists(st.one_of(latin_text(1, 10), latin_text(301, 320), CJK_TEXT), min_size=1, max_size=12),
+    st.randoms(use_true_random=False),
+    st.sampled_from([0.5, 0.7, None]),  # texts added at or below this; None: none added
+    st.integers(1, 5),  # texts a batch
+    st.integers(0, 4),  # texts in the pool beforehand
+)
+def test_best_batch_on_one_and_on_several_processes_equals_an_exhaustive_scan(
+    base, rng, add_at_most, size, pooled
+):
+    from selfgen.filters.parallel import ParallelRougeIndex
+
+    # Near-duplicates land in the same batch and in other batches, in every worker's slice.
+    texts = base + variants(base, rng) + variants(base, rng)
+    rng.shuffle(texts)
+    pool, rest = texts[:pooled], texts[pooled:]
+    batches = [rest[i : i + size] for i in range(0, len(rest), size)]
+    expected = exhaustive_best_batches(cjk_tokenize, pool, batches, add_at_most)
+    one = RougeIndex(cjk_tokenize, prefix_threshold=0.7, best_levels=(0.5, 0.3))
+    one.learn_token_order(pool)
+    for text in pool:
+        one.add(text)
+    assert [a for b in batches for a in one.best_batch(b, add_at_most)] == expected
+    for workers in (2, 3):
+        with ParallelRougeIndex(
+            cjk_tokenize, 0.7, (0.5, 0.3), workers=workers, pool=pool, start_method="fork"
+        ) as several:
+            assert [a for b in batches for a in several.best_batch(b, add_at_most)] == expected
+            assert several.texts == one.texts

@@ -410,7 +410,26 @@ class RougeIndex:
 
         Ties go to the earliest text. (0.0, None) when no indexed text shares a token.
         """
-        query = self._query(text)
+        return self._best_query(self._query(text))
+
+    def best_ids(self, ids: Sequence[int]) -> tuple[float, int | None]:
+        """:meth:`best` for a text given as token ids (-1 for a token the index never saw)."""
+        return self._best_query(_Query(list(ids)))
+
+    def best_batch(
+        self, texts: Sequence[str], add_at_most: float | None = None
+    ) -> list[tuple[float, int | None]]:
+        """:meth:`best` of each text in turn; with `add_at_most`, each text whose best is at
+        most that joins the index at once, so later texts are judged against it too."""
+        answers = []
+        for text in texts:
+            found = self.best(text)
+            if add_at_most is not None and found[0] <= add_at_most:
+                self.add(text)
+            answers.append(found)
+        return answers
+
+    def _best_query(self, query: _Query) -> tuple[float, int | None]:
         if not query.order or not len(self._lengths):
             return 0.0, None
         best: tuple[float, int | None] = (0.0, None)

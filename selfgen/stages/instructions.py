@@ -161,17 +161,31 @@ class NumberedListStage(Generic[R]):
         """One record per item of the continuation, in order, each judged: parse failures are
         rejected at `parse`, the others by the rule and novelty filters. The survivors are
         those still pending."""
-        records = []
-        for item in parse_continuation(
-            completion.text, prompt.next_number, completion.finish_reason, self.config.list_length
-        ):
-            record = self.make(item.text, generation_index, prompt)
-            records.append(record)
-            if item.reason:
-                record.reject(Stage.PARSE, item.reason)
-            else:
-                self.novelty.judge(record)
-        return records
+        return self.apply_many([(prompt, completion, generation_index)])[0]
+
+    def apply_many(self, answered: list[tuple[ListPrompt, Completion, int]]) -> list[list[R]]:
+        """:meth:`apply` to several completions in order, their items judged as one batch
+        (the same verdicts; a batch lets the novelty filter's workers share the work)."""
+        out: list[list[R]] = []
+        parsed = []
+        for prompt, completion, generation_index in answered:
+            records = []
+            for item in parse_continuation(
+                completion.text,
+                prompt.next_number,
+                completion.finish_reason,
+                self.config.list_length,
+            ):
+                record = self.make(item.text, generation_index, prompt)
+                records.append(record)
+                if item.reason:
+                    record.reject(Stage.PARSE, item.reason)
+                else:
+                    parsed.append(record)
+            out.append(records)
+        # In order, each against the pool and the items before it that joined it.
+        self.novelty.judge_batch(parsed)
+        return out
 
 
 class InstructionStage(NumberedListStage[Candidate]):
