@@ -155,26 +155,26 @@ class ParallelRougeIndex:
 
     def _ask(self, queries: list[list[int]]) -> list[tuple[float, int | None]]:
         """`best` of each query against the pool: a few queries at a time to whichever worker
-        is free, so that a slow query holds up one worker only."""
+        is free, fewer as the batch nears its end, so that the workers finish together."""
         answers: list[tuple[float, int | None]] = [(0.0, None)] * len(queries)
-        step = max(1, min(_STEP, len(queries) // (2 * self.workers)))
-        parts = iter(range(0, len(queries), step))
-        busy: dict[Connection, int] = {}  # a worker's connection -> the first query it has
+        busy: dict[Connection, tuple[int, int]] = {}  # a worker -> the queries it has
+        given = 0
 
         def give(conn: Connection) -> None:
-            first = next(parts, None)
-            if first is not None:
-                self._send(("best", queries[first : first + step]), [conn])
-                busy[conn] = first
+            nonlocal given
+            if given < len(queries):
+                step = max(1, min(_STEP, (len(queries) - given) // (2 * self.workers)))
+                self._send(("best", queries[given : given + step]), [conn])
+                busy[conn] = (given, given + step)
+                given += step
 
         for conn in self._conns:
             give(conn)
         try:
             while busy:
                 for conn in wait(list(busy)):
-                    first = busy.pop(conn)
-                    found = conn.recv()
-                    answers[first : first + len(found)] = found
+                    first, end = busy.pop(conn)
+                    answers[first:end] = conn.recv()
                     give(conn)
         except (EOFError, OSError):
             raise RuntimeError("a ROUGE-L worker process ended unexpectedly") from None
