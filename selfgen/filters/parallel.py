@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection, wait
 
-from selfgen.filters.rouge import RougeIndex, Tokenizer, rouge_l_f, rouge_tokenize
+from selfgen.filters.rouge import _SLACK, RougeIndex, Tokenizer, rouge_l_f, rouge_tokenize
 
 # Texts of the initial pool sent to the workers in one message.
 _CHUNK = 20_000
@@ -136,17 +136,31 @@ class ParallelRougeIndex:
         answers = self._ask(queries)
         if add_at_most is None:
             return answers
-        added: list[tuple[list[str], int]] = []  # this batch's texts added: tokens, position
+        # This batch's texts added so far (tokens, position), and for each token the ones
+        # holding it, with how many times: a text's multiset overlap with them bounds its
+        # score, so that the LCS is computed only where it can win.
+        added: list[tuple[list[str], int]] = []
+        holding: dict[str, list[tuple[int, int]]] = {}
         for i, tokens in enumerate(tokenized):
             score, doc = answers[i]
-            # A text added in this batch comes after every text of the pool, and after the
-            # ones added before it here: it must score higher to win a tie.
-            for other, position in added:
+            counts = Counter(tokens)
+            overlap: dict[int, int] = {}
+            for token, count in counts.items():
+                for k, times in holding.get(token, ()):
+                    overlap[k] = overlap.get(k, 0) + min(count, times)
+            # In the order they were added: a later text must score higher to win a tie, as
+            # each comes after every text of the pool and the ones added before it.
+            for k in sorted(overlap):
+                other, position = added[k]
+                if 2 * overlap[k] / (len(tokens) + len(other)) + _SLACK <= score:
+                    continue  # cannot score higher
                 other_score = rouge_l_f(tokens, other)
                 if other_score > score:
                     score, doc = other_score, position
             answers[i] = (score, doc)
             if score <= add_at_most:
+                for token, count in counts.items():
+                    holding.setdefault(token, []).append((len(added), count))
                 added.append((tokens, len(self.texts)))
                 self.texts.append(texts[i])
         if added:
