@@ -463,3 +463,41 @@ def test_best_batch_on_one_and_on_several_processes_equals_an_exhaustive_scan(
         ) as several:
             assert [a for b in batches for a in several.best_batch(b, add_at_most)] == expected
             assert several.texts == one.texts
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_workers_end_when_their_parent_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\n"
+        "from selfgen.filters.parallel import ParallelRougeIndex\n"
+        "if __name__ == '__main__':\n"
+        "    index = ParallelRougeIndex(pool=['a b c d', 'e f g h'], workers=2)\n"
+        "    index.best_batch(['a b c x'] * 20, add_at_most=0.7)\n"
+        "    print(*(p.pid for p in index._procs), flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2 and all(_running(pid) for pid in pids)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 120  # only stops a hung test
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in pids)

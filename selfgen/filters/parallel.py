@@ -44,7 +44,11 @@ def _serve(conn: Connection, prefix_threshold: float, best_levels: tuple[float, 
             for ids in rows:
                 index.add_ids(ids)
         else:
-            conn.send([index.best_ids(ids) for ids in rows])
+            answers = [index.best_ids(ids) for ids in rows]
+            try:
+                conn.send(answers)
+            except (BrokenPipeError, OSError):  # the parent is gone
+                return
 
 
 class ParallelRougeIndex:
