@@ -23,14 +23,19 @@ from selfgen.filters.novelty import BEST_LEVELS
 BANDS = [(0.7, 1.0), (0.5, 0.7), (0.4, 0.5), (0.0, 0.4)]
 
 
-def measure(corpus: str, queries: int, levels: tuple[float, ...]) -> dict:
-    from selfgen.filters.rouge import TOKENIZERS, RougeIndex
-
+def split(corpus: str, queries: int) -> tuple[list[str], list[str]]:
+    """The corpus's lines as (pool, held-out queries): `queries` lines drawn with seed 1."""
     with open(corpus, encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f if line.strip()]
     held = set(random.Random(1).sample(range(len(lines)), queries))
     pool = [line for i, line in enumerate(lines) if i not in held]
-    asked = [lines[i] for i in sorted(held)]
+    return pool, [lines[i] for i in sorted(held)]
+
+
+def measure(corpus: str, queries: int, levels: tuple[float, ...]) -> dict:
+    from selfgen.filters.rouge import TOKENIZERS, RougeIndex
+
+    pool, asked = split(corpus, queries)
     start = time.perf_counter()
     index = RougeIndex(TOKENIZERS["rouge"], prefix_threshold=levels[0], best_levels=levels[1:])
     index.learn_token_order(pool)
@@ -59,11 +64,7 @@ def measure_parallel(
     from selfgen.filters.parallel import ParallelRougeIndex
     from selfgen.filters.rouge import TOKENIZERS
 
-    with open(corpus, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
-    held = set(random.Random(1).sample(range(len(lines)), queries))
-    pool = [line for i, line in enumerate(lines) if i not in held]
-    asked = [lines[i] for i in sorted(held)]
+    pool, asked = split(corpus, queries)
     start = time.perf_counter()
     index = ParallelRougeIndex(
         TOKENIZERS["rouge"], levels[0], levels[1:], workers=workers, pool=pool

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +33,7 @@ from selfgen.records import TARGET_REACHED, Candidate, Fate, Stage, ToolSeed, Tr
 from selfgen.stages.classify import ClassifyStage
 from selfgen.stages.followups import FOLLOWUP_TRIES, MAX_USER_TURNS, FollowUpStage
 from selfgen.stages.instances import InstanceStage
-from selfgen.stages.instructions import InstructionStage
+from selfgen.stages.instructions import InstructionStage, ListPrompt
 from selfgen.stages.native_agent import NativeToolAgent
 from selfgen.stages.tool_agent import ToolAgent, first_turn_kind, interleave_kinds, seeds_of_kind
 from selfgen.stages.tool_requests import ToolRequestStage
@@ -252,12 +252,7 @@ class Loop:
             lists.add(self.instructions.request(prompt, rnd.number, j))
 
         survivors: list[Candidate] = []
-        j = 0
-        while j < len(prompts):
-            # The next completion, and those that have come back after it: judged as one batch.
-            taken = self._take_ready(rnd, lists, j, len(prompts), self.instructions.name)
-            answered = [(prompts[j + k], comp, gen) for k, (gen, comp) in enumerate(taken)]
-            j += len(taken)
+        for answered in self._batches(rnd, lists, prompts, self.instructions.name):
             for cands in self.instructions.apply_many(answered):
                 for cand in cands:
                     rnd.candidates.append(cand)
@@ -306,11 +301,7 @@ class Loop:
             asked.append((stage, prompts, lists))
         novel = []
         for stage, prompts, lists in asked:
-            j = 0
-            while j < len(prompts):
-                taken = self._take_ready(rnd, lists, j, len(prompts), stage.name)
-                answered = [(prompts[j + k], comp, gen) for k, (gen, comp) in enumerate(taken)]
-                j += len(taken)
+            for answered in self._batches(rnd, lists, prompts, stage.name):
                 for traces in stage.apply_many(answered):
                     rnd.traces.extend(traces)
                     novel += [t for t in traces if t.fate is Fate.PENDING]
@@ -395,15 +386,20 @@ class Loop:
         comp = queue.futures[index].result()
         return self._record(rnd, stage, queue.requests[index], comp), comp
 
-    def _take_ready(
-        self, rnd: RoundRecord, queue: _Queue, first: int, end: int, stage: str
-    ) -> list[tuple[int, Completion]]:
-        """:meth:`_take` request `first` of `queue`, then those after it (before `end`) whose
-        completions have already come back, without waiting for any more."""
-        taken = [self._take(rnd, queue, first, stage)]
-        while first + len(taken) < end and queue.ready(first + len(taken)):
-            taken.append(self._take(rnd, queue, first + len(taken), stage))
-        return taken
+    def _batches(
+        self, rnd: RoundRecord, queue: _Queue, prompts: list[ListPrompt], stage: str
+    ) -> Iterator[list[tuple[ListPrompt, Completion, int]]]:
+        """The completions of `queue` (one per prompt), in order, as (prompt, completion,
+        generation index): each batch is the next one, waited for, and those after it that have
+        already come back, so that their items are judged together without waiting longer."""
+        j = 0
+        while j < len(prompts):
+            batch = []
+            while not batch or (j < len(prompts) and queue.ready(j)):
+                gen_index, comp = self._take(rnd, queue, j, stage)
+                batch.append((prompts[j], comp, gen_index))
+                j += 1
+            yield batch
 
     def _generate(
         self, rnd: RoundRecord, stage: str, requests: list[GenerationRequest]

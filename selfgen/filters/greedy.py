@@ -51,6 +51,22 @@ def _rows(ids: np.ndarray, offsets: np.ndarray, start: int, stop: int):
     return ids[lo : int(offsets[stop])], offsets[start : stop + 1] - lo
 
 
+def end_workers(conns: list[Connection], procs: list) -> None:
+    """Tell each worker to stop (None), wait a little, then terminate any still running."""
+    for conn in conns:
+        try:
+            conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+    for conn in conns:
+        conn.close()
+
+
 class GreedyDedupe:
     """One process. :meth:`submit` a batch of rows, :meth:`collect` its decisions."""
 
@@ -250,18 +266,7 @@ class ParallelGreedyDedupe:
         return decisions
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
+        end_workers(self._conns, self._procs)
         self._conns, self._procs = [], []
 
     def __enter__(self) -> ParallelGreedyDedupe:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection, wait
 
+from selfgen.filters.greedy import end_workers
 from selfgen.filters.rouge import _SLACK, RougeIndex, Tokenizer, rouge_l_f, rouge_tokenize
 
 # Texts of the initial pool sent to the workers in one message.
@@ -199,18 +200,7 @@ class ParallelRougeIndex:
         return answers
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
+        end_workers(self._conns, self._procs)
         self._conns, self._procs = [], []
 
     def __enter__(self) -> ParallelRougeIndex:
