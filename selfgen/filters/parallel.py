@@ -21,7 +21,14 @@ from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection, wait
 
 from selfgen.filters.greedy import end_workers
-from selfgen.filters.rouge import _SLACK, RougeIndex, Tokenizer, rouge_l_f, rouge_tokenize
+from selfgen.filters.rouge import (
+    _SLACK,
+    RougeIndex,
+    Tokenizer,
+    number_by_frequency,
+    rouge_l_f,
+    rouge_tokenize,
+)
 
 # Texts of the initial pool sent to the workers in one message.
 _CHUNK = 20_000
@@ -78,11 +85,7 @@ class ParallelRougeIndex:
         self._vocab: dict[str, int] = {}
         pool = list(pool)
         tokenized = [tokenizer(text) for text in pool]
-        df: Counter[str] = Counter()
-        for tokens in tokenized:
-            df.update(set(tokens))
-        for token, _ in df.most_common():
-            self._vocab.setdefault(token, len(self._vocab))
+        number_by_frequency(tokenized, self._vocab)
         context = multiprocessing.get_context(start_method)
         self._conns: list[Connection] = []
         self._procs = []

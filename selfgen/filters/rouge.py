@@ -61,6 +61,16 @@ def lcs_length(a: Sequence[object], b: Sequence[object]) -> int:
     return len(a) - v.bit_count()
 
 
+def number_by_frequency(token_lists: Iterable[list[str]], vocab: dict[str, int]) -> None:
+    """Number the tokens of `token_lists` in `vocab` by how many of the lists hold them,
+    commonest lowest, after the tokens `vocab` already numbers."""
+    df: Counter[str] = Counter()
+    for tokens in token_lists:
+        df.update(set(tokens))
+    for token, _ in df.most_common():
+        vocab.setdefault(token, len(vocab))
+
+
 def _f_measure(lcs: int, len_candidate: int, len_reference: int) -> float:
     """rouge-score's F-measure, operation for operation, so the floats are identical."""
     precision = lcs / len_candidate
@@ -346,11 +356,7 @@ class RougeIndex:
         decisions are the same either way."""
         if len(self._lengths):
             raise ValueError("learn_token_order must come before the first add")
-        df: Counter[str] = Counter()
-        for text in texts:
-            df.update(set(self.tokenizer(text)))
-        for token, _ in df.most_common():
-            self._vocab.setdefault(token, len(self._vocab))
+        number_by_frequency((self.tokenizer(text) for text in texts), self._vocab)
 
     def _query(self, text: str) -> _Query:
         vocab = self._vocab
