@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+import sys
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -95,10 +96,16 @@ _SLACK = 1e-9
 # An occurrence of a token is keyed (id << 32) | k for its k-th occurrence in a text, so that
 # multiset intersections are set intersections of keys.
 _OCCURRENCE_BITS = 32
-# A prefix posting is (doc << 16) | reach: the longest query whose prefix filter this key of the
-# doc's prefix still takes part in (see _reach; capped: a larger reach only loosens the filter).
+# A prefix posting is ((_REACH_MAX - reach) << 32) | doc, reach the longest query whose prefix
+# filter this key of the doc's prefix still takes part in (see _reach; capped: a larger reach
+# only loosens the filter): a query of m tokens takes the postings below
+# (_REACH_MAX - m + 1) << 32, one comparison.
 _REACH_BITS = 16
 _REACH_MAX = (1 << _REACH_BITS) - 1
+_DOC_BITS = 32
+_DOC_MASK = (1 << _DOC_BITS) - 1
+# Where a posting's doc lies among the two 32-bit halves of its 64 bits.
+_DOC_HALF = 0 if sys.byteorder == "little" else 1
 
 
 def _need(threshold: float, length: int) -> float:
@@ -175,29 +182,32 @@ def _without(docs: list[int] | np.ndarray, seen: list[int] | np.ndarray) -> list
 
 class _PrefixLists:
     """Prefix lists at one threshold: occurrence key -> the lengths of the texts holding it in
-    their prefix, sorted, and for each length a list of entries (doc << 16) | reach (see
-    _reach). A text of n keys is listed under its first n - floor(need) + 1 keys."""
+    their prefix, sorted, and for each length a list of postings ((_REACH_MAX - reach) << 32)
+    | doc (see _reach), in the order added. A text of n keys is listed under its first
+    n - floor(need) + 1 keys."""
 
-    __slots__ = ("threshold", "lists", "_reaches")
+    __slots__ = ("threshold", "lists", "_ranks")
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
         self.lists: dict[int, tuple[array, list[array]]] = {}
-        self._reaches: dict[int, list[int]] = {}  # text length -> reach of each prefix position
+        # text length -> (_REACH_MAX - reach) << 32 for each position of the prefix
+        self._ranks: dict[int, list[int]] = {}
 
     def add(self, doc: int, n: int, order: list[int]) -> None:
         """List text `doc` of n tokens, its occurrence keys in the global `order`."""
         # The reach of each position of the prefix of a text of n keys, which is two keys
         # past the prefix filter's one (see RougeIndex._prefix_candidates).
-        reaches = self._reaches.get(n)
-        if reaches is None:
+        ranks = self._ranks.get(n)
+        if ranks is None:
             threshold = self.threshold
             size = min(n, n - math.floor(_need(threshold, n)) + 1)
-            reaches = self._reaches[n] = [_reach(threshold, n, j) for j in range(size)]
+            ranks = self._ranks[n] = [
+                (_REACH_MAX - _reach(threshold, n, j)) << _DOC_BITS for j in range(size)
+            ]
         prefix = self.lists
-        base = doc << _REACH_BITS
-        for key, reach in zip(order, reaches, strict=False):  # the prefix
-            entry = base | reach
+        for key, rank in zip(order, ranks, strict=False):  # the prefix
+            entry = rank | doc
             lists = prefix.get(key)
             if lists is None:
                 prefix[key] = (array("i", (n,)), [array("q", (entry,))])
@@ -442,8 +452,11 @@ class RougeIndex:
         done: list[int] | np.ndarray = []  # texts scored or ruled out by an earlier level
         for level in self._levels:
             # Every text above a level's threshold is among its candidates, so a best above
-            # the threshold, among them and the best so far, is the best of all.
-            candidates = self._prefix_candidates(query, level.threshold, level)
+            # the threshold, among them and the best so far, is the best of all. Only texts
+            # that reach the best so far matter: above a best higher than the level, fewer
+            # keys of the query are read, of fewer lengths.
+            threshold = max(level.threshold, best[0])
+            candidates = self._prefix_candidates(query, threshold, level)
             if not self.seed_from_prefixes:
                 found = self._score(query, candidates, level.threshold, 0.0, None, False)
                 if found[1] is not None:
@@ -519,15 +532,16 @@ class RougeIndex:
                     parts.extend(lists[1][lo:hi])
         if not parts:
             return []
+        # A key of a text's prefix counts while the query is no longer than the key's reach:
+        # the postings below `limit`.
+        limit = (_REACH_MAX - min(m, _REACH_MAX) + 1) << _DOC_BITS
         joined = b"".join(parts)
-        # A key of a text's prefix counts while the query is no longer than the key's reach.
-        reach = min(m, _REACH_MAX)
         if len(joined) < 8 * self.vector_min:
             seen: dict[int, int] = {}
-            for entries in parts:
-                for e in entries:
-                    if e & _REACH_MAX >= reach:
-                        doc = e >> _REACH_BITS
+            for postings in parts:
+                for e in postings:
+                    if e < limit:
+                        doc = e & _DOC_MASK
                         seen[doc] = seen.get(doc, 0) + 1
             if plan.pairs:
                 return sorted(doc for doc, count in seen.items() if count >= 2)
@@ -536,8 +550,8 @@ class RougeIndex:
                 doc for doc, count in seen.items() if count >= plan.shared(lengths_of[doc])
             )
         entries = np.frombuffer(joined, dtype=np.int64)
-        # As int32, which sorts in half the time.
-        docs = (entries[(entries & _REACH_MAX) >= reach] >> _REACH_BITS).astype(np.int32)
+        # Their docs (the low 32 bits), sorted.
+        docs = np.compress(entries < limit, entries.view(np.int32)[_DOC_HALF::2])
         docs.sort()
         if plan.pairs:  # the texts found at least twice
             twice = docs[1:][docs[1:] == docs[:-1]]
