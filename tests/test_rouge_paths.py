@@ -332,6 +332,12 @@ def test_prefix_candidates_hold_every_text_above_the_threshold(pool, query, thre
         found = index._prefix_candidates(index._query(query), asked)
         above = {i for i, score in enumerate(scores) if score > asked}
         assert above <= set(np.asarray(found).tolist())
+    # At a text's own score, as `best` asks a lower level once it has a best above that level:
+    # the texts that tie with it too (the earliest of them wins).
+    for asked in {score for score in scores if score >= threshold and score > 0}:
+        found = index._prefix_candidates(index._query(query), asked)
+        reach = {i for i, score in enumerate(scores) if score >= asked}
+        assert reach <= set(np.asarray(found).tolist())
 
 
 def test_the_reach_of_a_prefix_key_is_the_longest_query_it_serves():

@@ -519,6 +519,8 @@ class RougeIndex:
         m, order = len(query.ids), query.order
         plan = self._plans.get((threshold, m, len(order)))
         if plan is None:
+            if len(self._plans) >= 10_000:  # thresholds come from best scores: no end to them
+                self._plans.clear()
             plan = self._plans[threshold, m, len(order)] = _PrefixPlan(threshold, m, len(order))
         prefix, shortest = (level or self._levels[0]).lists, plan.shortest
         parts: list[array] = []
