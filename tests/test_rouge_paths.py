@@ -507,3 +507,18 @@ def test_the_workers_end_when_their_parent_is_killed(tmp_path):
     while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_running(pid) for pid in pids)
+
+
+def test_the_plan_cache_starts_over_when_full():
+    # `best` asks each level at the best score found so far, so the thresholds of the plans
+    # have no end in a long run: the cache is bounded, and the answers do not depend on it.
+    pool = [f"w{i} w{i + 1} w{i + 2} shared words here" for i in range(60)]
+    queries = [f"w{i} w{i + 2} shared words" for i in range(0, 60, 3)]
+    index = RougeIndex(prefix_threshold=0.7, best_levels=(0.5, 0.4, 0.3))
+    index.plans_kept = 3
+    for text in pool:
+        index.add(text)
+    for query in queries:
+        scores = exhaustive(pool, query, rouge_tokenize)
+        assert index.best(query) == (max(scores), scores.index(max(scores)))
+        assert len(index._plans) <= 3

@@ -311,6 +311,8 @@ class RougeIndex:
     # `best` below a level's threshold goes on from the best text its prefix lists found (else
     # each level is scored above its own threshold only, and the postings search from none).
     seed_from_prefixes = True
+    # Query plans kept (by threshold and query length) before the cache starts over.
+    plans_kept = 10_000
 
     def __init__(
         self,
@@ -519,7 +521,7 @@ class RougeIndex:
         m, order = len(query.ids), query.order
         plan = self._plans.get((threshold, m, len(order)))
         if plan is None:
-            if len(self._plans) >= 10_000:  # thresholds come from best scores: no end to them
+            if len(self._plans) >= self.plans_kept:  # `best` asks at the scores it finds
                 self._plans.clear()
             plan = self._plans[threshold, m, len(order)] = _PrefixPlan(threshold, m, len(order))
         prefix, shortest = (level or self._levels[0]).lists, plan.shortest
