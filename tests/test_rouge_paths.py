@@ -512,8 +512,10 @@ def test_the_workers_end_when_their_parent_is_killed(tmp_path):
 def test_the_plan_cache_starts_over_when_full():
     # `best` asks each level at the best score found so far, so the thresholds of the plans
     # have no end in a long run: the cache is bounded, and the answers do not depend on it.
-    pool = [f"w{i} w{i + 1} w{i + 2} shared words here" for i in range(60)]
-    queries = [f"w{i} w{i + 2} shared words" for i in range(0, 60, 3)]
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(40)]
+    pool = [" ".join(rng.choices(words, k=rng.randint(3, 9))) for _ in range(80)]
+    queries = [" ".join(rng.choices(words, k=rng.randint(2, 8))) for _ in range(30)]
     small, whole = (RougeIndex(prefix_threshold=0.7, best_levels=(0.5, 0.4, 0.3)) for _ in "ab")
     small.plans_kept = 3
     for text in pool:
