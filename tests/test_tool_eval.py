@@ -9,6 +9,7 @@ tools."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -242,21 +243,28 @@ def test_a_task_calling_a_tool_that_does_not_exist_is_refused(tmp_path, child_en
 # The real path: the bundled model, base and tuned on a handful of verified traces
 
 
-def verified_trace_rows(sandbox: ToolSandbox, tools: list[dict]) -> list[dict]:
-    """Tool seeds as `selfgen export --format openai` writes verified traces: each call
-    executed in the sandbox, its real output in the tool turn."""
+def verified_trace_rows(sandbox: ToolSandbox, tools: list[dict], count: int = 8) -> list[dict]:
+    """The first `count` tool seeds that call only `tools`, as `selfgen export --format openai`
+    writes verified traces: each call executed in the sandbox, its real output in the tool
+    turn."""
     from dataclasses import replace
 
     from selfgen.records import Trace
     from selfgen.seeds import load_tool_seeds
 
+    names = {tool["function"]["name"] for tool in tools}
     rows = []
-    for seed in load_tool_seeds(ROOT / "seeds" / "tool_seed_tasks.jsonl")[:8]:
+    for seed in load_tool_seeds(ROOT / "seeds" / "tool_seed_tasks.jsonl"):
+        if len(rows) == count:
+            break
+        if not all(c.name in names for c in seed.calls):
+            continue
         calls = [
             replace(c, output=sandbox.call(c.name, dict(c.arguments)).output) for c in seed.calls
         ]
         trace = Trace(request=seed.request, generation_index=0, calls=calls, answer=seed.answer)
         rows.append({"messages": trace.messages(), "tools": tools})
+    assert len(rows) == count
     return rows
 
 
@@ -264,13 +272,28 @@ SMALL_TASKS = ("tool_eval_1", "tool_eval_24", "tool_eval_29", "tool_eval_60")
 
 
 @pytest.fixture(scope="module")
-def tool_adapter(tmp_path_factory, evaluator):
+def small_tools(tmp_path_factory):
+    """The calculator and the date tools alone (the tasks below call nothing else). Every row
+    and prompt starts with the tools' schemas: with these four tools in place of all seven a row
+    is about 760 tokens in place of 1,370, and on a 2-core machine the tune took 328 s in place
+    of 657 s, the eval 94 s in place of 129 s. Tuned, the model called a tool in all three tasks
+    that need one (the base in none), the right tool each time."""
+    folder = tmp_path_factory.mktemp("small-tools")
+    for name in ("calculator.py", "dates.py"):
+        shutil.copy(TOOLS / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tool_adapter(tmp_path_factory, tokenizer, small_tools):
     from selfgen.tune.config import build_tune_config
     from selfgen.tune.train import prepare
 
     folder = tmp_path_factory.mktemp("tool-tune")
     data = folder / "traces.jsonl"
-    rows = verified_trace_rows(evaluator.sandbox, evaluator.tools)
+    with ToolSandbox(small_tools) as sandbox:
+        tools = ToolEval(tokenizer, tool_specs(small_tools), sandbox).tools
+        rows = verified_trace_rows(sandbox, tools)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = {
         "max_steps": 12,
@@ -289,7 +312,9 @@ def tool_adapter(tmp_path_factory, evaluator):
 
 
 @pytest.mark.slow
-def test_a_tiny_tune_on_traces_changes_how_the_model_calls_tools(tool_adapter, tmp_path, child_env):
+def test_a_tiny_tune_on_traces_changes_how_the_model_calls_tools(
+    tool_adapter, small_tools, tmp_path, child_env
+):
     adapter, parameters, moved = tool_adapter
     assert parameters and moved == parameters  # every LoRA weight was trained
     every = {
@@ -300,7 +325,7 @@ def test_a_tiny_tune_on_traces_changes_how_the_model_calls_tools(tool_adapter, t
     tasks.write_text("".join(every[i] + "\n" for i in SMALL_TASKS))
     results_path = tmp_path / "results.json"
     proc = subprocess.run(
-        [*selfgen_cmd(), "eval", "--tool-tasks", str(tasks), "--tools", str(TOOLS)]
+        [*selfgen_cmd(), "eval", "--tool-tasks", str(tasks), "--tools", str(small_tools)]
         + ["--adapter", str(adapter), "--compare", "--max-new-tokens", "64", "--threads", "2"]
         + ["--json", str(results_path), "-q"],
         capture_output=True,
