@@ -9,6 +9,8 @@ own, one after the other, so that its peak RSS is its own; the first is the base
 lists at 0.7 only, the index before `best_levels`) and every other must give the same answers.
 It prints a table: build time, mean milliseconds a query (and by the score of the answer), the
 ratio to the baseline, and peak RSS. `--answers FILE` also writes the baseline's answers.
+`--join T` asks as the loop does: each held-out line whose best is at most T joins the pool
+before the next is asked (in a batch, before the batch's later lines), in every configuration.
 """
 
 import argparse
@@ -32,7 +34,9 @@ def split(corpus: str, queries: int) -> tuple[list[str], list[str]]:
     return pool, [lines[i] for i in sorted(held)]
 
 
-def measure(corpus: str, queries: int, levels: tuple[float, ...]) -> dict:
+def measure(
+    corpus: str, queries: int, levels: tuple[float, ...], join: float | None = None
+) -> dict:
     from selfgen.filters.rouge import TOKENIZERS, RougeIndex
 
     pool, asked = split(corpus, queries)
@@ -45,7 +49,7 @@ def measure(corpus: str, queries: int, levels: tuple[float, ...]) -> dict:
     answers, seconds = [], []
     for query in asked:
         t = time.perf_counter()
-        answers.append(index.best(query))
+        answers.append(index.best_batch([query], add_at_most=join)[0])
         seconds.append(time.perf_counter() - t)
     return {
         "pool": len(pool),
@@ -57,37 +61,52 @@ def measure(corpus: str, queries: int, levels: tuple[float, ...]) -> dict:
 
 
 def measure_parallel(
-    corpus: str, queries: int, levels: tuple[float, ...], workers: int, batches: list[int]
+    corpus: str,
+    queries: int,
+    levels: tuple[float, ...],
+    workers: int,
+    batches: list[int],
+    join: float | None = None,
 ) -> list[dict]:
     """As `measure`, on a ParallelRougeIndex of `workers` processes, asked `batch` queries at a
-    time (nothing added), for each batch size. A query's time is its batch's, shared equally."""
+    time, for each batch size. A query's time is its batch's, shared equally. With `join`, each
+    batch size starts from an index of the pool alone."""
     from selfgen.filters.parallel import ParallelRougeIndex
     from selfgen.filters.rouge import TOKENIZERS
 
     pool, asked = split(corpus, queries)
-    start = time.perf_counter()
-    index = ParallelRougeIndex(
-        TOKENIZERS["rouge"], levels[0], levels[1:], workers=workers, pool=pool
-    )
-    # The workers build their indexes as the pool arrives: wait until they are done.
-    index.best_batch(["warm up"] * workers)
-    built = time.perf_counter() - start
+
+    def build() -> tuple[ParallelRougeIndex, float]:
+        start = time.perf_counter()
+        index = ParallelRougeIndex(
+            TOKENIZERS["rouge"], levels[0], levels[1:], workers=workers, pool=pool
+        )
+        # The workers build their indexes as the pool arrives: wait until they are done.
+        index.best_batch(["warm up"] * workers)
+        return index, time.perf_counter() - start
+
     results = []
-    with index:
-        for batch in batches:
-            answers, seconds = [], []
-            for first in range(0, len(asked), batch):
-                part = asked[first : first + batch]
-                t = time.perf_counter()
-                answers.extend(index.best_batch(part))
-                seconds.extend([(time.perf_counter() - t) / len(part)] * len(part))
-            results.append({"pool": len(pool), "built_s": built, "answers": answers})
-            results[-1]["seconds"] = seconds
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = 0.0
+    index, built = build()
+    for i, batch in enumerate(batches):
+        if join is not None and i:
+            index.close()  # the last batch size's lines joined it
+            index, built = build()
+        answers, seconds = [], []
+        for first in range(0, len(asked), batch):
+            part = asked[first : first + batch]
+            t = time.perf_counter()
+            answers.extend(index.best_batch(part, add_at_most=join))
+            seconds.extend([(time.perf_counter() - t) / len(part)] * len(part))
+        results.append({"pool": len(pool), "built_s": built, "answers": answers})
+        results[-1]["seconds"] = seconds
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for proc in index._procs:
             with open(f"/proc/{proc.pid}/status", encoding="ascii") as status:
-                peak = next(line for line in status if line.startswith("VmHWM:"))
-            rss_mb += int(peak.split()[1]) / 1024
+                line = next(line for line in status if line.startswith("VmHWM:"))
+            peak += int(line.split()[1]) / 1024
+        rss_mb = max(rss_mb, peak)
+    index.close()
     for result in results:
         result["rss_mb"] = rss_mb
     return results
@@ -118,6 +137,12 @@ def main() -> None:
         " loop's completions gives, and 64)",
     )
     parser.add_argument("--answers", help="write the baseline's (score, nearest), one a line")
+    parser.add_argument(
+        "--join",
+        type=float,
+        help="each held-out line whose best is at most this joins the pool, as in the loop"
+        " (e.g. 0.7; default: none joins)",
+    )
     args = parser.parse_args()
     configs = [tuple(float(t) for t in c.split(",")) for c in args.levels.split(";")]
     spawn = multiprocessing.get_context("spawn")
@@ -125,12 +150,12 @@ def main() -> None:
     labels = [", ".join(map(str, levels)) for levels in configs]
     for levels in configs:
         with spawn.Pool(1) as pool:
-            results.append(pool.apply(measure, (args.corpus, args.queries, levels)))
+            results.append(pool.apply(measure, (args.corpus, args.queries, levels, args.join)))
     if args.workers > 1:
         # In this process (a pool's process may not start processes of its own), which has
         # held nothing large so far.
         batches = [int(b) for b in args.batch.split(",")]
-        job = (args.corpus, args.queries, configs[-1], args.workers, batches)
+        job = (args.corpus, args.queries, configs[-1], args.workers, batches, args.join)
         results.extend(measure_parallel(*job))
         last = labels[-1]
         labels.extend(f"{last} on {args.workers} processes, batches of {b}" for b in batches)
