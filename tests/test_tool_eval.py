@@ -243,8 +243,8 @@ def test_a_task_calling_a_tool_that_does_not_exist_is_refused(tmp_path, child_en
 # The real path: the bundled model, base and tuned on a handful of verified traces
 
 
-def verified_trace_rows(sandbox: ToolSandbox, tools: list[dict], count: int = 8) -> list[dict]:
-    """The first `count` tool seeds that call only `tools`, as `selfgen export --format openai`
+def verified_trace_rows(sandbox: ToolSandbox, tools: list[dict]) -> list[dict]:
+    """The first 8 tool seeds that call only `tools`, as `selfgen export --format openai`
     writes verified traces: each call executed in the sandbox, its real output in the tool
     turn."""
     from dataclasses import replace
@@ -255,7 +255,7 @@ def verified_trace_rows(sandbox: ToolSandbox, tools: list[dict], count: int = 8)
     names = {tool["function"]["name"] for tool in tools}
     rows = []
     for seed in load_tool_seeds(ROOT / "seeds" / "tool_seed_tasks.jsonl"):
-        if len(rows) == count:
+        if len(rows) == 8:
             break
         if not all(c.name in names for c in seed.calls):
             continue
@@ -264,7 +264,7 @@ def verified_trace_rows(sandbox: ToolSandbox, tools: list[dict], count: int = 8)
         ]
         trace = Trace(request=seed.request, generation_index=0, calls=calls, answer=seed.answer)
         rows.append({"messages": trace.messages(), "tools": tools})
-    assert len(rows) == count
+    assert len(rows) == 8
     return rows
 
 
